@@ -1,0 +1,137 @@
+"""Load generators: wrk (HTTP/1.1) and h2load (HTTP/2, prior-knowledge h2c), run and parsed.
+
+Both run pinned to the load-generator core with one thread. Every request carries `Host: origin`
+(`:authority` for h2), which the sidecar routes by and nginx ignores. A result says what went wrong
+(`problem`) when some requests failed, so a fast stream of error replies is never taken for speed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+from harness.procs import pinned
+
+HOST = "origin"
+TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}  # to milliseconds
+SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}  # wrk prints binary units
+
+
+@dataclass
+class WrkResult:
+    """What one wrk run measured."""
+
+    requests: int
+    seconds: float
+    rps: float
+    bytes_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    non_2xx: int
+    socket_errors: int
+    problem: str | None
+
+
+@dataclass
+class H2Result:
+    """What one h2load run measured; `rps` counts requests that finished, whatever their status."""
+
+    rps: float
+    succeeded: int
+    ok_2xx: int
+    failed: int
+    problem: str | None
+
+
+def run_wrk(
+    wrk: str, core: int, url: str, connections: int, seconds: int, latency: bool = False, close: bool = False
+) -> WrkResult:
+    """One wrk run: -t1 -cN -dS, optional --latency and `Connection: close`."""
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-H", f"Host: {HOST}"]
+    if latency:
+        argv.append("--latency")
+    if close:
+        argv += ["-H", "Connection: close"]
+    result = run_tool(pinned(core, [*argv, url]), seconds)
+    return parse_wrk(result.stdout, result.stderr, result.returncode)
+
+
+def run_h2load(h2load: str, core: int, url: str, clients: int, streams: int, seconds: int) -> H2Result:
+    """One h2load run over cleartext HTTP/2 with prior knowledge (h2load's default for http://)."""
+    argv = [h2load, "-t1", f"-c{clients}", f"-m{streams}", f"-D{seconds}", "-H", f":authority: {HOST}", url]
+    result = run_tool(pinned(core, argv), seconds)
+    return parse_h2load(result.stdout, result.stderr, result.returncode)
+
+
+def run_tool(argv: list[str], seconds: int) -> subprocess.CompletedProcess[str]:
+    """Run a load generator with a hard time limit well past its own duration."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        return subprocess.CompletedProcess(
+            argv, -1, str(exc.stdout or ""), f"timed out after {exc.timeout} s"
+        )
+
+
+def parse_wrk(out: str, err: str, code: int) -> WrkResult:
+    """Read wrk's summary: totals, Requests/sec, Transfer/sec, latency percentiles, errors."""
+    totals = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if code != 0 or not (totals and rps and transfer):
+        why = (err.strip() or out.strip() or f"exit code {code}").splitlines()[-1]
+        return WrkResult(0, 0.0, 0.0, 0.0, None, None, 0, 0, f"wrk failed: {why}")
+    requests = int(totals.group(1))
+    result = WrkResult(
+        requests=requests,
+        seconds=float(totals.group(2)) * TIME_UNITS[totals.group(3)] / 1e3,
+        rps=float(rps.group(1)),
+        bytes_per_s=float(transfer.group(1)) * SIZE_UNITS[transfer.group(2)],
+        p50_ms=percentile(out, "50"),
+        p99_ms=percentile(out, "99"),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+        problem=None,
+    )
+    result.problem = wrk_problem(result, sockets.group(0) if sockets else "")
+    return result
+
+
+def wrk_problem(result: WrkResult, socket_line: str) -> str | None:
+    """Describe failed requests; a few read errors on Connection: close runs are normal noise."""
+    problems = []
+    if result.requests == 0:
+        problems.append("no request completed")
+    if result.non_2xx:
+        problems.append(f"{result.non_2xx} of {result.requests} responses not 2xx/3xx")
+    if result.socket_errors > max(10, result.requests // 1000):
+        problems.append(socket_line)
+    return "; ".join(problems) or None
+
+
+def percentile(out: str, which: str) -> float | None:
+    """A latency percentile from wrk's --latency distribution, in milliseconds."""
+    found = re.search(rf"^\s+{which}%\s+([\d.]+)(\w+)", out, re.MULTILINE)
+    return float(found.group(1)) * TIME_UNITS[found.group(2)] if found else None
+
+
+def parse_h2load(out: str, err: str, code: int) -> H2Result:
+    """Read h2load's summary; a run where nothing succeeded with 2xx is a failure (e.g. no h2c)."""
+    finished = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    counts = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out
+    )
+    statuses = re.search(r"status codes: (\d+) 2xx", out)
+    if code != 0 or not (finished and counts and statuses):
+        why = (err.strip() or out.strip() or f"exit code {code}").splitlines()[-1]
+        return H2Result(0.0, 0, 0, 0, f"h2load failed: {why}")
+    succeeded, failed, ok_2xx = int(counts.group(4)), int(counts.group(5)), int(statuses.group(1))
+    problem = None
+    if ok_2xx == 0:
+        problem = "no 2xx response over HTTP/2 (front does not speak h2c?)"
+    elif ok_2xx < succeeded or failed > max(10, succeeded // 1000):
+        problem = f"{succeeded - ok_2xx} non-2xx, {failed} failed of {succeeded + failed} requests"
+    return H2Result(float(finished.group(1)), succeeded, ok_2xx, failed, problem)

@@ -1,0 +1,114 @@
+"""`--profile`: the one-sidecar requests/s step under a profiler, to see where the proxy spends time.
+
+Two profilers:
+  py-spy    (default) attaches to the running sidecar by PID from the load-generator core, samples
+            without pausing it (`--nonblocking`) for the length of the step, and writes a flame graph
+            SVG. Installed into the project's venv with pip when missing.
+  cprofile  runs the sidecar as `python -m cProfile -o FILE -m sidecar run ...`; the profile is
+            written when the sidecar exits (we stop it with SIGINT), then summarised as text.
+Both files land in bench/results/. Figures measured under a profiler are slower than real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pstats
+import shutil
+import signal
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+from harness import measure, nginx
+from harness.procs import ProcessSet, StartFailed, pinned
+from harness.setups import Bench, Front, one_sidecar
+from harness.sidecars import SidecarLauncher
+
+
+def run(bench: Bench, tool: str, timing: measure.Timing, out_dir: Path, stamp: str) -> int:
+    """Profile the one-sidecar requests/s step; returns the process exit code."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tool == "cprofile":
+        return run_cprofile(bench, timing, out_dir / f"profile-{stamp}.pstats")
+    return run_pyspy(bench, timing, out_dir / f"profile-{stamp}.svg")
+
+
+def start_sidecar(bench: Bench, procs: ProcessSet, timing: measure.Timing) -> Front:
+    front = one_sidecar(bench, procs)
+    measure.smoke_check(front)
+    if timing.warmup:
+        measure.wrk(bench, front, nginx.SMALL_PATH, measure.CONNECTIONS, timing.warmup)
+    return front
+
+
+def rps_step(bench: Bench, front: Front, timing: measure.Timing) -> None:
+    result = measure.SetupResult("sidecar-1", "1 sidecar")
+    measure.step_rps(bench, front, timing, result)
+    rps, per_cpu = result.figures["rps"], result.figures["req_per_cpu_s"]
+    print(f"bench: under the profiler: {rps:,.0f} requests/s, {per_cpu or 0:,.0f} requests per proxy CPU-s")
+    if result.notes:
+        print(f"bench: note: {result.notes['rps']}")
+
+
+def pyspy_binary(venv: Path) -> str:
+    """py-spy from the venv or PATH; pip-installed into the venv when neither has it."""
+    candidate = venv / "bin" / "py-spy"
+    if not candidate.exists() and not shutil.which("py-spy"):
+        print("bench: installing py-spy into the venv", flush=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "py-spy"], check=True)
+    return str(candidate) if candidate.exists() else str(shutil.which("py-spy"))
+
+
+def run_pyspy(bench: Bench, timing: measure.Timing, out: Path) -> int:
+    pyspy = pyspy_binary(bench.venv)
+    with ProcessSet(bench.run_dir) as procs:
+        try:
+            front = start_sidecar(bench, procs, timing)
+        except StartFailed as exc:
+            return report_failure(exc)
+        argv = [pyspy, "record", "--nonblocking", "--pid", str(front.proxies[0].pid)]
+        argv += ["--duration", str(timing.duration), "--output", str(out)]
+        recorder = procs.start("py-spy", pinned(bench.loadgen_core, argv), stop_signal=signal.SIGINT)
+        rps_step(bench, front, timing)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            recorder.popen.wait(timeout=30)
+        if recorder.popen.returncode != 0 or not out.exists():
+            print(f"bench: py-spy did not write a profile; try --profile cprofile\n{recorder.output_tail()}")
+            return 1
+    print(f"bench: flame graph written to {out}")
+    return 0
+
+
+def run_cprofile(bench: Bench, timing: measure.Timing, out: Path) -> int:
+    python = str(bench.venv / "bin" / "python")
+    command = [python, "-m", "cProfile", "-o", str(out), "-m", "sidecar"]
+    launcher = SidecarLauncher(command, bench.proxy_core, stop_signal=signal.SIGINT, stop_timeout=30.0)
+    with ProcessSet(bench.run_dir) as procs:
+        try:
+            front = start_sidecar(replace(bench, launcher=launcher), procs, timing)
+        except StartFailed as exc:
+            return report_failure(exc)
+        rps_step(bench, front, timing)
+        procs.stop(front.proxies[0])  # SIGINT: cProfile writes the file as the sidecar exits
+    if not out.exists():
+        print(f"bench: the sidecar exited without writing {out}")
+        return 1
+    summary = out.with_suffix(".txt")
+    summary.write_text(top_functions(out, 40))
+    print(top_functions(out, 25))
+    print(f"bench: cProfile data in {out} (summary in {summary}); view with `python -m pstats {out}`")
+    return 0
+
+
+def top_functions(path: Path, count: int) -> str:
+    """The functions with the most cumulative time, as pstats prints them."""
+    buffer = io.StringIO()
+    stats = pstats.Stats(str(path), stream=buffer)
+    stats.sort_stats("cumulative").print_stats(count)
+    return buffer.getvalue()
+
+
+def report_failure(exc: StartFailed) -> int:
+    print(f"bench: {exc.reason}\n{exc.detail}")
+    return 1

@@ -1,0 +1,132 @@
+"""The request paths compared side by side: each setup builds its proxies and returns the front door.
+
+A setup is a function `(bench, procs) -> Front`: it starts whatever sits between the load generator
+and the origin (nothing, nginx, one or two sidecars) in `procs`, pinned to the proxy core, and says
+where the load generator should connect and which processes count as "the proxy" for CPU and RSS.
+To add a row, write such a function and add it to `SETUPS` (see `two_sidecars_mtls`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import nginx
+from harness.nginx import NginxServer
+from harness.procs import Proc, ProcessSet, free_ports
+from harness.sidecars import SidecarLauncher, SidecarSpec, TlsFiles, Upstream, issue_certs, spiffe_id
+
+
+@dataclass
+class Bench:
+    """Everything shared by all setups of one run."""
+
+    tools: dict[str, str]
+    run_dir: Path
+    venv: Path
+    origin: NginxServer
+    launcher: SidecarLauncher
+    loadgen_core: int
+    proxy_core: int
+
+
+@dataclass
+class Front:
+    """Where the load generator connects, and the processes under test (empty for direct)."""
+
+    http_port: int
+    h2_port: int | None  # None: this front has no HTTP/2 listener at all
+    proxies: list[Proc]
+
+
+@dataclass(frozen=True)
+class Setup:
+    key: str  # used on the command line (--setups) and in the JSON results
+    title: str  # column header
+    build: Callable[[Bench, ProcessSet], Front]
+    default: bool = True  # part of a run without --setups
+
+
+def direct(bench: Bench, procs: ProcessSet) -> Front:
+    """Load generator straight to the origin: the reference every ratio divides by."""
+    return Front(bench.origin.http_port, bench.origin.h2_port, [])
+
+
+def nginx_proxy(bench: Bench, procs: ProcessSet) -> Front:
+    """nginx reverse proxy with upstream keep-alive, one worker on the proxy core."""
+    http_port, h2_port = free_ports(2)
+    server = nginx.start_proxy(
+        procs, bench.tools["nginx"], (http_port, h2_port), bench.origin.http_port, bench.proxy_core
+    )
+    return Front(http_port, h2_port, [server.proc])
+
+
+def one_sidecar(bench: Bench, procs: ProcessSet) -> Front:
+    """Load generator -> sidecar outbound -> origin (a Service whose endpoint is the origin)."""
+    outbound, admin = free_ports(2)
+    spec = SidecarSpec(
+        name="sidecar-1",
+        service="bench-client",
+        outbound_port=outbound,
+        admin_port=admin,
+        upstreams=(Upstream("origin", bench.origin.http_port),),
+    )
+    return Front(outbound, outbound, [bench.launcher.start(procs, spec)])
+
+
+def two_sidecars(bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | None = None) -> Front:
+    """Load generator -> sidecar A outbound -> sidecar B inbound -> origin, both on the proxy core."""
+    a_out, a_admin, b_in, b_out, b_admin = free_ports(5)
+    prefix = "sidecar-2-mtls" if tls else "sidecar-2"
+    server = SidecarSpec(
+        name=f"{prefix}-b",
+        service="origin",
+        outbound_port=b_out,
+        admin_port=b_admin,
+        inbound_port=b_in,
+        app_port=bench.origin.http_port,
+        tls=tls["origin"] if tls else None,
+    )
+    client = SidecarSpec(
+        name=f"{prefix}-a",
+        service="bench-client",
+        outbound_port=a_out,
+        admin_port=a_admin,
+        upstreams=(Upstream("origin", b_in, identity=spiffe_id("origin") if tls else None),),
+        tls=tls["bench-client"] if tls else None,
+    )
+    proc_b = bench.launcher.start(procs, server)
+    proc_a = bench.launcher.start(procs, client)
+    return Front(a_out, a_out, [proc_a, proc_b])
+
+
+def two_sidecars_mtls(bench: Bench, procs: ProcessSet) -> Front:
+    """The real mesh path: as two_sidecars, with mutual TLS between A and B (certs from `sidecar certs`)."""
+    tls = issue_certs(bench.venv, bench.run_dir / "certs", ["origin", "bench-client"])
+    return two_sidecars(bench, procs, tls)
+
+
+SETUPS = [
+    Setup("direct", "direct", direct),
+    Setup("nginx-proxy", "nginx-proxy", nginx_proxy),
+    Setup("sidecar-1", "1 sidecar", one_sidecar),
+    Setup("sidecar-2", "2 sidecars", two_sidecars),
+    Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls, default=False),
+]
+REFERENCES = ("direct", "nginx-proxy")  # ratios are printed against these two
+
+
+def select(keys: str | None) -> list[Setup]:
+    """Setups named on the command line ("all" for every one), references always first."""
+    if keys is None:
+        return [setup for setup in SETUPS if setup.default]
+    if keys == "all":
+        return list(SETUPS)
+    wanted = {key.strip() for key in keys.split(",") if key.strip()}
+    unknown = wanted - {setup.key for setup in SETUPS}
+    if unknown:
+        known = ", ".join(setup.key for setup in SETUPS)
+        raise SystemExit(f"bench: unknown setup(s) {', '.join(sorted(unknown))}; known: {known}, all")
+    wanted |= set(REFERENCES)
+    return [setup for setup in SETUPS if setup.key in wanted]

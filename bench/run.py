@@ -1,0 +1,142 @@
+"""Benchmark the sidecar against a direct path and nginx-as-proxy, and print the figures side by side.
+
+    python bench/run.py                 # the full run (10 s per step, a few minutes)
+    python bench/run.py --quick         # smoke run, about a minute
+    python bench/run.py --duration 5 --setups sidecar-1
+    python bench/run.py --profile       # one-sidecar requests/s step under py-spy (or: --profile cprofile)
+
+See bench/README.md for what each figure means. This file only wires the pieces in bench/harness/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import nginx, profiling, report, tools
+from harness.measure import CONNECTIONS, H2_CLIENTS, H2_STREAMS, SetupResult, Timing, measure
+from harness.procs import ProcessSet, StartFailed, free_ports
+from harness.setups import SETUPS, Bench, Setup, select
+from harness.sidecars import SidecarLauncher
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+STEPS_PER_SETUP = 5  # rps, latency, 16 KiB body, new connections, HTTP/2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    keys = ", ".join(setup.key + ("" if setup.default else " (opt-in)") for setup in SETUPS)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=None, help="seconds per load step (default 10)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run: 2 s per step, 1 s warm-up")
+    parser.add_argument("--setups", help=f"comma-separated setups to run, or 'all'; known: {keys}")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="py-spy",
+        choices=["py-spy", "cprofile"],
+        help="only profile the one-sidecar requests/s step (default profiler: py-spy)",
+    )
+    parser.add_argument("--venv", type=Path, default=ROOT / ".venv", help="venv with the sidecar installed")
+    parser.add_argument("--keep-temp", action="store_true", help="keep configs and logs of the run")
+    return parser.parse_args(argv)
+
+
+def timing_from(args: argparse.Namespace) -> Timing:
+    duration = args.duration if args.duration is not None else (2 if args.quick else 10)
+    if duration < 1:
+        raise SystemExit("bench: --duration must be at least 1 second")
+    return Timing(duration=duration, warmup=1 if args.quick or duration < 5 else 2)
+
+
+def cores() -> tuple[int, int]:
+    """(load generator + origin core, proxy core): 0 and 1, or both 0 on a one-core machine."""
+    if (os.cpu_count() or 1) >= 2:
+        return 0, 1
+    print("bench: only one CPU core: everything shares core 0, figures will be poor", file=sys.stderr)
+    return 0, 0
+
+
+def git_commit() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def header_lines(timing: Timing, versions: dict[str, str], loadgen_core: int, proxy_core: int) -> list[str]:
+    return [
+        f"sidecar benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {git_commit()}  "
+        f"{timing.duration} s per step (+{timing.warmup} s warm-up per setup)",
+        f"load generator + origin on core {loadgen_core}, proxies on core {proxy_core}; "
+        f"wrk -t1 -c{CONNECTIONS} (latency: -c1), h2load -c{H2_CLIENTS} -m{H2_STREAMS}",
+        "; ".join(versions.values()),
+    ]
+
+
+def run_setups(bench: Bench, setups: list[Setup], timing: Timing) -> list[SetupResult]:
+    results = []
+    for number, setup in enumerate(setups, 1):
+        print(f"bench: [{number}/{len(setups)}] {setup.title} ...", flush=True)
+        started = time.monotonic()
+        result = measure(bench, setup, timing)
+        outcome = (
+            f"failed: {result.failure}" if result.failure else f"{result.figures.get('rps') or 0:,.0f} req/s"
+        )
+        print(f"bench:     {outcome} ({time.monotonic() - started:.0f} s)", flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    timing = timing_from(args)
+    setups = select(args.setups)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every finally block stops its processes
+    paths = tools.ensure_tools()
+    loadgen_core, proxy_core = cores()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    try:
+        with ProcessSet(run_dir) as procs:
+            http_port, h2_port = free_ports(2)
+            origin = nginx.start_origin(procs, paths["nginx"], (http_port, h2_port), loadgen_core)
+            launcher = SidecarLauncher.default(args.venv, proxy_core)
+            bench = Bench(paths, run_dir, args.venv, origin, launcher, loadgen_core, proxy_core)
+            if args.profile:
+                return profiling.run(bench, args.profile, timing, RESULTS, stamp)
+            estimate = len(setups) * (timing.warmup + STEPS_PER_SETUP * timing.duration + 2)
+            print(f"bench: {len(setups)} setups, about {estimate} s; temp dir {run_dir}", flush=True)
+            results = run_setups(bench, setups, timing)
+    except StartFailed as exc:
+        print(f"bench: {exc.reason}\n{exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep_temp:
+            print(f"bench: configs and logs kept in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    report.add_derived(results)
+    header = header_lines(timing, tools.versions(paths), loadgen_core, proxy_core)
+    print("\n" + report.render_text(header, results))
+    meta = {"header": header, "timing": timing.__dict__, "python": platform.python_version(), "stamp": stamp}
+    written = report.write_results(RESULTS, stamp, header, meta, results)
+    print(f"\nbench: results written to {written.with_suffix('.*')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
