@@ -1,0 +1,30 @@
+"""The inbound listener's stack: calls from other sidecars in, forwarded to the local app.
+
+    local_reply   SPEC §5 replies for every failure below
+    forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
+    call          the local app's pooled connections (closed after app_idle_timeout)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..http.errors import NoHealthyUpstream
+from ..http.message import Request, Response
+from ..pipeline.forwarding import forwarding
+from ..pipeline.handler import Handler, compose
+from ..pipeline.local_reply import local_reply
+from ..upstream.call import call_cluster
+
+if TYPE_CHECKING:
+    from ..server import Runtime
+
+
+def inbound_handler(runtime: Runtime) -> Handler:
+    async def to_app(request: Request) -> Response:
+        app = runtime.registry.app
+        if app is None:
+            raise NoHealthyUpstream(detail="no inbound app configured")
+        return await call_cluster(app, request, app.settings.request_timeout)
+
+    return compose(local_reply, forwarding, terminal=to_app)

@@ -1,0 +1,36 @@
+"""The outbound listener's stack: the local app's plain HTTP in, routed to upstream services.
+
+    local_reply   SPEC §5 replies for every failure below
+    forwarding    hop-by-hop, x-forwarded-*, x-request-id
+    route         host (+ path, headers) -> service, weighted split, route timeout
+    call          endpoint pick, pooled connection, request timeout
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..http.errors import NoRoute
+from ..http.message import Request, Response
+from ..pipeline.forwarding import forwarding
+from ..pipeline.handler import Handler, compose
+from ..pipeline.local_reply import local_reply
+from ..upstream.call import call_cluster
+
+if TYPE_CHECKING:
+    from ..server import Runtime
+
+FIRST_ATTEMPT = b"1"
+
+
+def outbound_handler(runtime: Runtime) -> Handler:
+    async def route_and_call(request: Request) -> Response:
+        destination = runtime.router.destination(request)
+        cluster = runtime.registry.clusters.get(destination.service)
+        if cluster is None:
+            raise NoRoute(detail=f"service {destination.service!r} is not configured")
+        request.headers.set(b"x-sidecar-attempt", FIRST_ATTEMPT)
+        timeout = destination.timeout or cluster.settings.request_timeout
+        return await call_cluster(cluster, request, timeout)
+
+    return compose(local_reply, forwarding, terminal=route_and_call)

@@ -1,0 +1,22 @@
+"""The handler contract every layer and listener shares.
+
+A handler is `async def handle(request) -> Response`. A layer wraps a handler and returns a new
+one; a listener's stack is a chain of layers read top to bottom (see `listeners/`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..http.message import Request, Response
+
+Handler = Callable[[Request], Awaitable[Response]]
+Layer = Callable[[Handler], Handler]
+
+
+def compose(*layers: Layer, terminal: Handler) -> Handler:
+    """`compose(a, b, terminal=t)` is `a(b(t))`: the first layer sees the request first."""
+    handler = terminal
+    for layer in reversed(layers):
+        handler = layer(handler)
+    return handler

@@ -1,0 +1,121 @@
+"""The running sidecar: one top nursery holding the listeners, the upstream registry's task and
+the signal watcher, plus the drain that ends it all.
+
+Start order (SPEC §8): the outbound listener is bound first, then admin, then inbound; `/ready` turns
+200 only once every listener is bound and serving. Drain (SIGTERM, SIGINT, `POST /drain`): `/ready`
+turns 503, the inbound listener closes its sockets and its idle connections, busy inbound
+connections finish their request and close, the outbound listener keeps serving the app; the
+process ends when no inbound or outbound connection is left open, or at `drain_timeout`. A second
+signal ends it at once.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import structlog
+import trio
+
+from .config.snapshot import Snapshot
+from .http.message import ConnectionInfo
+from .listeners.admin import admin_handler
+from .listeners.inbound import inbound_handler
+from .listeners.outbound import outbound_handler
+from .pipeline.handler import Handler
+from .pipeline.route import Router
+from .transport.h1_server import H1Server, ServerLimits
+from .transport.listener import Listener
+from .upstream.registry import UpstreamRegistry
+
+log = structlog.get_logger("sidecar.server")
+
+
+class Runtime:
+    """Process-wide state: the current config snapshot and what is derived from it."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.registry = UpstreamRegistry()
+        self.ready = False
+        self.draining = False
+        self.listeners: dict[str, Listener] = {}
+        self._drain_requested = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+        self.apply(snapshot)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot: one reference for routing, registry state kept across."""
+        self.registry.apply_services(snapshot.services.values())
+        self.registry.apply_app(snapshot.sidecar.inbound)
+        limits = snapshot.sidecar.limits
+        self.limits = ServerLimits(
+            max_request_headers=limits.max_request_headers,
+            max_request_body=limits.max_request_body,
+            header_read_timeout=limits.header_read_timeout,
+        )
+        self.router = Router(snapshot.services, snapshot.routes)
+        self.snapshot = snapshot
+
+    def start_drain(self, cause: str) -> None:
+        if not self.draining:
+            log.info("drain_started", cause=cause)
+        self.draining = True
+        self._drain_requested.set()
+
+    def stop_now(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def _serve_with(self, listener: Listener, handler: Handler) -> object:
+        async def on_connection(stream: trio.SocketStream) -> None:
+            peer = stream.socket.getpeername()
+            conn = ConnectionInfo(str(peer[0]), int(peer[1]))
+            await H1Server(stream, conn, handler, self.limits, listener).serve()
+
+        return on_connection
+
+    async def run(self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
+        sidecar = self.snapshot.sidecar
+        async with trio.open_nursery() as nursery:
+            self._cancel = nursery.cancel_scope
+            outbound = Listener("outbound", sidecar.outbound.listen)
+            await outbound.bind()
+            admin = Listener("admin", sidecar.admin.listen)
+            await admin.bind()
+            self.listeners = {"outbound": outbound, "admin": admin}
+            inbound = None
+            if sidecar.inbound is not None:
+                inbound = Listener("inbound", sidecar.inbound.listen)
+                await inbound.bind()
+                self.listeners["inbound"] = inbound
+            if handle_signals:
+                nursery.start_soon(self._watch_signals)
+            await nursery.start(self.registry.run)
+            nursery.start_soon(outbound.serve, self._serve_with(outbound, outbound_handler(self)), nursery)
+            nursery.start_soon(admin.serve, self._serve_with(admin, admin_handler(self)), nursery)
+            if inbound is not None:
+                nursery.start_soon(inbound.serve, self._serve_with(inbound, inbound_handler(self)), nursery)
+            self.ready = True
+            log.info(
+                "ready",
+                service=sidecar.service,
+                **{name: str(listener.address) for name, listener in self.listeners.items()},
+            )
+            task_status.started(self)
+            await self._drain_requested.wait()
+            if inbound is not None:
+                inbound.drain()
+            with trio.move_on_after(sidecar.drain_timeout) as deadline:
+                if inbound is not None:
+                    await inbound.wait_quiet()
+                await outbound.wait_quiet()
+            log.info("drained", timed_out=deadline.cancelled_caught)
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self.draining:
+                    log.info("stopping_now", signal=signal.Signals(signum).name)
+                    self.stop_now()
+                    return
+                self.start_drain(signal.Signals(signum).name)

@@ -1,0 +1,175 @@
+"""HTTP/1.1 client side of one upstream connection: a `Request` out, a streaming `Response` back.
+
+`send()` writes the head (and, with the first body chunk, in one write), pumps the rest of the
+request body in the request's nursery while the response head is read (full duplex), and returns
+a response whose body tells the pool how the exchange ended. The contract with the pool: once
+`send()` is called, `pool.exchange_done(conn, reuse)` is called exactly once — at the end of the
+response body, or on any failure or cancellation inside `send()` itself. A connection is reused only
+when both the request and the response were carried to their end and the peer allows keep-alive.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
+from ..http.h1 import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    ProtocolViolation,
+    ResponseHead,
+    chunk_bytes,
+    last_chunk_bytes,
+    parse_response_head,
+    request_head_bytes,
+    response_body_length,
+    wants_keep_alive,
+)
+from ..http.message import EMPTY_BODY, Body, Request, Response
+from .body import WireBody
+from .wire import Wire
+
+if TYPE_CHECKING:
+    from ..upstream.pool import ConnectionPool
+
+MAX_RESPONSE_HEAD = 256 * 1024
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def _truncated(message: str) -> Exception:
+    return UpstreamReset("upstream closed the connection mid-response", detail=message)
+
+
+def _violation(message: str) -> Exception:
+    return UpstreamProtocolError(detail=message)
+
+
+class H1ClientConnection:
+    __slots__ = ("_request_error", "_request_sent", "idle_since", "pool", "wire")
+
+    def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
+        self.wire = Wire(stream)
+        self.pool = pool
+        self.idle_since = 0.0
+        self._request_sent = False
+        self._request_error: BaseException | None = None
+
+    def close(self) -> None:
+        self.wire.close_now()
+
+    def peer_closed(self) -> bool:
+        """Whether an idle connection already has something to read: the peer's FIN, or junk."""
+        if self.wire.buf:
+            return True
+        sock = getattr(self.wire.stream, "socket", None)
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    async def send(self, request: Request) -> Response:
+        try:
+            return await self._send(request)
+        except BaseException:
+            self.pool.exchange_done(self, False)
+            raise
+
+    async def _send(self, request: Request) -> Response:
+        body = request.body
+        length = body.length
+        framing = CHUNKED if length is None else length
+        head = request_head_bytes(request.method, request.target, request.headers, framing)
+        self._request_error = None
+        if framing == 0:
+            self._request_sent = True
+            try:
+                await self.wire.send(head)
+            except _STREAM_ERRORS as exc:
+                raise UpstreamReset(detail=f"write failed: {exc!r}", before_response=True) from None
+        else:
+            self._request_sent = False
+            nursery = request.task_nursery
+            if nursery is not None:
+                nursery.start_soon(self._pump, body, head, framing)
+            else:
+                await self._pump(body, head, framing)
+        response_head = await self._read_head()
+        try:
+            framing = response_body_length(response_head, request.method)
+        except ProtocolViolation as exc:
+            raise UpstreamProtocolError(detail=str(exc)) from None
+        reuse = framing != UNTIL_CLOSE and wants_keep_alive(response_head.minor, response_head.headers)
+        response_body: Body
+        if framing == 0:
+            response_body = EMPTY_BODY
+            self.pool.exchange_done(self, reuse and self._request_sent)
+        else:
+            response_body = WireBody(
+                self.wire,
+                framing,
+                truncated=_truncated,
+                violation=_violation,
+                on_end=self._on_end if reuse else self._on_abort,
+                on_abort=self._on_abort,
+            )
+        return Response(response_head.status, response_head.headers, response_body, response_head.reason)
+
+    def _on_end(self) -> None:
+        self.pool.exchange_done(self, self._request_sent)
+
+    def _on_abort(self) -> None:
+        self.pool.exchange_done(self, False)
+
+    async def _read_head(self) -> ResponseHead:
+        wire = self.wire
+        buf = wire.buf
+        searched = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", max(0, searched - 3))
+            if end >= 0:
+                block = bytes(buf[:end])
+                del buf[: end + 4]
+                try:
+                    head = parse_response_head(block)
+                except ProtocolViolation as exc:
+                    raise UpstreamProtocolError(detail=str(exc)) from None
+                if 100 <= head.status < 200:  # interim responses: we answer 100-continue ourselves
+                    searched = 0
+                    continue
+                return head
+            if len(buf) > MAX_RESPONSE_HEAD:
+                raise UpstreamProtocolError(detail="response head too large")
+            searched = len(buf)
+            if not await wire.fill():
+                if self._request_error is not None:
+                    raise self._request_error
+                raise UpstreamReset(detail="closed before a response", before_response=not buf)
+
+    async def _pump(self, body: Body, head: bytes, framing: int) -> None:
+        """Stream the request body upstream; on a downstream failure, cut the upstream connection."""
+        send = self.wire.send
+        try:
+            first = await body.read()
+            if framing == CHUNKED:
+                if not first:
+                    await send(head + last_chunk_bytes(body.trailers))
+                else:
+                    await send(head + chunk_bytes(first))
+                    while chunk := await body.read():
+                        await send(chunk_bytes(chunk))
+                    await send(last_chunk_bytes(body.trailers))
+            else:
+                await send(head + first)
+                while chunk := await body.read():
+                    await send(chunk)
+            self._request_sent = True
+        except (ProxyError, DownstreamGone) as exc:
+            # The downstream body was bad or went away: the upstream request can never be whole.
+            self._request_error = exc
+            self.wire.close_now()
+        except _STREAM_ERRORS:
+            pass  # upstream stopped reading; its response (often an early error) tells the rest

@@ -1,0 +1,308 @@
+"""HTTP/1.1 server side of a connection: bytes from a downstream peer in, `Request`s to a handler,
+`Response`s back out, streaming, keep-alive, `100 Continue`, `Connection: close` while draining.
+
+One task per connection runs `H1Server.serve`. A request with a body gets its own nursery that
+lives until its response is written, so an upstream client can pump the body while the response
+comes back (full duplex, as a proxy must). Errors found before the pipeline (malformed heads,
+smuggling shapes, limits) are answered here and the connection closes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
+from ..http.h1 import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    RequestHead,
+    chunk_bytes,
+    last_chunk_bytes,
+    parse_request_head,
+    request_body_length,
+    response_head_bytes,
+    wants_keep_alive,
+)
+from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response
+from ..pipeline.handler import Handler
+from ..pipeline.local_reply import error_response
+from .body import WireBody
+from .listener import Listener
+from .wire import Wire
+
+log = structlog.get_logger("sidecar.h1")
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUS = frozenset({204, 304})
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_request_headers: int = 64 * 1024
+    max_request_body: int = 0  # 0 = unlimited
+    header_read_timeout: float = 10.0
+
+
+class _Abort(Exception):
+    """The response broke after its head went out: the only honest signal left is closing."""
+
+
+def _downstream_gone(message: str) -> Exception:
+    return DownstreamGone(message)
+
+
+def _bad_body(message: str) -> Exception:
+    return BadRequest(message)
+
+
+class H1Server:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        conn: ConnectionInfo,
+        handler: Handler,
+        limits: ServerLimits,
+        listener: Listener,
+        *,
+        initial: bytes = b"",
+    ) -> None:
+        self.wire = Wire(stream)
+        self.wire.buf += initial
+        self.conn = conn
+        self.handler = handler
+        self.limits = limits
+        self.listener = listener
+        self.scheme = b"https" if conn.tls else b"http"
+
+    async def serve(self) -> None:
+        try:
+            while await self._serve_one():
+                pass
+        except DownstreamGone:
+            pass
+
+    async def _serve_one(self) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        if self.listener.draining and not self.wire.buf:
+            return False
+        try:
+            block = await self._read_head()
+            if block is None:
+                return False
+            head = parse_request_head(block)
+            request, keep_alive = self._request_from(head)
+        except ProxyError as error:
+            await self._reply_and_close(error)
+            return False
+        body = request.body
+        if body is EMPTY_BODY:
+            response = await self._call(request)
+            keep_alive = await self._write(request, response, keep_alive)
+        else:
+            async with trio.open_nursery() as nursery:
+                request.task_nursery = nursery
+                response = await self._call(request)
+                keep_alive = await self._write(request, response, keep_alive)
+                nursery.cancel_scope.cancel()
+            if not getattr(body, "done", True):
+                keep_alive = False  # the rest of the body is still on the wire
+        return keep_alive
+
+    async def _read_head(self) -> bytes | None:
+        """The next request head (without its blank line), or None when the connection should end."""
+        wire = self.wire
+        buf = wire.buf
+        end = self._find_head_end(buf, 0)
+        if end < 0:
+            limits = self.limits
+            scope = trio.CancelScope(deadline=trio.current_time() + limits.header_read_timeout)
+            idle = not buf
+            idle_scopes = self.listener.idle_scopes
+            if idle:
+                idle_scopes.add(scope)
+            try:
+                with scope:
+                    while end < 0:
+                        if len(buf) > limits.max_request_headers:
+                            raise HeadersTooLarge()
+                        searched = len(buf)
+                        if not await wire.fill():
+                            return None
+                        if idle:
+                            idle_scopes.discard(scope)
+                            idle = False
+                        end = self._find_head_end(buf, searched)
+            finally:
+                if idle:
+                    idle_scopes.discard(scope)
+            if scope.cancelled_caught:
+                return None
+        if end > self.limits.max_request_headers:
+            raise HeadersTooLarge()
+        block = bytes(buf[:end])
+        del buf[: end + 4]
+        return block
+
+    @staticmethod
+    def _find_head_end(buf: bytearray, searched: int) -> int:
+        while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request line
+            del buf[:2]
+            searched = 0
+        return buf.find(b"\r\n\r\n", max(0, searched - 3))
+
+    def _request_from(self, head: RequestHead) -> tuple[Request, bool]:
+        headers = head.headers
+        target = head.target
+        uri_authority: bytes | None = None
+        if target[:1] != b"/":
+            lowered = target[:8].lower()
+            if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+                rest = target[target.index(b"//") + 2 :]
+                cut = len(rest)
+                for sep in (b"/", b"?"):
+                    i = rest.find(sep)
+                    if 0 <= i < cut:
+                        cut = i
+                uri_authority = rest[:cut]
+                path = rest[cut:]
+                target = path if path[:1] == b"/" else b"/" + path
+                if not uri_authority:
+                    raise BadRequest("absolute-form target without a host")
+            elif not (target == b"*" and head.method == b"OPTIONS"):
+                raise BadRequest("unsupported request target")
+        hosts = headers.get_all(b"host")
+        if len(hosts) > 1:
+            raise BadRequest("more than one Host header")
+        if uri_authority is not None:
+            headers.set(b"Host", uri_authority)  # RFC 9112 §3.2.2: the target's authority wins
+            authority: bytes | None = uri_authority
+        elif hosts:
+            authority = hosts[0]
+        elif head.minor == 1:
+            raise BadRequest("missing Host header")
+        else:
+            authority = None
+        framing = request_body_length(head)
+        keep_alive = wants_keep_alive(head.minor, headers)
+        body: Body
+        if framing == 0:
+            body = EMPTY_BODY
+        else:
+            limit = self.limits.max_request_body
+            if limit and framing > limit:
+                raise BodyTooLarge()
+            expect = headers.get(b"expect")
+            on_first_read = None
+            if expect is not None and expect.lower() == b"100-continue" and head.minor == 1:
+                on_first_read = self._send_continue
+            body = WireBody(
+                self.wire,
+                framing,
+                truncated=_downstream_gone,
+                violation=_bad_body,
+                limit=limit,
+                on_first_read=on_first_read,
+            )
+        if b"expect" in headers:
+            headers.remove({b"expect"})  # we answer 100-continue ourselves, on first read
+        request = Request(
+            head.method,
+            target,
+            authority,
+            headers,
+            body,
+            self.conn,
+            http_version="1.1" if head.minor else "1.0",
+            scheme=self.scheme,
+        )
+        return request, keep_alive
+
+    async def _send_continue(self) -> None:
+        try:
+            await self.wire.send(CONTINUE)
+        except _STREAM_ERRORS:
+            raise DownstreamGone("client went away") from None
+
+    async def _call(self, request: Request) -> Response:
+        try:
+            return await self.handler(request)
+        except ProxyError as error:
+            return error_response(error)
+        except DownstreamGone:
+            raise
+        except Exception:
+            log.exception("handler_failed")
+            return error_response(ProxyError())
+
+    async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        """Write `response`; returns whether the connection stays open."""
+        minor = 1 if request.http_version == "1.1" else 0
+        close = not keep_alive or self.listener.draining
+        status = response.status
+        body = response.body
+        send = self.wire.send
+        try:
+            if request.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200:
+                head = response_head_bytes(
+                    status, response.reason, response.headers, 0, minor=minor, close=close, head_only=True
+                )
+                await send(head)
+                return not close
+            length = body.length
+            if length is None:
+                framing = CHUNKED if minor else UNTIL_CLOSE
+                if framing == UNTIL_CLOSE:
+                    close = True
+            else:
+                framing = length
+            try:
+                first = await body.read() if framing else b""
+            except ProxyError as error:  # nothing sent yet: we can still answer properly
+                await self._reply_and_close(error, minor)
+                return False
+            head = response_head_bytes(
+                status, response.reason, response.headers, framing, minor=minor, close=close
+            )
+            if framing == CHUNKED:
+                if first:
+                    await send(head + chunk_bytes(first))
+                    while chunk := await self._next_chunk(body):
+                        await send(chunk_bytes(chunk))
+                else:
+                    head += last_chunk_bytes(body.trailers)
+                    await send(head)
+                    return not close
+                await send(last_chunk_bytes(body.trailers))
+            else:
+                await send(head + first if first else head)
+                if framing:
+                    while chunk := await self._next_chunk(body):
+                        await send(chunk)
+            return not close
+        except _STREAM_ERRORS:
+            raise DownstreamGone("client went away") from None
+        except _Abort:
+            raise DownstreamGone("response aborted") from None
+        finally:
+            await body.aclose()
+
+    @staticmethod
+    async def _next_chunk(body: Body) -> bytes:
+        try:
+            return await body.read()
+        except ProxyError as error:
+            log.info("response_aborted", reason=error.reason, detail=error.detail)
+            raise _Abort() from None
+
+    async def _reply_and_close(self, error: ProxyError, minor: int = 1) -> None:
+        response = error_response(error)
+        data = await response.body.read()
+        head = response_head_bytes(response.status, b"", response.headers, len(data), minor=minor, close=True)
+        try:
+            await self.wire.send(head + data)
+        except _STREAM_ERRORS:
+            pass

@@ -1,0 +1,92 @@
+"""Accepting connections: bind, accept loop, per-listener connection count, and drain.
+
+A `Listener` owns its listening sockets and knows how many connections it has open. Draining a
+listener stops its accept loop, closes its sockets (new connections are refused), and cancels the
+connections that sit idle between requests; busy ones finish their request and close.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+
+import structlog
+import trio
+
+from ..config.schema import Address
+
+log = structlog.get_logger("sidecar.listener")
+
+ACCEPT_RETRY_DELAY = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM, as trio.serve_listeners does
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+class Listener:
+    def __init__(self, name: str, address: Address) -> None:
+        self.name = name
+        self.address = address
+        self.sockets: list[trio.SocketListener] = []
+        self.connections = 0
+        self.draining = False
+        # Cancel scopes of connections waiting for their next request; drain cancels them.
+        self.idle_scopes: set[trio.CancelScope] = set()
+        self._accepting = trio.CancelScope()
+        self._quiet = trio.Event()
+
+    @property
+    def bound_port(self) -> int:
+        return int(self.sockets[0].socket.getsockname()[1])
+
+    async def bind(self) -> None:
+        host = self.address.host.strip("[]")
+        self.sockets = await trio.open_tcp_listeners(self.address.port, host=host)
+
+    async def serve(self, on_connection: ConnectionHandler, handler_nursery: trio.Nursery) -> None:
+        """Accept until drained; each connection runs in `handler_nursery`."""
+        with self._accepting:
+            async with trio.open_nursery() as nursery:
+                for sock in self.sockets:
+                    nursery.start_soon(self._accept_loop, sock, on_connection, handler_nursery)
+
+    async def _accept_loop(
+        self, sock: trio.SocketListener, on_connection: ConnectionHandler, handler_nursery: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                stream = await sock.accept()
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    log.error("accept_failed", listener=self.name, error=exc.strerror)
+                    await trio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
+                raise
+            handler_nursery.start_soon(self._run_connection, stream, on_connection)
+
+    async def _run_connection(self, stream: trio.SocketStream, on_connection: ConnectionHandler) -> None:
+        self.connections += 1
+        try:
+            await on_connection(stream)
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+            if self.connections == 0:
+                self._quiet.set()
+
+    def drain(self) -> None:
+        """Stop accepting, refuse new connections, and close the idle ones."""
+        if self.draining:
+            return
+        self.draining = True
+        self._accepting.cancel()
+        for sock in self.sockets:
+            sock.socket.close()
+        for scope in list(self.idle_scopes):
+            scope.cancel()
+
+    async def wait_quiet(self) -> None:
+        """Return once no connection is open."""
+        while self.connections:
+            self._quiet = trio.Event()
+            await self._quiet.wait()

@@ -1,0 +1,55 @@
+"""A trio stream with a read buffer: the only object HTTP/1.1 adapters read bytes through.
+
+Parsers in `http/h1.py` consume from `Wire.buf` in place; `fill()` appends what the peer sent.
+Broken and closed streams read as end-of-stream here; callers decide what an early end means.
+"""
+
+from __future__ import annotations
+
+import trio
+
+RECEIVE_SIZE = 65536  # one read; also the most a body chunk ever holds, which bounds memory
+
+
+class Wire:
+    __slots__ = ("buf", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def fill(self) -> bool:
+        """Read once more into `buf`; False when the peer closed (or the stream broke)."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return False
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """Read straight from the stream, bypassing the (empty) buffer; b"" at end."""
+        try:
+            return await self.stream.receive_some(min(max_bytes, RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    def close_now(self) -> None:
+        """Close the underlying socket at once, waking any task blocked on it."""
+        close_stream_now(self.stream)
+
+
+def close_stream_now(stream: trio.abc.Stream) -> None:
+    """Synchronous close of a socket-backed stream (TLS included): no close_notify, no wait."""
+    inner: object = stream
+    while inner is not None:
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            sock.close()
+            return
+        inner = getattr(inner, "transport_stream", None)

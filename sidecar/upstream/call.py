@@ -1,0 +1,49 @@
+"""One upstream exchange for one service: pick an endpoint, take a pooled connection (or open one
+within the connect timeout), send, and wait for the response head within the request timeout.
+
+A request that meets a pooled connection the peer closed just before we reused it (not one response
+byte came back) is re-sent once on a fresh connection when it is idempotent and has no body: the
+keep-alive race never surfaces as a 502.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..http.errors import UpstreamConnectFailure, UpstreamReset, UpstreamTimeout
+from ..http.message import Request, Response
+from ..transport.h1_client import H1ClientConnection
+from .pool import ConnectionPool
+from .registry import Cluster
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Response:
+    """Send `request` to one endpoint of `cluster`; the response body streams afterwards."""
+    endpoint = cluster.pick()
+    with trio.move_on_after(timeout):
+        return await _exchange(endpoint.pool, request, cluster.settings.connect_timeout)
+    raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
+
+
+async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection:
+    with trio.move_on_after(connect_timeout):
+        return await pool.connect()
+    raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
+
+
+async def _exchange(pool: ConnectionPool, request: Request, connect_timeout: float) -> Response:
+    conn = pool.take_idle()
+    reused = conn is not None
+    if conn is None:
+        conn = await _connect(pool, connect_timeout)
+    pool.endpoint.active_requests += 1
+    try:
+        return await conn.send(request)
+    except UpstreamReset as exc:
+        if not (reused and exc.before_response and request.body.length == 0 and request.method in IDEMPOTENT):
+            raise
+    conn = await _connect(pool, connect_timeout)
+    pool.endpoint.active_requests += 1
+    return await conn.send(request)

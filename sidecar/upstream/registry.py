@@ -1,0 +1,227 @@
+"""Runtime state of upstream services, keyed by service name and endpoint address.
+
+Config snapshots come and go; what must outlive them lives here: each endpoint's connection pool
+and in-flight count (and, with later capabilities, health and ejection state). `apply()` takes a
+new snapshot and keeps the state of every endpoint that is still there; endpoints that vanish are
+marked removed, their idle connections closed, and their in-flight requests finish undisturbed.
+The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from ..config.schema import Address, InboundConfig, ServiceConfig
+from ..http.errors import NoHealthyUpstream
+from .balancer import Balancer, make_balancer
+from .pool import ConnectionPool
+
+log = structlog.get_logger("sidecar.upstream")
+
+SWEEP_INTERVAL = 0.5  # how often idle pooled connections past their idle timeout are closed
+NO_TIMEOUT = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """What the request path needs from a service's config, in seconds."""
+
+    connect_timeout: float
+    request_timeout: float
+    idle_timeout: float
+    load_balancer: str
+    dns_refresh: float
+    targets: tuple[tuple[Address, int], ...]  # configured (address, weight) pairs, before DNS
+
+
+def settings_for_service(service: ServiceConfig) -> ClusterSettings:
+    t = service.timeouts
+    return ClusterSettings(
+        connect_timeout=t.connect,
+        request_timeout=t.request or NO_TIMEOUT,
+        idle_timeout=t.idle,
+        load_balancer=service.load_balancer,
+        dns_refresh=service.dns_refresh,
+        targets=tuple((e.address, e.weight) for e in service.endpoints),
+    )
+
+
+def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
+    """The local app behind the inbound listener: one endpoint, and no request timeout of its own
+    (the calling sidecar's timeouts govern the exchange, as in Istio's inbound)."""
+    return ClusterSettings(
+        connect_timeout=1.0,
+        request_timeout=NO_TIMEOUT,
+        idle_timeout=inbound.app_idle_timeout,
+        load_balancer="round_robin",
+        dns_refresh=5.0,
+        targets=((inbound.app, 1),),
+    )
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class Endpoint:
+    """One upstream address (an IP and port) of a service."""
+
+    __slots__ = ("active_requests", "address", "host", "pool", "port", "removed", "weight")
+
+    def __init__(self, host: str, port: int, weight: int, idle_timeout: float) -> None:
+        self.host = host.strip("[]")
+        self.port = port
+        self.address = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+        self.weight = weight
+        self.active_requests = 0
+        self.removed = False
+        self.pool = ConnectionPool(self, idle_timeout)
+
+
+class Cluster:
+    """One upstream service: its settings, its current endpoints and their balancer."""
+
+    def __init__(self, name: str, settings: ClusterSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.endpoints: list[Endpoint] = []
+        self.balancer: Balancer | None = None
+        self.needs_dns = False
+        self.next_refresh = 0.0
+        self.configure(settings)
+
+    def configure(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.needs_dns = not all(is_ip_literal(addr.host) for addr, _ in settings.targets)
+        self.next_refresh = 0.0
+        static = [(addr.host, addr.port, weight) for addr, weight in settings.targets if is_ip_literal(addr.host)]
+        if not self.needs_dns:
+            self.set_endpoints(static)
+        else:
+            # Keep resolved endpoints until the next resolution replaces them.
+            for endpoint in self.endpoints:
+                endpoint.pool.idle_timeout = settings.idle_timeout
+            self._rebalance()
+
+    def pick(self) -> Endpoint:
+        balancer = self.balancer
+        if balancer is None:
+            raise NoHealthyUpstream(detail=f"service {self.name} has no endpoints")
+        return balancer.pick()
+
+    def set_endpoints(self, resolved: Iterable[tuple[str, int, int]]) -> None:
+        """Replace the endpoint list, keeping the state of endpoints that remain."""
+        current = {e.address: e for e in self.endpoints}
+        fresh: list[Endpoint] = []
+        for host, port, weight in resolved:
+            candidate = Endpoint(host, port, weight, self.settings.idle_timeout)
+            existing = current.pop(candidate.address, None)
+            if existing is not None:
+                existing.weight = weight
+                existing.pool.idle_timeout = self.settings.idle_timeout
+                if existing not in fresh:
+                    fresh.append(existing)
+            elif all(e.address != candidate.address for e in fresh):
+                fresh.append(candidate)
+        for gone in current.values():
+            gone.removed = True  # in-flight requests finish; the pool keeps nothing more
+            gone.pool.close_idle()
+        self.endpoints = fresh
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        self.balancer = make_balancer(self.settings.load_balancer, self.endpoints) if self.endpoints else None
+
+    def retire(self) -> None:
+        for endpoint in self.endpoints:
+            endpoint.removed = True
+            endpoint.pool.close_idle()
+        self.endpoints = []
+        self.balancer = None
+
+    async def resolve(self) -> None:
+        """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""
+        resolved: list[tuple[str, int, int]] = []
+        for address, weight in self.settings.targets:
+            if is_ip_literal(address.host):
+                resolved.append((address.host, address.port, weight))
+                continue
+            try:
+                infos = await trio.socket.getaddrinfo(address.host, address.port, type=trio.socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("dns_failed", service=self.name, host=address.host, error=str(exc))
+                return
+            seen: set[str] = set()
+            for info in infos:
+                ip = str(info[4][0])
+                if ip not in seen:
+                    seen.add(ip)
+                    resolved.append((ip, address.port, weight))
+        self.set_endpoints(resolved)
+
+
+class UpstreamRegistry:
+    def __init__(self) -> None:
+        self.clusters: dict[str, Cluster] = {}
+        self.app: Cluster | None = None
+
+    def apply_services(self, services: Iterable[ServiceConfig]) -> None:
+        seen = set()
+        for service in services:
+            seen.add(service.name)
+            settings = settings_for_service(service)
+            cluster = self.clusters.get(service.name)
+            if cluster is None:
+                self.clusters[service.name] = Cluster(service.name, settings)
+            elif cluster.settings != settings:
+                cluster.configure(settings)
+        for name in list(self.clusters):
+            if name not in seen:
+                self.clusters.pop(name).retire()
+
+    def apply_app(self, inbound: InboundConfig | None) -> None:
+        if inbound is None:
+            if self.app is not None:
+                self.app.retire()
+            self.app = None
+            return
+        settings = settings_for_app(inbound)
+        if self.app is None:
+            self.app = Cluster("app", settings)
+        elif self.app.settings != settings:
+            self.app.configure(settings)
+
+    def all_clusters(self) -> list[Cluster]:
+        clusters = list(self.clusters.values())
+        if self.app is not None:
+            clusters.append(self.app)
+        return clusters
+
+    async def resolve_due(self) -> None:
+        now = trio.current_time()
+        for cluster in self.all_clusters():
+            if cluster.needs_dns and now >= cluster.next_refresh:
+                cluster.next_refresh = now + cluster.settings.dns_refresh
+                await cluster.resolve()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resolve DNS names once, report started, then keep re-resolving and sweeping pools."""
+        with trio.move_on_after(2.0):
+            await self.resolve_due()
+        task_status.started()
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for cluster in self.all_clusters():
+                for endpoint in cluster.endpoints:
+                    endpoint.pool.sweep(now)
+            await self.resolve_due()
