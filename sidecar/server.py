@@ -25,6 +25,7 @@ from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.listener import Listener
+from .transport.tcp import TcpStream
 from .upstream.registry import UpstreamRegistry
 
 log = structlog.get_logger("sidecar.server")
@@ -66,9 +67,9 @@ class Runtime:
             self._cancel.cancel()
 
     def _serve_with(self, listener: Listener, handler: Handler) -> object:
-        async def on_connection(stream: trio.SocketStream) -> None:
-            peer = stream.socket.getpeername()
-            conn = ConnectionInfo(str(peer[0]), int(peer[1]))
+        async def on_connection(stream: TcpStream) -> None:
+            host, port = stream.getpeername()
+            conn = ConnectionInfo(host, port)
             await H1Server(stream, conn, handler, self.limits, listener).serve()
 
         return on_connection

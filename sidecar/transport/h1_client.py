@@ -30,6 +30,7 @@ from ..http.h1 import (
 )
 from ..http.message import EMPTY_BODY, Body, Request, Response
 from .body import WireBody
+from .tcp import TcpStream
 from .wire import Wire
 
 if TYPE_CHECKING:
@@ -64,11 +65,11 @@ class H1ClientConnection:
         """Whether an idle connection already has something to read: the peer's FIN, or junk."""
         if self.wire.buf:
             return True
-        sock = getattr(self.wire.stream, "socket", None)
-        if sock is None:
-            return False
+        stream = self.wire.stream
+        if not isinstance(stream, TcpStream):
+            return False  # under TLS, readable bytes may be a session ticket: trust the retry instead
         poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(stream.fileno(), select.POLLIN)
         return bool(poller.poll(0))
 
     async def send(self, request: Request) -> Response:

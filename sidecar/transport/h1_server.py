@@ -9,6 +9,7 @@ smuggling shapes, limits) are answered here and the connection closes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import structlog
@@ -302,7 +303,5 @@ class H1Server:
         response = error_response(error)
         data = await response.body.read()
         head = response_head_bytes(response.status, b"", response.headers, len(data), minor=minor, close=True)
-        try:
+        with contextlib.suppress(_STREAM_ERRORS):
             await self.wire.send(head + data)
-        except _STREAM_ERRORS:
-            pass

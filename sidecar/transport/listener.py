@@ -14,20 +14,21 @@ import structlog
 import trio
 
 from ..config.schema import Address
+from .tcp import TcpListener, TcpStream
 
 log = structlog.get_logger("sidecar.listener")
 
 ACCEPT_RETRY_DELAY = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM, as trio.serve_listeners does
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
+ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
 
 
 class Listener:
     def __init__(self, name: str, address: Address) -> None:
         self.name = name
         self.address = address
-        self.sockets: list[trio.SocketListener] = []
+        self.sockets: list[TcpListener] = []
         self.connections = 0
         self.draining = False
         # Cancel scopes of connections waiting for their next request; drain cancels them.
@@ -37,11 +38,12 @@ class Listener:
 
     @property
     def bound_port(self) -> int:
-        return int(self.sockets[0].socket.getsockname()[1])
+        return self.sockets[0].port
 
     async def bind(self) -> None:
         host = self.address.host.strip("[]")
-        self.sockets = await trio.open_tcp_listeners(self.address.port, host=host)
+        infos = await trio.socket.getaddrinfo(host, self.address.port, type=trio.socket.SOCK_STREAM)
+        self.sockets = [TcpListener.bind(str(infos[0][4][0]), self.address.port)]
 
     async def serve(self, on_connection: ConnectionHandler, handler_nursery: trio.Nursery) -> None:
         """Accept until drained; each connection runs in `handler_nursery`."""
@@ -51,7 +53,7 @@ class Listener:
                     nursery.start_soon(self._accept_loop, sock, on_connection, handler_nursery)
 
     async def _accept_loop(
-        self, sock: trio.SocketListener, on_connection: ConnectionHandler, handler_nursery: trio.Nursery
+        self, sock: TcpListener, on_connection: ConnectionHandler, handler_nursery: trio.Nursery
     ) -> None:
         while True:
             try:
@@ -64,7 +66,7 @@ class Listener:
                 raise
             handler_nursery.start_soon(self._run_connection, stream, on_connection)
 
-    async def _run_connection(self, stream: trio.SocketStream, on_connection: ConnectionHandler) -> None:
+    async def _run_connection(self, stream: TcpStream, on_connection: ConnectionHandler) -> None:
         self.connections += 1
         try:
             await on_connection(stream)
@@ -81,7 +83,7 @@ class Listener:
         self.draining = True
         self._accepting.cancel()
         for sock in self.sockets:
-            sock.socket.close()
+            sock.close()
         for scope in list(self.idle_scopes):
             scope.cancel()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import trio
 
+from .tcp import TcpStream
+
 RECEIVE_SIZE = 65536  # one read; also the most a body chunk ever holds, which bounds memory
 
 
@@ -45,11 +47,14 @@ class Wire:
 
 
 def close_stream_now(stream: trio.abc.Stream) -> None:
-    """Synchronous close of a socket-backed stream (TLS included): no close_notify, no wait."""
+    """Synchronous close of a TCP-backed stream (TLS included): no close_notify, no wait."""
     inner: object = stream
     while inner is not None:
+        if isinstance(inner, TcpStream):
+            inner.close_now()
+            return
         sock = getattr(inner, "socket", None)
-        if sock is not None:
+        if sock is not None:  # a trio.SocketStream (tests may hand one in)
             sock.close()
             return
         inner = getattr(inner, "transport_stream", None)

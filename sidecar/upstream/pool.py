@@ -13,11 +13,15 @@ import trio
 
 from ..http.errors import UpstreamConnectFailure
 from ..transport.h1_client import H1ClientConnection
+from ..transport.tcp import open_tcp
 
 if TYPE_CHECKING:
     from .registry import Endpoint
 
 MAX_IDLE = 256  # idle connections kept per endpoint; more are closed when they come back
+# A connection idle longer than this is checked for a peer close (one poll syscall) before reuse;
+# fresher ones are trusted, and the keep-alive race retry covers the rare loser.
+CHECK_AFTER_IDLE = 1.0
 
 
 class ConnectionPool:
@@ -37,7 +41,8 @@ class ConnectionPool:
         now = trio.current_time()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since > self.idle_timeout or conn.peer_closed():
+            idle_for = now - conn.idle_since
+            if idle_for > self.idle_timeout or (idle_for > CHECK_AFTER_IDLE and conn.peer_closed()):
                 self._close(conn)
                 continue
             return conn
@@ -47,7 +52,7 @@ class ConnectionPool:
         """Open a new connection. The caller bounds the time (connect timeout)."""
         endpoint = self.endpoint
         try:
-            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            stream = await open_tcp(endpoint.host, endpoint.port)
         except OSError as exc:
             raise UpstreamConnectFailure(detail=f"{endpoint.address}: {exc.strerror or exc}") from None
         self.open_connections += 1
