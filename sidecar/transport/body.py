@@ -31,6 +31,7 @@ class WireBody:
         "_remaining",
         "_wire",
         "done",
+        "failed",
         "length",
         "trailers",
     )
@@ -52,7 +53,8 @@ class WireBody:
         self._remaining = framing  # bytes left, or UNTIL_CLOSE / CHUNKED
         self.length: int | None = framing if framing >= 0 else None
         self.trailers: Headers | None = None
-        self.done = False
+        self.done = False  # no more bytes will come out
+        self.failed = False  # ...because it broke or was abandoned, not because it ended
         self._fail_truncated = truncated
         self._fail_violation = violation
         self._on_end = on_end
@@ -131,6 +133,7 @@ class WireBody:
 
     def _abort(self) -> None:
         self.done = True
+        self.failed = True
         on_abort, self._on_end, self._on_abort = self._on_abort, None, None
         if on_abort is not None:
             on_abort()

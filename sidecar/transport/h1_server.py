@@ -109,8 +109,8 @@ class H1Server:
                 response = await self._call(request)
                 keep_alive = await self._write(request, response, keep_alive)
                 nursery.cancel_scope.cancel()
-            if not getattr(body, "done", True):
-                keep_alive = False  # the rest of the body is still on the wire
+            if not body.done or getattr(body, "failed", False):
+                keep_alive = False  # the rest of the body is still on the wire, or it was bad
         return keep_alive
 
     async def _read_head(self) -> bytes | None:
@@ -153,7 +153,13 @@ class H1Server:
         while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request line
             del buf[:2]
             searched = 0
-        return buf.find(b"\r\n\r\n", max(0, searched - 3))
+        end = buf.find(b"\r\n\r\n", max(0, searched - 3))
+        if end < 0:
+            # A head ended by bare LFs would never complete: refuse it now, not at the timeout.
+            lf = buf.find(b"\n")
+            if lf == 0 or (lf > 0 and buf[lf - 1] != 13):
+                raise BadRequest("bare LF in request head")
+        return end
 
     def _request_from(self, head: RequestHead) -> tuple[Request, bool]:
         headers = head.headers
@@ -242,7 +248,7 @@ class H1Server:
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
         """Write `response`; returns whether the connection stays open."""
         minor = 1 if request.http_version == "1.1" else 0
-        close = not keep_alive or self.listener.draining
+        close = not keep_alive or self.listener.draining or getattr(request.body, "failed", False)
         status = response.status
         body = response.body
         send = self.wire.send

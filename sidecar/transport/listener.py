@@ -29,7 +29,8 @@ class Listener:
         self.name = name
         self.address = address
         self.sockets: list[TcpListener] = []
-        self.connections = 0
+        self.connections = 0  # open now
+        self.accepted = 0  # since start
         self.draining = False
         # Cancel scopes of connections waiting for their next request; drain cancels them.
         self.idle_scopes: set[trio.CancelScope] = set()
@@ -68,6 +69,7 @@ class Listener:
 
     async def _run_connection(self, stream: TcpStream, on_connection: ConnectionHandler) -> None:
         self.connections += 1
+        self.accepted += 1
         try:
             await on_connection(stream)
         finally:

@@ -1,0 +1,161 @@
+"""Fixtures for end-to-end tests: real sockets on 127.0.0.1, sidecars run in-process (or as real
+processes where the test needs a process: signals, memory), origins served by hypercorn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import pytest
+import trio
+import yaml
+
+from sidecar.config.loader import load_directory
+from sidecar.server import Runtime
+
+from .apps import echo_app
+
+REPO = Path(__file__).resolve().parents[2]
+SIDECAR_BIN = [sys.executable, "-m", "sidecar"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(directory: Path, docs: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "mesh.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return directory
+
+
+class Mesh:
+    """Builds sidecars and origins inside one test's nursery."""
+
+    def __init__(self, nursery: trio.Nursery, tmp_path: Path) -> None:
+        self.nursery = nursery
+        self.tmp_path = tmp_path
+        self.count = 0
+
+    async def origin(self, app: Any = echo_app, **options: Any) -> int:
+        port = free_port()
+        config = hypercorn.config.Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        config.keep_alive_timeout = options.get("keep_alive_timeout", 30)
+        config.accesslog = None
+        config.errorlog = None
+        await self.nursery.start(partial(hypercorn.trio.serve, app, config, mode="asgi"))
+        return port
+
+    async def sidecar(
+        self,
+        *,
+        service: str = "client",
+        services: list[dict[str, Any]] | None = None,
+        routes: list[dict[str, Any]] | None = None,
+        inbound_app: int | None = None,
+        **sidecar_fields: Any,
+    ) -> SidecarHandle:
+        self.count += 1
+        handle = SidecarHandle(outbound=free_port(), admin=free_port(), inbound=free_port() if inbound_app else None)
+        doc: dict[str, Any] = {
+            "kind": "Sidecar",
+            "service": service,
+            "outbound": {"listen": f"127.0.0.1:{handle.outbound}"},
+            "admin": {"listen": f"127.0.0.1:{handle.admin}"},
+        }
+        if inbound_app:
+            inbound = {"listen": f"127.0.0.1:{handle.inbound}", "app": f"127.0.0.1:{inbound_app}"}
+            inbound.update(sidecar_fields.pop("inbound", {}))
+            doc["inbound"] = inbound
+        doc.update(sidecar_fields)
+        docs = [doc]
+        docs += [{"kind": "Service", **s} for s in services or []]
+        docs += [{"kind": "Route", **r} for r in routes or []]
+        directory = write_config(self.tmp_path / f"sidecar{self.count}", docs)
+        runtime = Runtime(load_directory(directory))
+        handle.runtime = await self.nursery.start(partial(runtime.run, handle_signals=False))
+        return handle
+
+
+class SidecarHandle:
+    def __init__(self, outbound: int, admin: int, inbound: int | None) -> None:
+        self.outbound = outbound
+        self.admin = admin
+        self.inbound = inbound
+        self.runtime: Runtime
+
+    @property
+    def outbound_url(self) -> str:
+        return f"http://127.0.0.1:{self.outbound}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin}"
+
+
+def service(name: str, *ports: int, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "endpoints": [{"address": f"127.0.0.1:{p}"} for p in ports], **fields}
+
+
+@pytest.fixture
+async def mesh(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Mesh]:
+    yield Mesh(nursery, tmp_path)
+    nursery.cancel_scope.cancel()
+
+
+class Process:
+    """A real `sidecar run` process, for tests about signals, exit codes and memory."""
+
+    def __init__(self, config_dir: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, SIDECAR_LOG_LEVEL="info")
+        self.proc = subprocess.Popen([*SIDECAR_BIN, "run", "-c", str(config_dir)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+async def wait_ready(admin_port: int, timeout: float = 15.0) -> None:
+    import httpx
+
+    with trio.fail_after(timeout):
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    if (await client.get(f"http://127.0.0.1:{admin_port}/ready")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
