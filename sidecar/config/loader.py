@@ -16,7 +16,9 @@ where its parent mapping starts; a list item at the line where the item starts.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from pydantic_core import ErrorDetails
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .schema import KINDS, RouteConfig, ServiceConfig, SidecarConfig, normalize_host, show
+from .schema import FILE_CONTEXT, KINDS, RouteConfig, ServiceConfig, SidecarConfig, normalize_host, show
 from .snapshot import Snapshot, content_version
 
 FieldPath = tuple[str | int, ...]
@@ -39,6 +41,7 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,15 @@ class ConfigError(Exception):
 
 
 def format_path(path: FieldPath) -> str:
-    """``("rules", 0, "to", 1, "weight")`` -> ``rules[0].to[1].weight``."""
+    """``("rules", 0, "to", 1, "weight")`` -> ``rules[0].to[1].weight``; odd keys are quoted: ``a["x y"]``."""
     text = "" if path else "(document)"
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY_RE.fullmatch(part):
+            text += f"[{json.dumps(part)}]"
+        else:
+            text += f".{part}" if text else part
     return text
 
 
@@ -129,8 +137,8 @@ class _Converter:
         self._count += 1
         if self._count > _MAX_NODES:
             raise _TooLarge
-        line = node.start_mark.line + 1
-        self._document.node_lines.setdefault(path, line)
+        self._document.node_lines.setdefault(path, node.start_mark.line + 1)
+        line = self._document.line(path)  # problems with a value point at its key, if it has one
         if id(node) in self._active:
             self._problem(line, path, "recursive YAML alias")
             return None
@@ -286,7 +294,8 @@ def _validate(document: _Document, issues: list[ConfigIssue]) -> None:
         return
     document.kind = kind
     try:
-        document.model = KINDS[kind].model_validate({k: v for k, v in data.items() if k != "kind"})
+        payload = {k: v for k, v in data.items() if k != "kind"}
+        document.model = KINDS[kind].model_validate(payload, context=FILE_CONTEXT)
     except ValidationError as exc:
         errors = exc.errors()
         inner = {error["loc"][:n] for error in errors for n in range(len(error["loc"]))}
@@ -308,9 +317,11 @@ def _raw_str(document: _Document, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _check_sidecars(directory: str, documents: list[_Document], issues: list[ConfigIssue]) -> None:
+def _check_sidecars(
+    directory: str, documents: list[_Document], issues: list[ConfigIssue], *, complete: bool
+) -> None:
     sidecars = [d for d in documents if d.kind == "Sidecar"]
-    if not sidecars:
+    if not sidecars and complete:
         issues.append(ConfigIssue(directory, 1, "kind", "no Sidecar found (exactly one is required)"))
     for extra in sidecars[1:]:
         first = sidecars[0].where(("kind",))
@@ -344,7 +355,9 @@ def _check_services(documents: list[_Document], issues: list[ConfigIssue]) -> se
     return set(by_name)
 
 
-def _check_routes(documents: list[_Document], services: set[str], issues: list[ConfigIssue]) -> None:
+def _check_routes(
+    documents: list[_Document], services: set[str], issues: list[ConfigIssue], *, complete: bool
+) -> None:
     """One Route per host; every target names a Service."""
     by_host: dict[str, _Document] = {}
     for document in (d for d in documents if d.kind == "Route"):
@@ -361,7 +374,7 @@ def _check_routes(documents: list[_Document], services: set[str], issues: list[C
             by_host[host] = document
         for r, rule in enumerate(route.rules if route else ()):
             for t, target in enumerate(rule.to):
-                if target.service not in services:
+                if complete and target.service not in services:
                     path: FieldPath = ("rules", r, "to", t, "service")
                     issues.append(document.issue(path, f"route to unknown service {target.service!r}"))
 
@@ -408,9 +421,12 @@ def load_directory(directory: str | Path) -> Snapshot:
         for document in _documents(found, content, issues):
             _validate(document, issues)
             documents.append(document)
+    # Documents lost to unreadable files or YAML errors may hold the Sidecar or a routed-to Service:
+    # then "no Sidecar" and "unknown service" would only be echoes of the error already reported.
+    complete = files is not None and not any(issue.path in ("yaml", "file") for issue in issues)
     if files is not None:
-        _check_sidecars(directory_text, documents, issues)
-        _check_routes(documents, _check_services(documents, issues), issues)
+        _check_sidecars(directory_text, documents, issues, complete=complete)
+        _check_routes(documents, _check_services(documents, issues), issues, complete=complete)
     if issues:
         ordered = sorted(dict.fromkeys(issues), key=lambda issue: (issue.file, issue.line))
         raise ConfigError(ordered)

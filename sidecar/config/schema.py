@@ -11,7 +11,9 @@ Rules that hold for every model here:
 - A field explicitly set to ``null`` counts as not set, so its default applies (``inbound: null``
   therefore means "no inbound listener", exactly as leaving ``inbound`` out does).
 - Integers are strict: ``true`` or ``"5"`` is not an integer.
-- Durations are stored as float seconds, sizes as int bytes, addresses as ``Address``.
+- Durations are stored as float seconds, sizes as int bytes, addresses as ``Address``. In a file a
+  duration must be a string with a unit (validate with ``context=FILE_CONTEXT``); code building
+  models directly may pass plain float seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -34,6 +37,7 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -210,8 +214,21 @@ def _address(value: object) -> Address:
     return value if isinstance(value, Address) else Address.parse(value)
 
 
-def _duration(value: object) -> float:
-    # Already-parsed floats come from model_construct/copies in code, never from YAML (always str).
+FILE_CONTEXT: Mapping[str, bool] = MappingProxyType({"from_file": True})
+"""Validation context for data read from a config file: durations there must be strings with a unit."""
+
+
+def _duration(value: object, info: ValidationInfo) -> float:
+    # Code may pass float seconds (``Timeouts(connect=0.5)``); a file must name the unit.
+    from_file = bool(info.context and info.context.get("from_file"))
+    if (
+        not from_file
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    ):
+        return float(value)
     return parse_duration(value)
 
 

@@ -1,0 +1,739 @@
+"""The loader: which files are read, and every problem reported as FILE:LINE: path: message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import Address, ConfigError, ConfigIssue, RouteTarget, load_directory
+from sidecar.config.loader import format_path
+
+from .conftest import ConfigDir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------------
+# Good directories
+# ------------------------------------------------------------------------------------------------
+
+
+def test_example_mesh_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    snapshot = load_directory("mesh-config")
+    assert snapshot.files == ("mesh-config/routes.yaml", "mesh-config/services.yaml", "mesh-config/sidecar.yaml")
+    assert snapshot.sidecar.service == "frontend"
+    assert snapshot.sidecar.inbound is not None
+    assert snapshot.sidecar.inbound.app == Address("127.0.0.1", 8080)
+    assert list(snapshot.services) == ["orders", "orders-v2"]
+    orders = snapshot.services["orders"]
+    assert [str(e.address) for e in orders.endpoints] == ["127.0.0.1:15106", "127.0.0.1:15206"]
+    shop = snapshot.routes["shop"]
+    canary, split = shop.rules
+    assert canary.match.path_prefix == "/api"
+    assert canary.match.headers == (("x-canary", "1"),)
+    assert canary.to == (RouteTarget(service="orders-v2", weight=100),)
+    assert split.to == (RouteTarget(service="orders", weight=90), RouteTarget(service="orders-v2", weight=10))
+    assert split.timeout == 3.0
+
+
+def test_defaults_are_filled(config_dir: ConfigDir) -> None:
+    config_dir.write(
+        "all.yaml",
+        """
+        kind: Sidecar
+        service: frontend
+        ---
+        kind: Service
+        name: Orders
+        endpoints:
+          - address: orders.default.svc:15006
+        ---
+        kind: Route
+        host: Shop:8080
+        rules:
+          - to: [{service: Orders}]
+        """,
+    )
+    snapshot = config_dir.load()
+    sidecar = snapshot.sidecar
+    assert sidecar.inbound is None  # no section: no inbound listener
+    assert sidecar.outbound.listen == Address("127.0.0.1", 15001)
+    assert sidecar.admin.listen == Address("127.0.0.1", 15000)
+    assert (sidecar.limits.max_request_headers, sidecar.limits.max_request_body) == (65536, 0)
+    assert sidecar.limits.header_read_timeout == 10.0
+    assert sidecar.drain_timeout == 20.0
+    service = snapshot.services["Orders"]
+    assert service.hosts == ("orders",)
+    assert service.endpoints[0].weight == 1
+    assert (service.dns_refresh, service.load_balancer) == (5.0, "least_request")
+    assert (service.timeouts.connect, service.timeouts.request, service.timeouts.idle) == (1.0, 15.0, 60.0)
+    rule = snapshot.routes["shop"].rules[0]
+    assert rule.to[0].weight == 100
+    assert (rule.match.path_prefix, rule.match.path, rule.match.headers, rule.timeout) == (None, None, (), None)
+
+
+def test_empty_inbound_section_runs_with_defaults(config_dir: ConfigDir) -> None:
+    config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: a\ninbound: {}\n")
+    inbound = config_dir.load().sidecar.inbound
+    assert inbound is not None
+    assert (str(inbound.listen), str(inbound.app)) == ("0.0.0.0:15006", "127.0.0.1:8080")
+    assert (inbound.app_protocol, inbound.app_idle_timeout) == ("http1", 4.0)
+
+
+def test_null_means_default(config_dir: ConfigDir) -> None:
+    config_dir.write(
+        "all.yaml",
+        """
+        kind: Sidecar
+        service: a
+        inbound:
+        limits:
+        ---
+        kind: Service
+        name: b
+        endpoints: [{address: "b:1"}]
+        dns_refresh:
+        hosts:
+        """,
+    )
+    snapshot = config_dir.load()
+    assert snapshot.sidecar.inbound is None
+    assert snapshot.sidecar.limits.max_request_headers == 65536
+    assert (snapshot.services["b"].dns_refresh, snapshot.services["b"].hosts) == (5.0, ("b",))
+
+
+def test_multi_document_files_and_empty_documents(config_dir: ConfigDir) -> None:
+    config_dir.write(
+        "mesh.yml",
+        """
+        # leading comment
+        ---
+        kind: Sidecar
+        service: a
+        ---
+        ---
+        # only a comment
+        ---
+        kind: Service
+        name: b
+        endpoints: [{address: "10.0.0.1:80"}]
+        ---
+        kind: Service
+        name: c
+        endpoints: [{address: "10.0.0.2:80"}]
+        ...
+        """,
+    )
+    config_dir.write("empty.yaml", "")
+    snapshot = config_dir.load()
+    assert list(snapshot.services) == ["b", "c"]
+    assert [os.path.basename(f) for f in snapshot.files] == ["empty.yaml", "mesh.yml"]
+
+
+def test_skips_dotfiles_subfolders_other_extensions(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    config_dir.write(".hidden.yaml", "this: is: not: yaml")
+    config_dir.write("notes.txt", "kind: Nope")
+    config_dir.write("README.md", "kind: Nope")
+    (config_dir.path / "sub").mkdir()
+    config_dir.write("sub/extra.yaml", "kind: Nope")
+    (config_dir.path / "folder.yaml").mkdir()
+    snapshot = config_dir.load()
+    assert [os.path.basename(f) for f in snapshot.files] == ["sidecar.yaml"]
+
+
+def test_kubernetes_configmap_layout(tmp_path: Path) -> None:
+    """A mounted ConfigMap: files are symlinks into ..data, itself a symlink to a timestamped folder."""
+    mount = tmp_path / "mount"
+    payload = mount / "..2024_05_01_12_00_00.000000001"
+    payload.mkdir(parents=True)
+    (payload / "sidecar.yaml").write_text("kind: Sidecar\nservice: a\n")
+    (payload / "services.yaml").write_text("kind: Service\nname: b\nendpoints: [{address: 'b:1'}]\n")
+    (mount / "..data").symlink_to(payload.name)
+    for name in ("sidecar.yaml", "services.yaml"):
+        (mount / name).symlink_to(f"..data/{name}")
+    snapshot = load_directory(mount)
+    assert snapshot.files == (f"{mount}/services.yaml", f"{mount}/sidecar.yaml")
+    assert list(snapshot.services) == ["b"]
+
+
+def test_symlinked_file_and_directory_followed(tmp_path: Path, config_dir: ConfigDir) -> None:
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text("kind: Sidecar\nservice: linked\n")
+    (config_dir.path / "sidecar.yaml").symlink_to(elsewhere)
+    assert config_dir.load().sidecar.service == "linked"
+    link = tmp_path / "link"
+    link.symlink_to(config_dir.path)
+    assert load_directory(link).files == (f"{link}/sidecar.yaml",)
+
+
+def test_file_names_as_given(config_dir: ConfigDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir.write("sidecar.yaml", "kind: Sidecar\n")
+    monkeypatch.chdir(config_dir.path.parent)
+    spellings = [("mesh", "mesh/sidecar.yaml"), ("mesh/", "mesh/sidecar.yaml"), ("./mesh", "./mesh/sidecar.yaml")]
+    for given, shown in spellings:
+        with pytest.raises(ConfigError) as caught:
+            load_directory(given)
+        assert str(caught.value) == f"{shown}:1: service: field required"
+    config_dir.with_sidecar()
+    assert load_directory("mesh").directory == Path("mesh")
+    assert load_directory("./mesh/").files == ("./mesh/sidecar.yaml",)
+
+
+def test_yaml_merge_keys(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: a
+        endpoints:
+          - &first {address: "a:1", weight: 3}
+          - <<: *first
+            address: b:1
+          - <<: [{weight: 5}, *first]
+            address: c:1
+        """,
+    )
+    endpoints = config_dir.load().services["a"].endpoints
+    assert [(str(e.address), e.weight) for e in endpoints] == [("a:1", 3), ("b:1", 3), ("c:1", 5)]
+
+
+# ------------------------------------------------------------------------------------------------
+# One error of each kind, with its exact FILE:LINE: path: message
+# ------------------------------------------------------------------------------------------------
+
+SERVICE_ERRORS = [
+    (  # unknown field at the top level: retries are not implemented yet
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        retries: {attempts: 2}
+        """,
+        ["4: retries: unknown field"],
+    ),
+    (  # unknown fields one and two levels down
+        """
+        kind: Service
+        name: orders
+        endpoints:
+          - address: 10.0.0.1:80
+            zone: a
+        timeouts:
+          connect: 1s
+          per_try: 5s
+        """,
+        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_try: unknown field"],
+    ),
+    (  # a missing key: the line where its parent mapping starts
+        """
+        kind: Service
+        name: orders
+        endpoints:
+          - address: 10.0.0.1:80
+          -
+            weight: 2
+        """,
+        ["6: endpoints[1].address: field required"],
+    ),
+    (
+        """
+        kind: Service
+
+        endpoints: [{address: "10.0.0.1:80"}]
+        """,
+        ["1: name: field required"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        """,
+        ["1: endpoints: field required"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: []
+        """,
+        ["3: endpoints: must not be empty"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints:
+          - address: orders
+          - address: "::1:80"
+          - address: 10.0.0.1:0
+        """,
+        [
+            "4: endpoints[0].address: invalid address 'orders' (expected host:port, e.g. 127.0.0.1:8080)",
+            "5: endpoints[1].address: invalid address '::1:80' (put IPv6 addresses in brackets: [::1]:8080)",
+            "6: endpoints[2].address: invalid address '10.0.0.1:0' (port must be 1..65535)",
+        ],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints:
+          - address: 10.0.0.1:80
+            weight: 0
+          - address: 10.0.0.2:80
+            weight: true
+        """,
+        ["5: endpoints[0].weight: must be at least 1, got 0", "7: endpoints[1].weight: expected an integer, got true"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        dns_refresh: 5 parsecs
+        timeouts:
+          connect: 1
+          idle: 0s
+        """,
+        [
+            "4: dns_refresh: invalid duration '5 parsecs' (use e.g. 250ms, 1s, 2m)",
+            "6: timeouts.connect: invalid duration 1 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+        ],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        load_balancer: ring_hash
+        """,
+        ["4: load_balancer: invalid value 'ring_hash' (expected 'round_robin', 'least_request' or 'random')"],
+    ),
+    (
+        """
+        kind: Service
+        name: 123
+        hosts: orders
+        endpoints: {address: "10.0.0.1:80"}
+        """,
+        [
+            "2: name: expected a string, got 123",
+            "3: hosts: expected a list, got 'orders'",
+            "4: endpoints: expected a list, got a mapping",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SERVICE_ERRORS)
+def test_service_errors(config_dir: ConfigDir, text: str, expected: list[str]) -> None:
+    file = config_dir.with_sidecar().write("services.yaml", text)
+    assert config_dir.issues() == [f"{file}:{line}" for line in expected]
+
+
+SIDECAR_ERRORS = [
+    (
+        """
+        kind: Sidecar
+        service: frontend
+        tls: {cert: cert.pem}
+        tracing:
+          exporter: otlp
+        """,
+        ["3: tls: unknown field", "4: tracing: unknown field"],
+    ),
+    (
+        """
+        kind: Sidecar
+        service: frontend
+        inbound:
+          listen: 0.0.0.0:15006
+          mode: strict
+          app_protocol: h2c
+          app_idle_timeout: soon
+        limits:
+          max_request_headers: 64KB
+          max_request_body: -1
+          header_read_timeout: 10
+          max_connections: 5
+        """,
+        [
+            "5: inbound.mode: unknown field",
+            "6: inbound.app_protocol: invalid value 'h2c' (expected 'http1')",
+            "7: inbound.app_idle_timeout: invalid duration 'soon' (use e.g. 250ms, 1s, 2m)",
+            "9: limits.max_request_headers: invalid size '64KB' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)",
+            "10: limits.max_request_body: invalid size -1 (must not be negative)",
+            "11: limits.header_read_timeout: invalid duration 10 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+            "12: limits.max_connections: unknown field",
+        ],
+    ),
+    (
+        """
+        # the sidecar
+        kind: Sidecar
+        admin:
+          listen: localhost
+        outbound: 15001
+        drain_timeout: -5s
+        """,
+        [
+            "2: service: field required",
+            "4: admin.listen: invalid address 'localhost' (expected host:port, e.g. 127.0.0.1:8080)",
+            "5: outbound: expected a mapping, got 15001",
+            "6: drain_timeout: invalid duration '-5s' (use e.g. 250ms, 1s, 2m)",
+        ],
+    ),
+    (  # YAML 1.1 would read the key `on` as true: keys are always the text written
+        """
+        kind: Sidecar
+        service: frontend
+        on: true
+        """,
+        ["3: on: unknown field"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SIDECAR_ERRORS)
+def test_sidecar_errors(config_dir: ConfigDir, text: str, expected: list[str]) -> None:
+    file = config_dir.write("sidecar.yaml", text)
+    assert config_dir.issues() == [f"{file}:{line}" for line in expected]
+
+
+ROUTE_ERRORS = [
+    (
+        """
+        kind: Route
+        host: shop
+        rules:
+          - match: {path_prefix: /, method: GET}
+            to: [{service: orders, weight: 100, mirror: true}]
+            retries: {attempts: 1}
+        """,
+        [
+            "4: rules[0].match.method: unknown field",
+            "5: rules[0].to[0].mirror: unknown field",
+            "6: rules[0].retries: unknown field",
+        ],
+    ),
+    (
+        """
+        kind: Route
+        host: shop
+        rules:
+          - to:
+              - service: orders
+                weight: 90
+              - service: orders
+                weight: 0
+        """,
+        ["4: rules[0].to: weights add up to 90, must be 100"],
+    ),
+    (
+        """
+        kind: Route
+        host: shop
+        rules:
+          - to:
+              - {service: orders, weight: 100}
+              - {service: orders}
+        """,
+        ["6: rules[0].to[1].weight: field required (to has several entries)"],
+    ),
+    (
+        """
+        kind: Route
+        host: shop
+        rules:
+          - to: [{service: orders, weight: 101}]
+          - to: []
+          - match: {path: api}
+            to: [{service: orders}]
+            timeout: 3
+          - match:
+              path: /a
+              path_prefix: /a
+            to: [{service: orders}]
+          - match:
+              headers: {X-Canary: 1}
+            to: [{service: orders}]
+        """,
+        [
+            "4: rules[0].to[0].weight: must be at most 100, got 101",
+            "5: rules[1].to: must not be empty",
+            "6: rules[2].match.path: invalid path 'api' (must start with '/')",
+            "8: rules[2].timeout: invalid duration 3 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+            "9: rules[3].match: set either path or path_prefix, not both",
+            '14: rules[4].match.headers.X-Canary: expected a string, got 1 (quote it: "1")',
+        ],
+    ),
+    (
+        """
+        kind: Route
+        rules: []
+        """,
+        ["1: host: field required", "2: rules: must not be empty"],
+    ),
+    (
+        """
+        kind: Route
+        host: shop
+        rules:
+          - to: [{service: orders}]
+          - to:
+              - {service: nope, weight: 50}
+              - {service: orders, weight: 50}
+        """,
+        ["6: rules[1].to[0].service: route to unknown service 'nope'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ROUTE_ERRORS)
+def test_route_errors(config_dir: ConfigDir, text: str, expected: list[str]) -> None:
+    config_dir.with_sidecar().write("services.yaml", "kind: Service\nname: orders\nendpoints: [{address: 'o:1'}]\n")
+    file = config_dir.write("routes.yaml", text)
+    assert config_dir.issues() == [f"{file}:{line}" for line in expected]
+
+
+def test_document_errors(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    file = config_dir.write(
+        "odd.yaml",
+        """
+        kind: Widget
+        name: a
+        ---
+        name: no kind here
+        ---
+        - a list
+        ---
+        kind: [Service]
+        ---
+        just text
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{file}:1: kind: unknown kind 'Widget' (expected Sidecar, Service or Route)",
+        f"{file}:4: kind: field required",
+        f"{file}:6: kind: a document must be a mapping with a kind, not a list",
+        f"{file}:8: kind: unknown kind a list (expected Sidecar, Service or Route)",
+        f"{file}:10: kind: a document must be a mapping with a kind, not 'just text'",
+    ]
+
+
+def test_duplicate_keys_and_bad_yaml_values(config_dir: ConfigDir) -> None:
+    file = config_dir.write(
+        "sidecar.yaml",
+        """
+        kind: Sidecar
+        service: a
+        service: b
+        drain_timeout: !seconds 5
+        ? [complex, key]
+        : 1
+        """,
+    )
+    issues = config_dir.issues()
+    assert issues[0] == f"{file}:3: service: duplicate key (first at line 2)"
+    assert issues[1].startswith(f"{file}:4: drain_timeout: unsupported YAML value:")
+    assert issues[2] == f"{file}:5: (document): mapping keys must be plain strings"
+    assert len(issues) == 3
+
+
+def test_recursive_alias_reported(config_dir: ConfigDir) -> None:
+    file = config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: a\nlimits: &l\n  x: *l\n")
+    assert config_dir.issues() == [
+        f"{file}:4: limits.x: recursive YAML alias",
+        f"{file}:4: limits.x: unknown field",
+    ]
+
+
+def test_alias_bomb_is_an_issue_not_a_hang(config_dir: ConfigDir) -> None:
+    lines = ["kind: Sidecar", "service: a", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    file = config_dir.write("sidecar.yaml", "\n".join(lines) + "\n")
+    assert config_dir.issues() == [f"{file}:1: yaml: document too large (check aliases)"]  # no echo
+
+
+# ------------------------------------------------------------------------------------------------
+# Problems across documents and files
+# ------------------------------------------------------------------------------------------------
+
+
+def test_duplicate_service_names_and_hosts(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    first = config_dir.write(
+        "a.yaml",
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "o:1"}]
+        """,
+    )
+    second = config_dir.write(
+        "b.yaml",
+        """
+        kind: Service
+        name: payments
+        hosts: [payments, Orders:80]
+        endpoints: [{address: "p:1"}]
+        ---
+        kind: Service
+        name: orders
+        endpoints: [{address: "o:2"}]
+        ---
+        kind: Service
+        name: Payments
+        endpoints: [{address: "p:2"}]
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{second}:3: hosts[1]: host 'orders' already used by service 'orders'",
+        f"{second}:7: name: duplicate service name 'orders' (first defined at {first}:2)",
+        f"{second}:11: name: host 'payments' already used by service 'payments'",
+    ]
+
+
+def test_route_may_share_a_host_with_a_service(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    config_dir.write("services.yaml", "kind: Service\nname: orders\nendpoints: [{address: 'o:1'}]\n")
+    config_dir.write("routes.yaml", "kind: Route\nhost: orders\nrules: [{to: [{service: orders}]}]\n")
+    assert list(config_dir.load().routes) == ["orders"]
+
+
+def test_duplicate_route_hosts(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    config_dir.write("services.yaml", "kind: Service\nname: orders\nendpoints: [{address: 'o:1'}]\n")
+    first = config_dir.write("a.yaml", "kind: Route\nhost: shop\nrules: [{to: [{service: orders}]}]\n")
+    second = config_dir.write(
+        "b.yaml",
+        """
+        kind: Route
+        host: SHOP:8080
+        rules: [{to: [{service: orders}]}]
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{second}:2: host: duplicate route for host 'shop' (first defined at {first}:2)"
+    ]
+
+
+def test_more_than_one_sidecar(config_dir: ConfigDir) -> None:
+    first = config_dir.write("a.yaml", "kind: Sidecar\nservice: a\n")
+    second = config_dir.write("b.yaml", "# another\nkind: Sidecar\nservice: b\n")
+    assert config_dir.issues() == [f"{second}:2: kind: more than one Sidecar (first at {first}:1)"]
+
+
+def test_no_sidecar(config_dir: ConfigDir) -> None:
+    config_dir.write("services.yaml", "kind: Service\nname: orders\nendpoints: [{address: 'o:1'}]\n")
+    assert config_dir.issues() == [f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)"]
+
+
+def test_empty_directory(config_dir: ConfigDir) -> None:
+    assert config_dir.issues() == [f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)"]
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError) as caught:
+        load_directory(missing)
+    assert caught.value.issues == (
+        ConfigIssue(str(missing), 1, "directory", "cannot read config directory: No such file or directory"),
+    )
+
+
+def test_unreadable_file(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    (config_dir.path / "broken.yaml").symlink_to(config_dir.path / "gone.yaml")
+    assert config_dir.issues() == [f"{config_dir.path}/broken.yaml:1: file: cannot read: No such file or directory"]
+
+
+def test_yaml_syntax_error_and_other_files_still_checked(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    bad = config_dir.write(
+        "a.yaml",
+        """
+        kind: Service
+        name: early
+        endpoints: [{address: nowhere}]
+        ---
+        kind: Service
+        name: orders
+          endpoints: []
+        """,
+    )
+    other = config_dir.write("b.yaml", "kind: Service\nname: x\nendpoints: [{address: 'x:1'}]\nretries: 3\n")
+    assert config_dir.issues() == [
+        f"{bad}:3: endpoints[0].address: invalid address 'nowhere' (expected host:port, e.g. 127.0.0.1:8080)",
+        f"{bad}:7: yaml: invalid YAML: mapping values are not allowed here",
+        f"{other}:4: retries: unknown field",
+    ]
+
+
+def test_unclosed_flow_mapping(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    bad = config_dir.write("a.yaml", "kind: Service\nname: a\nendpoints: [{address: a:1\n\n")
+    [issue] = config_dir.issues()
+    assert issue.startswith(f"{bad}:5: yaml: invalid YAML: ")
+    assert "(while parsing a flow mapping at line 3)" in issue
+
+
+def test_not_utf8(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    (config_dir.path / "bad.yaml").write_bytes(b"kind: Service\nname: \xff\n")
+    assert config_dir.issues() == [f"{config_dir.path}/bad.yaml:2: yaml: file is not valid UTF-8"]
+
+
+def test_many_errors_in_many_files_all_reported(config_dir: ConfigDir) -> None:
+    sidecar = config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: a\ndrain_timeout: 20\n")
+    services = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "o:1"}]
+        hosts: [shop]
+        ---
+        kind: Service
+        name: orders
+        endpoints: [{address: "o:99999"}]
+        """,
+    )
+    routes = config_dir.write(
+        "routes.yaml",
+        """
+        kind: Route
+        host: shop
+        rules:
+          - to: [{service: orders, weight: 60}, {service: payments, weight: 30}]
+          - to: [{service: nope}]
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        config_dir.load()
+    expected = [
+        f"{routes}:4: rules[0].to: weights add up to 90, must be 100",
+        f"{services}:7: name: duplicate service name 'orders' (first defined at {services}:2)",
+        f"{services}:8: endpoints[0].address: invalid address 'o:99999' (port must be 1..65535)",
+        f"{sidecar}:3: drain_timeout: invalid duration 20 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+    ]
+    assert str(caught.value) == "\n".join(expected)
+    assert [(i.file, i.line, i.path) for i in caught.value.issues] == [
+        (routes, 4, "rules[0].to"),
+        (services, 7, "name"),
+        (services, 8, "endpoints[0].address"),
+        (sidecar, 3, "drain_timeout"),
+    ]
+
+
+def test_format_path() -> None:
+    assert format_path(("rules", 0, "to", 1, "weight")) == "rules[0].to[1].weight"
+    assert format_path(("rules", 0, "match", "headers", "x-canary")) == "rules[0].match.headers.x-canary"
+    assert format_path(("limits", "a b", "\n", "x.y")) == 'limits["a b"]["\\n"]["x.y"]'
+    assert format_path(()) == "(document)"

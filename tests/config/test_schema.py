@@ -1,0 +1,337 @@
+"""Value notations (durations, sizes, addresses) and the models of each kind, without files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from sidecar.config import (
+    Address,
+    EndpointConfig,
+    InboundConfig,
+    Limits,
+    RouteConfig,
+    RouteMatch,
+    RouteRule,
+    RouteTarget,
+    ServiceConfig,
+    SidecarConfig,
+    Timeouts,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+from sidecar.config.schema import FILE_CONTEXT
+
+# ------------------------------------------------------------------------------------------------
+# Durations
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("0ms", 0.0),
+        ("1s", 1.0),
+        ("0s", 0.0),
+        ("1.5s", 1.5),
+        (".5s", 0.5),
+        ("2m", 120.0),
+        ("1.5m", 90.0),
+        ("1h", 3600.0),
+        ("4s", 4.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5 parsecs", "invalid duration '5 parsecs' (use e.g. 250ms, 1s, 2m)"),
+        ("-1s", "invalid duration '-1s' (use e.g. 250ms, 1s, 2m)"),
+        ("1", "invalid duration '1' (use e.g. 250ms, 1s, 2m)"),
+        ("1 s", "invalid duration '1 s' (use e.g. 250ms, 1s, 2m)"),
+        ("1S", "invalid duration '1S' (use e.g. 250ms, 1s, 2m)"),
+        ("1d", "invalid duration '1d' (use e.g. 250ms, 1s, 2m)"),
+        ("s", "invalid duration 's' (use e.g. 250ms, 1s, 2m)"),
+        ("", "invalid duration '' (use e.g. 250ms, 1s, 2m)"),
+        (5, "invalid duration 5 (a duration needs a unit: use e.g. 250ms, 1s, 2m)"),
+        (1.5, "invalid duration 1.5 (a duration needs a unit: use e.g. 250ms, 1s, 2m)"),
+        (True, "invalid duration true (use e.g. 250ms, 1s, 2m)"),
+        (None, "invalid duration null (use e.g. 250ms, 1s, 2m)"),
+        ("9" * 400 + "h", "invalid duration '" + "9" * 400 + "h' (too large)"),
+    ],
+)
+def test_parse_duration_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_duration(value)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.25, "250ms"), (0.001, "1ms"), (0.0, "0s"), (1.0, "1s"), (1.5, "1.5s"), (60.0, "60s"), (1e-5, "0.00001s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@given(st.floats(min_value=0, allow_nan=False, allow_infinity=False))
+def test_duration_round_trip(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.integers(min_value=0, max_value=10**12), st.sampled_from(["ms", "s", "m", "h"]))
+def test_duration_units(number: int, unit: str) -> None:
+    expected = {"ms": number / 1000, "s": float(number), "m": number * 60.0, "h": number * 3600.0}[unit]
+    assert parse_duration(f"{number}{unit}") == expected
+
+
+@given(st.one_of(st.text(), st.from_regex(r"-?[0-9.]{0,8}(ms|s|m|h|d)?", fullmatch=True)))
+def test_parse_duration_never_crashes(text: str) -> None:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        assert str(exc).startswith("invalid duration ")
+    else:
+        assert math.isfinite(seconds) and seconds >= 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (1024, 1024),
+        ("1024", 1024),
+        ("0", 0),
+        ("64KiB", 65536),
+        ("1MiB", 1 << 20),
+        ("2GiB", 2 << 30),
+        ("64 KiB", 65536),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("64KB", "invalid size '64KB' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)"),
+        ("1.5MiB", "invalid size '1.5MiB' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)"),
+        ("-1", "invalid size '-1' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)"),
+        (-1, "invalid size -1 (must not be negative)"),
+        (1.5, "invalid size 1.5 (use bytes, or e.g. 64KiB, 1MiB, 2GiB)"),
+        (True, "invalid size true (use bytes, or e.g. 64KiB, 1MiB, 2GiB)"),
+        ("KiB", "invalid size 'KiB' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)"),
+        ("1" * 5000, "invalid size '" + "1" * 5000 + "' (too large)"),
+    ],
+)
+def test_parse_size_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_size(value)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(0, "0"), (1000, "1000"), (1024, "1KiB"), (65536, "64KiB"), (3 << 20, "3MiB"), (2 << 30, "2GiB")]
+)
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
+
+
+@given(st.integers(min_value=0, max_value=2**64))
+def test_size_round_trip(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+    assert parse_size(str(size)) == size
+    assert parse_size(size) == size
+
+
+@given(st.one_of(st.text(), st.from_regex(r"-?[0-9. ]{0,6}(KiB|MiB|GiB|KB|B)?", fullmatch=True)))
+def test_parse_size_never_crashes(text: str) -> None:
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        assert str(exc).startswith("invalid size ")
+    else:
+        assert size >= 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Addresses
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "shown"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080, "127.0.0.1:8080"),
+        ("0.0.0.0:15006", "0.0.0.0", 15006, "0.0.0.0:15006"),
+        ("orders.default.svc.cluster.local:15006", "orders.default.svc.cluster.local", 15006, None),
+        ("Orders-Headless:1", "orders-headless", 1, "orders-headless:1"),
+        ("localhost:65535", "localhost", 65535, None),
+        ("[::1]:8080", "::1", 8080, "[::1]:8080"),
+        ("[2001:DB8::1]:443", "2001:db8::1", 443, "[2001:db8::1]:443"),
+    ],
+)
+def test_address_parse(text: str, host: str, port: int, shown: str | None) -> None:
+    address = Address.parse(text)
+    assert (address.host, address.port) == (host, port)
+    assert str(address) == (shown or text)
+    assert Address.parse(str(address)) == address
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("orders", "expected host:port, e.g. 127.0.0.1:8080"),
+        ("orders:0", "port must be 1..65535"),
+        ("orders:65536", "port must be 1..65535"),
+        ("orders:http", "port must be 1..65535"),
+        ("orders:", "port must be 1..65535"),
+        (":8080", "missing host, e.g. 127.0.0.1:8080"),
+        ("::1:80", "put IPv6 addresses in brackets: [::1]:8080"),
+        ("[::1]", "expected [IPv6]:port, e.g. [::1]:8080"),
+        ("[zz::1]:80", "bad IPv6 address 'zz::1'"),
+        ("10.0.0.256:80", "bad IPv4 address '10.0.0.256'"),
+        ("bad_-host-:80", "bad host name 'bad_-host-'"),
+        ("a b:80", "bad host name 'a b'"),
+        (8080, "expected host:port, e.g. 127.0.0.1:8080"),
+    ],
+)
+def test_address_rejects(value: object, reason: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        Address.parse(value)
+    assert str(caught.value).endswith(f"({reason})")
+
+
+def test_address_is_frozen_and_hashable() -> None:
+    address = Address("10.0.0.1", 80)
+    assert {address: 1}[Address.parse("10.0.0.1:80")] == 1
+    with pytest.raises(AttributeError):
+        address.port = 81  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        Address("10.0.0.1", 0)
+
+
+@given(st.text(max_size=40))
+def test_address_parse_never_crashes(text: str) -> None:
+    try:
+        address = Address.parse(text)
+    except ValueError as exc:
+        assert str(exc).startswith("invalid address ")
+    else:
+        assert Address.parse(str(address)) == address
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sidecar_defaults() -> None:
+    sidecar = SidecarConfig(service="frontend")  # type: ignore[call-arg]
+    assert sidecar.inbound is None
+    assert str(sidecar.outbound.listen) == "127.0.0.1:15001"
+    assert str(sidecar.admin.listen) == "127.0.0.1:15000"
+    assert sidecar.limits == Limits(max_request_headers=65536, max_request_body=0, header_read_timeout=10.0)
+    assert sidecar.drain_timeout == 20.0
+    inbound = InboundConfig()  # type: ignore[call-arg]
+    assert (str(inbound.listen), str(inbound.app)) == ("0.0.0.0:15006", "127.0.0.1:8080")
+    assert (inbound.app_protocol, inbound.app_idle_timeout) == ("http1", 4.0)
+
+
+def test_service_defaults() -> None:
+    service = ServiceConfig.model_validate({"name": "Orders", "endpoints": [{"address": "10.0.0.1:80"}]})
+    assert service.hosts == ("orders",)
+    assert service.endpoints == (EndpointConfig(address=Address("10.0.0.1", 80), weight=1),)
+    assert service.dns_refresh == 5.0
+    assert service.load_balancer == "least_request"
+    assert service.timeouts == Timeouts(connect=1.0, request=15.0, idle=60.0)
+
+
+def test_service_hosts_normalized() -> None:
+    service = ServiceConfig.model_validate(
+        {"name": "orders", "hosts": ["Orders", "orders:8080", "ORDERS.svc"], "endpoints": [{"address": "a:1"}]}
+    )
+    assert service.hosts == ("orders", "orders.svc")
+    routes_only = ServiceConfig.model_validate({"name": "v2", "hosts": [], "endpoints": [{"address": "a:1"}]})
+    assert routes_only.hosts == ()
+
+
+def test_models_are_frozen_and_strict() -> None:
+    sidecar = SidecarConfig.model_validate({"service": "frontend"})
+    with pytest.raises(ValidationError):
+        sidecar.service = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        SidecarConfig.model_validate({"service": "frontend", "tls": {}})
+    with pytest.raises(ValidationError):
+        EndpointConfig.model_validate({"address": "a:1", "weight": True})
+    with pytest.raises(ValidationError):
+        EndpointConfig.model_validate({"address": "a:1", "weight": "2"})
+
+
+def test_null_means_unset() -> None:
+    sidecar = SidecarConfig.model_validate({"service": "frontend", "inbound": None, "limits": None})
+    assert sidecar.inbound is None and sidecar.limits == Limits()  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        SidecarConfig.model_validate({"service": None})
+
+
+def test_route_single_target_defaults_to_100() -> None:
+    rule = RouteRule.model_validate({"to": [{"service": "orders"}]})
+    assert rule.to == (RouteTarget(service="orders", weight=100),)
+    assert rule.match == RouteMatch(path_prefix=None, path=None, headers=())
+    assert rule.timeout is None
+
+
+def test_route_weights() -> None:
+    rule = RouteRule.model_validate({"to": [{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]})
+    assert [t.weight for t in rule.to] == [90, 10]
+    with pytest.raises(ValidationError, match="weights add up to 90, must be 100"):
+        RouteRule.model_validate({"to": [{"service": "a", "weight": 90}, {"service": "b", "weight": 0}]})
+    with pytest.raises(ValidationError, match="weights add up to 50, must be 100"):
+        RouteRule.model_validate({"to": [{"service": "a", "weight": 50}]})
+    with pytest.raises(ValidationError, match="field required"):
+        RouteRule.model_validate({"to": [{"service": "a", "weight": 100}, {"service": "b"}]})
+
+
+def test_route_match() -> None:
+    match = RouteMatch.model_validate({"path_prefix": "/api", "headers": {"X-Canary": "1", "x-user": "bob"}})
+    assert match.headers == (("x-canary", "1"), ("x-user", "bob"))
+    assert match.model_dump(mode="json")["headers"] == {"x-canary": "1", "x-user": "bob"}
+    with pytest.raises(ValidationError, match="must start with '/'"):
+        RouteMatch.model_validate({"path": "api"})
+    with pytest.raises(ValidationError, match="not both"):
+        RouteMatch.model_validate({"path": "/a", "path_prefix": "/a"})
+    with pytest.raises(ValidationError, match="listed twice"):
+        RouteMatch.model_validate({"headers": {"X-A": "1", "x-a": "2"}})
+    with pytest.raises(ValidationError, match="invalid header name"):
+        RouteMatch.model_validate({"headers": {"x a": "1"}})
+
+
+def test_route_host_lower_case_without_port() -> None:
+    route = RouteConfig.model_validate({"host": "Shop.Example:8080", "rules": [{"to": [{"service": "a"}]}]})
+    assert route.host == "shop.example"
+
+
+def test_code_may_pass_seconds_but_files_need_units() -> None:
+    assert Timeouts(connect=0.5).connect == 0.5  # type: ignore[call-arg]
+    assert Timeouts.model_validate({"connect": "500ms"}, context=FILE_CONTEXT).connect == 0.5
+    with pytest.raises(ValidationError, match="a duration needs a unit"):
+        Timeouts.model_validate({"connect": 1}, context=FILE_CONTEXT)
+    with pytest.raises(ValidationError):
+        Timeouts(connect=-1.0)  # type: ignore[call-arg]
