@@ -1,0 +1,86 @@
+"""Bodies stream through two real sidecar processes with backpressure: 50 MiB up and 50 MiB back
+while each sidecar's peak RSS stays far below the body size."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import trio
+
+from .conftest import Mesh, Process, free_port, wait_ready, write_config
+
+MiB = 1024 * 1024
+BODY = 50 * MiB
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_50_mib_each_way_through_two_sidecars_in_bounded_memory(
+    mesh: Mesh, tmp_path: Path, processes: list[Process]
+) -> None:
+    app = await mesh.origin()
+    b_ports = {name: free_port() for name in ("inbound", "outbound", "admin")}
+    a_ports = {name: free_port() for name in ("outbound", "admin")}
+    write_config(
+        tmp_path / "b",
+        [
+            {
+                "kind": "Sidecar",
+                "service": "orders",
+                "inbound": {"listen": f"127.0.0.1:{b_ports['inbound']}", "app": f"127.0.0.1:{app}"},
+                "outbound": {"listen": f"127.0.0.1:{b_ports['outbound']}"},
+                "admin": {"listen": f"127.0.0.1:{b_ports['admin']}"},
+            }
+        ],
+    )
+    write_config(
+        tmp_path / "a",
+        [
+            {
+                "kind": "Sidecar",
+                "service": "frontend",
+                "outbound": {"listen": f"127.0.0.1:{a_ports['outbound']}"},
+                "admin": {"listen": f"127.0.0.1:{a_ports['admin']}"},
+            },
+            {"kind": "Service", "name": "orders", "endpoints": [{"address": f"127.0.0.1:{b_ports['inbound']}"}]},
+        ],
+    )
+    b = Process(tmp_path / "b", tmp_path / "b.log")
+    a = Process(tmp_path / "a", tmp_path / "a.log")
+    processes += [a, b]
+    await wait_ready(b_ports["admin"])
+    await wait_ready(a_ports["admin"])
+    before = {p: rss_kib(p.proc.pid) for p in (a, b)}
+
+    piece = bytes(range(256)) * 256  # 64 KiB
+    sent = hashlib.sha256()
+
+    async def upload() -> object:
+        for _ in range(BODY // len(piece)):
+            sent.update(piece)
+            yield piece
+
+    received = hashlib.sha256()
+    total = 0
+    async with httpx.AsyncClient(timeout=120) as client:
+        async with client.stream(
+            "POST", f"http://127.0.0.1:{a_ports['outbound']}/echo", headers={"host": "orders"}, content=upload()
+        ) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                received.update(chunk)
+                total += len(chunk)
+    assert total == BODY
+    assert received.hexdigest() == sent.hexdigest()
+    for p in (a, b):
+        growth = p.peak_rss_kib() - before[p]
+        assert growth < 10 * 1024, f"peak RSS grew {growth} KiB while streaming {BODY // MiB} MiB"
+        assert p.peak_rss_kib() < 64 * 1024
+    await trio.sleep(0)
