@@ -204,7 +204,8 @@ def _yaml_issue(file: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
         return ConfigIssue(file, exc.problem_mark.line + 1, "yaml", message)
     if isinstance(exc, yaml.reader.ReaderError):
         line = text[: exc.position].count("\n") + 1
-        return ConfigIssue(file, line, "yaml", f"invalid YAML: {exc.reason} {exc.character!r}")
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return ConfigIssue(file, line, "yaml", f"invalid YAML: {exc.reason} (#x{character:04x})")
     return ConfigIssue(file, 1, "yaml", f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 

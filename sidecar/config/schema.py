@@ -49,11 +49,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 # --------------------------------------------------------------------------------------------------
 
 _DURATION_UNITS: dict[str, tuple[int, int]] = {"ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1)}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(ms|s|m|h)")
 _DURATION_HINT = "use e.g. 250ms, 1s, 2m"
 
 _SIZE_UNITS: dict[str, int] = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
-_SIZE_RE = re.compile(r"(\d+)\s*(KiB|MiB|GiB)?")
+_SIZE_RE = re.compile(r"([0-9]+) ?(KiB|MiB|GiB)?")
 _SIZE_HINT = "use bytes, or e.g. 64KiB, 1MiB, 2GiB"
 
 _DNS_LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
@@ -120,7 +120,7 @@ def parse_size(value: object) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError(f"invalid size {show(value)} ({_SIZE_HINT})")
-    match = _SIZE_RE.fullmatch(value.strip())
+    match = _SIZE_RE.fullmatch(value)
     if match is None:
         raise ValueError(f"invalid size {show(value)} ({_SIZE_HINT})")
     number, unit = match.groups()
@@ -205,7 +205,7 @@ class Address:
             if ":" in host:
                 raise ValueError(f"invalid address {show(text)} (put IPv6 addresses in brackets: [::1]:8080)")
             host = _check_host_part(host, text)
-        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5 and 1 <= int(port_text) <= 65535):
             raise ValueError(f"invalid address {show(text)} (port must be 1..65535)")
         return cls(host, int(port_text))
 

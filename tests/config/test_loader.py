@@ -684,6 +684,16 @@ def test_unclosed_flow_mapping(config_dir: ConfigDir) -> None:
     assert "(while parsing a flow mapping at line 3)" in issue
 
 
+def test_control_characters_and_tabs(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    (config_dir.path / "bell.yaml").write_bytes(b"kind: Service\nname: a\x07\n")
+    (config_dir.path / "tab.yaml").write_bytes(b"kind: Service\n\tname: a\n")
+    assert config_dir.issues() == [
+        f"{config_dir.path}/bell.yaml:2: yaml: invalid YAML: special characters are not allowed (#x0007)",
+        f"{config_dir.path}/tab.yaml:2: yaml: invalid YAML: found character '\\t' that cannot start any token",
+    ]
+
+
 def test_not_utf8(config_dir: ConfigDir) -> None:
     config_dir.with_sidecar()
     (config_dir.path / "bad.yaml").write_bytes(b"kind: Service\nname: \xff\n")
