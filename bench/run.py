@@ -77,10 +77,14 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def header_lines(timing: Timing, versions: dict[str, str], loadgen_core: int, proxy_core: int) -> list[str]:
+def header_lines(
+    timing: Timing, versions: dict[str, str], loadgen_core: int, proxy_core: int, load_at_start: float
+) -> list[str]:
+    """What the run was: when, which commit, how long each step, pinning, tool versions."""
     return [
         f"sidecar benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {git_commit()}  "
-        f"{timing.duration} s per step (+{timing.warmup} s warm-up per setup)",
+        f"{timing.duration} s per step (+{timing.warmup} s warm-up per setup)  "
+        f"load average at start {load_at_start:.2f}",
         f"load generator + origin on core {loadgen_core}, proxies on core {proxy_core}; "
         f"wrk -t1 -c{CONNECTIONS} (latency: -c1), h2load -c{H2_CLIENTS} -m{H2_STREAMS}",
         "; ".join(versions.values()),
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     setups = select(args.setups)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every finally block stops its processes
     paths = tools.ensure_tools()
+    load_at_start = os.getloadavg()[0]
     loadgen_core, proxy_core = cores()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     report.add_derived(results)
-    header = header_lines(timing, tools.versions(paths), loadgen_core, proxy_core)
+    header = header_lines(timing, tools.versions(paths), loadgen_core, proxy_core, load_at_start)
     print("\n" + report.render_text(header, results))
     meta = {"header": header, "timing": timing.__dict__, "python": platform.python_version(), "stamp": stamp}
     written = report.write_results(RESULTS, stamp, header, meta, results)

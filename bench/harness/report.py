@@ -96,6 +96,8 @@ def align(table: list[list[str]]) -> str:
 
 
 def markdown(table: list[list[str]]) -> str:
+    """A markdown table; ratio rows are set in italics since markdown drops their indent."""
+    table = [[f"_{row[0].strip()}_" if row[0].startswith("  ") else row[0], *row[1:]] for row in table]
     lines = ["| " + " | ".join(row) + " |" for row in table]
     lines.insert(1, "|" + "|".join(["---", "---"] + ["---:"] * (len(table[0]) - 2)) + "|")
     return "\n".join(lines)
