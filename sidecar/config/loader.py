@@ -209,13 +209,18 @@ def _yaml_issue(file: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
     return ConfigIssue(file, 1, "yaml", f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
-def _documents(file: str, content: bytes, issues: list[ConfigIssue]) -> Iterator[_Document]:
-    """The non-empty documents of one file, converted; YAML problems go to ``issues``."""
+def _documents(
+    file: str, content: bytes, issues: list[ConfigIssue], unread: list[ConfigIssue]
+) -> Iterator[_Document]:
+    """The non-empty documents of one file, converted.
+
+    Problems that lose documents (bad encoding, YAML errors) go to ``unread``, others to ``issues``.
+    """
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = content[: exc.start].count(b"\n") + 1
-        issues.append(ConfigIssue(file, line, "yaml", "file is not valid UTF-8"))
+        unread.append(ConfigIssue(file, line, "yaml", "file is not valid UTF-8"))
         return
     nodes = yaml.compose_all(text, Loader=yaml.SafeLoader)
     while True:
@@ -224,7 +229,7 @@ def _documents(file: str, content: bytes, issues: list[ConfigIssue]) -> Iterator
         except StopIteration:
             return
         except yaml.YAMLError as exc:  # the documents before it were still checked
-            issues.append(_yaml_issue(file, text, exc))
+            unread.append(_yaml_issue(file, text, exc))
             return
         if node is None or _is_empty(node):
             continue
@@ -233,10 +238,10 @@ def _documents(file: str, content: bytes, issues: list[ConfigIssue]) -> Iterator
             document.data = _Converter(document, issues).convert(node, ())
         except _TooLarge:
             line = node.start_mark.line + 1
-            issues.append(ConfigIssue(file, line, "yaml", "document too large (check aliases)"))
+            unread.append(ConfigIssue(file, line, "yaml", "document too large (check aliases)"))
             continue
         except RecursionError:
-            issues.append(ConfigIssue(file, node.start_mark.line + 1, "yaml", "document nested too deeply"))
+            unread.append(ConfigIssue(file, node.start_mark.line + 1, "yaml", "document nested too deeply"))
             continue
         yield document
 
@@ -416,15 +421,17 @@ def load_directory(directory: str | Path) -> Snapshot:
     """
     directory_text = os.fspath(directory)
     issues: list[ConfigIssue] = []
-    files = _read_directory(directory_text, issues)
+    unread: list[ConfigIssue] = []  # problems that cost documents: unreadable files, YAML errors
+    files = _read_directory(directory_text, unread)
     documents: list[_Document] = []
     for _name, found, content in files or ():
-        for document in _documents(found, content, issues):
+        for document in _documents(found, content, issues, unread):
             _validate(document, issues)
             documents.append(document)
-    # Documents lost to unreadable files or YAML errors may hold the Sidecar or a routed-to Service:
-    # then "no Sidecar" and "unknown service" would only be echoes of the error already reported.
-    complete = files is not None and not any(issue.path in ("yaml", "file") for issue in issues)
+    # A lost document may be the Sidecar or a routed-to Service: then "no Sidecar" and "unknown
+    # service" would only echo the problem already reported.
+    complete = not unread
+    issues += unread
     if files is not None:
         _check_sidecars(directory_text, documents, issues, complete=complete)
         _check_routes(documents, _check_services(documents, issues), issues, complete=complete)

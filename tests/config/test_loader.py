@@ -747,3 +747,18 @@ def test_format_path() -> None:
     assert format_path(("rules", 0, "match", "headers", "x-canary")) == "rules[0].match.headers.x-canary"
     assert format_path(("limits", "a b", "\n", "x.y")) == 'limits["a b"]["\\n"]["x.y"]'
     assert format_path(()) == "(document)"
+
+
+def test_no_echo_errors_after_a_yaml_error(config_dir: ConfigDir) -> None:
+    bad = config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: [a\n")
+    config_dir.write("routes.yaml", "kind: Route\nhost: shop\nrules: [{to: [{service: orders}]}]\n")
+    [issue] = config_dir.issues()  # neither "no Sidecar found" nor "route to unknown service"
+    assert issue.startswith(f"{bad}:3: yaml: invalid YAML: ")
+
+
+def test_field_named_file_is_not_mistaken_for_a_lost_file(config_dir: ConfigDir) -> None:
+    routes = config_dir.write("routes.yaml", "kind: Route\nhost: shop\nfile: x\nrules: [{to: [{service: nope}]}]\n")
+    assert config_dir.issues() == [
+        f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)",
+        f"{routes}:3: file: unknown field",
+    ]
