@@ -24,7 +24,7 @@ from .listeners.outbound import outbound_handler
 from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .transport.h1_server import H1Server, ServerLimits
-from .transport.listener import Listener
+from .transport.listener import ConnectionHandler, Listener
 from .transport.tcp import TcpStream
 from .upstream.registry import UpstreamRegistry
 
@@ -66,7 +66,7 @@ class Runtime:
         if self._cancel is not None:
             self._cancel.cancel()
 
-    def _serve_with(self, listener: Listener, handler: Handler) -> object:
+    def _serve_with(self, listener: Listener, handler: Handler) -> ConnectionHandler:
         async def on_connection(stream: TcpStream) -> None:
             host, port = stream.getpeername()
             conn = ConnectionInfo(host, port)

@@ -8,6 +8,7 @@ on the hot path. Pure data: no trio import here.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,7 +61,7 @@ class Headers:
             out.append((lname, name, value))
         self.fields = out
 
-    def remove(self, names: frozenset[bytes] | set[bytes]) -> None:
+    def remove(self, names: frozenset[bytes] | builtins.set[bytes]) -> None:
         """Drop every field whose lower-case name is in `names`."""
         self.fields = [f for f in self.fields if f[0] not in names]
 

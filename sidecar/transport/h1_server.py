@@ -109,7 +109,7 @@ class H1Server:
                 response = await self._call(request)
                 keep_alive = await self._write(request, response, keep_alive)
                 nursery.cancel_scope.cancel()
-            if not body.done or getattr(body, "failed", False):
+            if not getattr(body, "done", True) or getattr(body, "failed", False):
                 keep_alive = False  # the rest of the body is still on the wire, or it was bad
         return keep_alive
 
@@ -309,5 +309,5 @@ class H1Server:
         response = error_response(error)
         data = await response.body.read()
         head = response_head_bytes(response.status, b"", response.headers, len(data), minor=minor, close=True)
-        with contextlib.suppress(_STREAM_ERRORS):
+        with contextlib.suppress(*_STREAM_ERRORS):
             await self.wire.send(head + data)

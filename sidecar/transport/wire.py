@@ -34,7 +34,7 @@ class Wire:
     async def receive(self, max_bytes: int) -> bytes:
         """Read straight from the stream, bypassing the (empty) buffer; b"" at end."""
         try:
-            return await self.stream.receive_some(min(max_bytes, RECEIVE_SIZE))
+            return bytes(await self.stream.receive_some(min(max_bytes, RECEIVE_SIZE)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 

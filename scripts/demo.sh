@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the embedded default: a small mesh on loopback (SPEC §9). Extra arguments go to `sidecar demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh demo
+exec .venv/bin/sidecar demo "$@"

@@ -1,0 +1,226 @@
+"""`sidecar demo`: a small mesh on loopback, with no files to write (SPEC §9).
+
+It starts two replicas of the `orders` example service and one `frontend`, each beside its own
+sidecar (real `sidecar run` processes on free ports), sends traffic to `frontend` that crosses
+frontend's outbound sidecar and an orders sidecar's inbound, and prints what happened: outcomes,
+latency, the load split across replicas, the hops a request took, and where to look next.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CLIENTS = 4  # concurrent demo clients
+REPORT_EVERY = 10.0  # seconds between summaries when running until Ctrl-C
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Tally:
+    started: float = field(default_factory=time.monotonic)
+    statuses: dict[str, int] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    example: dict[str, Any] | None = None
+
+    def record(self, status: str, latency: float, replica: str | None) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies.append(latency)
+        if replica:
+            self.replicas[replica] = self.replicas.get(replica, 0) + 1
+
+
+@dataclass
+class Node:
+    name: str
+    admin: int
+    inbound: int
+    outbound: int
+    app: int
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.nodes: list[Node] = []
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+
+    def sidecar(self, name: str, app_port: int, services: list[dict[str, Any]]) -> Node:
+        node = Node(name, _free_port(), _free_port(), _free_port(), app_port)
+        directory = self.workdir / "config" / name
+        directory.mkdir(parents=True)
+        docs: list[dict[str, Any]] = [
+            {
+                "kind": "Sidecar",
+                "service": name.rsplit("-", 1)[0] if name[-1].isdigit() else name,
+                "inbound": {"listen": f"127.0.0.1:{node.inbound}", "app": f"127.0.0.1:{app_port}"},
+                "outbound": {"listen": f"127.0.0.1:{node.outbound}"},
+                "admin": {"listen": f"127.0.0.1:{node.admin}"},
+                "drain_timeout": "2s",
+            },
+            *({"kind": "Service", **s} for s in services),
+        ]
+        (directory / "mesh.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        self.spawn(f"sidecar-{name}", [sys.executable, "-m", "sidecar", "run", "-c", str(directory)])
+        self.nodes.append(node)
+        return node
+
+    def example(self, script: str, port: int, *extra: str) -> None:
+        self.spawn(f"app-{script}-{port}", [sys.executable, str(EXAMPLES / f"{script}.py"), "--port", str(port), *extra])
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def _wait_ready(client: Any, url: str) -> None:
+    import httpx
+
+    with trio.fail_after(20):
+        while True:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.1)
+
+
+async def _traffic(client: Any, url: str, tally: Tally) -> None:
+    import httpx
+
+    while True:
+        start = time.monotonic()
+        try:
+            r = await client.get(url, headers={"host": "frontend"})
+            body = r.json() if r.headers.get("content-type") == "application/json" else {}
+            orders = body.get("orders") or {}
+            status = str(r.status_code) + (f" {r.headers['x-sidecar-reason']}" if "x-sidecar-reason" in r.headers else "")
+            tally.record(status, time.monotonic() - start, orders.get("replica"))
+            if tally.example is None and r.status_code == 200:
+                tally.example = orders
+        except httpx.HTTPError as exc:
+            tally.record(type(exc).__name__, time.monotonic() - start, None)
+
+
+def _summary(tally: Tally, demo: Demo, frontend: Node) -> str:
+    total = sum(tally.statuses.values())
+    elapsed = time.monotonic() - tally.started
+    lat = sorted(tally.latencies)
+
+    def pct(p: float) -> str:
+        return f"{lat[min(len(lat) - 1, int(p * len(lat)))] * 1000:.1f} ms" if lat else "-"
+
+    lines = [
+        "",
+        f"== sidecar demo: {total} requests in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f}/s) ==",
+        "outcomes:",
+        *(f"  {status:<28} {count}" for status, count in sorted(tally.statuses.items())),
+        f"latency through two sidecars and two apps: p50 {pct(0.5)}, p99 {pct(0.99)}",
+        "orders replicas (least_request balancing):",
+        *(f"  {replica:<28} {count}" for replica, count in sorted(tally.replicas.items())),
+    ]
+    if tally.example:
+        lines += [
+            "one request's path:",
+            "  demo client -> frontend sidecar (inbound) -> frontend app",
+            "  frontend app -> frontend sidecar (outbound) -> orders sidecar (inbound) -> orders app",
+            f"  orders app saw x-forwarded-for: {tally.example.get('x-forwarded-for')}",
+            f"  and x-request-id: {tally.example.get('x-request-id')} (same id at every hop)",
+        ]
+    lines += ["where to look next:"]
+    for node in demo.nodes:
+        lines.append(f"  {node.name:<10} http://127.0.0.1:{node.admin}/ready   /live")
+    lines += [
+        f"  try:      curl -H 'Host: frontend' http://127.0.0.1:{frontend.inbound}/checkout",
+        f"  configs and logs: {demo.workdir}",
+    ]
+    return "\n".join(lines)
+
+
+async def _run(demo: Demo, duration: float | None) -> None:
+    import httpx
+
+    orders_ports = [_free_port(), _free_port()]
+    orders_nodes = []
+    for i, port in enumerate(orders_ports, start=1):
+        demo.example("orders", port, "--name", f"orders-{i}")
+        orders_nodes.append(demo.sidecar(f"orders-{i}", port, []))
+    frontend_port = _free_port()
+    orders_service = {
+        "name": "orders",
+        "endpoints": [{"address": f"127.0.0.1:{n.inbound}"} for n in orders_nodes],
+        "load_balancer": "least_request",
+        "timeouts": {"connect": "500ms", "request": "5s"},
+    }
+    frontend = demo.sidecar("frontend", frontend_port, [orders_service])
+    demo.example("frontend", frontend_port, "--sidecar", f"127.0.0.1:{frontend.outbound}")
+    async with httpx.AsyncClient(timeout=10) as client:
+        for node in demo.nodes:
+            await _wait_ready(client, f"http://127.0.0.1:{node.admin}/ready")
+            await _wait_ready(client, f"http://127.0.0.1:{node.app}/healthz")
+        print(f"mesh up: {len(demo.nodes)} sidecars, {len(demo.nodes)} apps; sending traffic"
+              + (f" for {duration:g}s" if duration else " (Ctrl-C to stop)"), flush=True)
+        tally = Tally()
+        url = f"http://127.0.0.1:{frontend.inbound}/checkout"
+        async with trio.open_nursery() as nursery:
+            for _ in range(CLIENTS):
+                nursery.start_soon(_traffic, client, url, tally)
+            if duration is not None:
+                await trio.sleep(duration)
+                nursery.cancel_scope.cancel()
+            else:
+                while True:
+                    await trio.sleep(REPORT_EVERY)
+                    print(_summary(tally, demo, frontend), flush=True)
+        print(_summary(tally, demo, frontend), flush=True)
+
+
+def run_demo(*, duration: float | None = None, log_format: str = "json") -> int:
+    missing = [name for name in ("hypercorn", "httpx") if importlib.util.find_spec(name) is None]
+    if missing or not EXAMPLES.is_dir():
+        print(
+            "sidecar demo needs the repository's examples/ and the demo extras "
+            f"(pip install -e '.[demo]'); missing: {', '.join(missing) or 'examples/'}",
+            file=sys.stderr,
+        )
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
+    demo = Demo(workdir)
+    try:
+        trio.run(_run, demo, duration)
+    except KeyboardInterrupt:
+        print("\nstopping", flush=True)
+    finally:
+        demo.stop()
+    return 0
