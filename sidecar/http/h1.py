@@ -32,11 +32,17 @@ _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 
 _NO_BODY_STATUS = frozenset({204, 304})
+# Fields the codec itself decides on; collected while parsing so nothing rescans the head.
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+_NONE: tuple[bytes, ...] = ()
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class ProtocolViolation(ValueError):
     """The peer broke HTTP/1.1 framing. Server side turns it into 400, client side into 502."""
+
+
+Framing = dict[bytes, list[bytes]]  # values of the _FRAMING_FIELDS present, by lower-case name
 
 
 @dataclass(slots=True)
@@ -45,6 +51,13 @@ class RequestHead:
     target: bytes
     minor: int  # HTTP/1.<minor>
     headers: Headers
+    framing: Framing | None = None  # filled by the parser; None means "scan headers"
+
+    def values(self, name: bytes) -> list[bytes] | tuple[bytes, ...]:
+        """Values of a framing field (host, content-length, transfer-encoding, connection, expect)."""
+        if self.framing is None:
+            return self.headers.get_all(name)
+        return self.framing.get(name, _NONE)
 
 
 @dataclass(slots=True)
@@ -53,9 +66,15 @@ class ResponseHead:
     status: int
     reason: bytes
     headers: Headers
+    framing: Framing | None = None
+
+    def values(self, name: bytes) -> list[bytes] | tuple[bytes, ...]:
+        if self.framing is None:
+            return self.headers.get_all(name)
+        return self.framing.get(name, _NONE)
 
 
-def _parse_fields(lines: list[bytes]) -> list[Field]:
+def _parse_fields(lines: list[bytes], framing: Framing | None = None) -> list[Field]:
     fields: list[Field] = []
     for line in lines:
         m = _FIELD.fullmatch(line)
@@ -64,7 +83,11 @@ def _parse_fields(lines: list[bytes]) -> list[Field]:
                 raise ProtocolViolation("obsolete line folding in header")
             raise ProtocolViolation("malformed header field")
         name = m.group(1)
-        fields.append((name.lower(), name, m.group(2)))
+        lname = name.lower()
+        value = m.group(2)
+        fields.append((lname, name, value))
+        if framing is not None and lname in _FRAMING_FIELDS:
+            framing.setdefault(lname, []).append(value)
     return fields
 
 
@@ -74,11 +97,12 @@ def parse_request_head(block: bytes) -> RequestHead:
     m = _REQUEST_LINE.fullmatch(lines[0])
     if m is None:
         raise BadRequest("malformed request line")
+    framing: Framing = {}
     try:
-        fields = _parse_fields(lines[1:])
+        fields = _parse_fields(lines[1:], framing)
     except ProtocolViolation as exc:
         raise BadRequest(str(exc)) from None
-    return RequestHead(m.group(1), m.group(2), int(m.group(3)), Headers(fields))
+    return RequestHead(m.group(1), m.group(2), int(m.group(3)), Headers(fields), framing)
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
@@ -87,10 +111,12 @@ def parse_response_head(block: bytes) -> ResponseHead:
     m = _STATUS_LINE.fullmatch(lines[0])
     if m is None:
         raise ProtocolViolation("malformed status line")
-    return ResponseHead(int(m.group(1)), int(m.group(2)), m.group(3) or b"", Headers(_parse_fields(lines[1:])))
+    framing: Framing = {}
+    fields = _parse_fields(lines[1:], framing)
+    return ResponseHead(int(m.group(1)), int(m.group(2)), m.group(3) or b"", Headers(fields), framing)
 
 
-def _content_length(values: list[bytes]) -> int:
+def _content_length(values: list[bytes] | tuple[bytes, ...]) -> int:
     seen = {v.strip() for value in values for v in value.split(b",")}
     if len(seen) != 1:
         raise ProtocolViolation("conflicting Content-Length values")
@@ -102,17 +128,16 @@ def _content_length(values: list[bytes]) -> int:
 
 def request_body_length(head: RequestHead) -> int:
     """Bytes of body that follow a request head, or CHUNKED. Raises BadRequest on ambiguity."""
-    headers = head.headers
-    te = headers.get_all(b"transfer-encoding")
+    te = head.values(b"transfer-encoding")
     if te:
-        if b"content-length" in headers:
+        if head.values(b"content-length"):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if head.minor == 0:
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if len(te) != 1 or te[0].strip().lower() != b"chunked":
             raise BadRequest("unsupported Transfer-Encoding")
         return CHUNKED
-    cl = headers.get_all(b"content-length")
+    cl = head.values(b"content-length")
     if cl:
         try:
             return _content_length(cl)
@@ -126,21 +151,20 @@ def response_body_length(head: ResponseHead, request_method: bytes) -> int:
     status = head.status
     if request_method == b"HEAD" or status < 200 or status in _NO_BODY_STATUS:
         return 0
-    headers = head.headers
-    te = headers.get_all(b"transfer-encoding")
+    te = head.values(b"transfer-encoding")
     if te:
         codings = [c.strip().lower() for value in te for c in value.split(b",")]
         return CHUNKED if codings[-1] == b"chunked" else UNTIL_CLOSE
-    cl = headers.get_all(b"content-length")
+    cl = head.values(b"content-length")
     if cl:
         return _content_length(cl)
     return UNTIL_CLOSE
 
 
-def connection_tokens(headers: Headers) -> set[bytes]:
-    """Lower-cased tokens of every Connection header."""
+def connection_tokens(headers: Headers, values: list[bytes] | tuple[bytes, ...] | None = None) -> set[bytes]:
+    """Lower-cased tokens of every Connection header (or of the given Connection values)."""
     tokens: set[bytes] = set()
-    for value in headers.get_all(b"connection"):
+    for value in headers.get_all(b"connection") if values is None else values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -148,11 +172,14 @@ def connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
-def wants_keep_alive(minor: int, headers: Headers) -> bool:
-    """Whether the peer lets the connection carry another message after this one."""
-    if b"connection" not in headers:
+def wants_keep_alive(minor: int, headers: Headers, connection: list[bytes] | tuple[bytes, ...] | None = None) -> bool:
+    """Whether the peer lets the connection carry another message after this one. `connection`,
+    when given, holds the Connection values already picked out of `headers`."""
+    if connection is None:
+        connection = headers.get_all(b"connection")
+    if not connection:
         return minor == 1
-    tokens = connection_tokens(headers)
+    tokens = connection_tokens(headers, connection)
     if b"close" in tokens:
         return False
     return minor == 1 or b"keep-alive" in tokens
@@ -235,8 +262,10 @@ class ChunkedDecoder:
 END = b""  # what ChunkedDecoder.next returns at the end of the body (an empty chunk)
 
 
-def _field_lines(parts: list[bytes], headers: Headers, length: int) -> None:
-    """Append header lines, writing framing for `length` (>=0, CHUNKED or UNTIL_CLOSE)."""
+def _field_lines(parts: list[bytes], headers: Headers, length: int, declare_empty: bool) -> None:
+    """Append header lines, writing framing for `length` (>=0, CHUNKED or UNTIL_CLOSE). An empty
+    body is declared (`content-length: 0`) only when `declare_empty`: a response needs it to be
+    delimited, a bodiless request does not."""
     wrote_length = False
     for lname, raw, value in headers.fields:
         if lname == b"content-length":
@@ -250,14 +279,14 @@ def _field_lines(parts: list[bytes], headers: Headers, length: int) -> None:
         parts += (raw, b": ", value, b"\r\n")
     if length == CHUNKED:
         parts.append(b"transfer-encoding: chunked\r\n")
-    elif length > 0 and not wrote_length:
+    elif (length > 0 or (length == 0 and declare_empty)) and not wrote_length:
         parts += (b"content-length: ", str(length).encode(), b"\r\n")
 
 
 def request_head_bytes(method: bytes, target: bytes, headers: Headers, length: int) -> bytes:
     """Serialize a request head; `length` is the body size or CHUNKED."""
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    _field_lines(parts, headers, length)
+    _field_lines(parts, headers, length, False)
     parts.append(b"\r\n")
     return b"".join(parts)
 
@@ -279,7 +308,7 @@ def response_head_bytes(
             if lname != b"transfer-encoding":
                 parts += (raw, b": ", value, b"\r\n")
     else:
-        _field_lines(parts, headers, length)
+        _field_lines(parts, headers, length, True)
     if close:
         parts.append(b"connection: close\r\n")
     elif minor == 0:

@@ -103,7 +103,9 @@ class H1ClientConnection:
             framing = response_body_length(response_head, request.method)
         except ProtocolViolation as exc:
             raise UpstreamProtocolError(detail=str(exc)) from None
-        reuse = framing != UNTIL_CLOSE and wants_keep_alive(response_head.minor, response_head.headers)
+        reuse = framing != UNTIL_CLOSE and wants_keep_alive(
+            response_head.minor, response_head.headers, response_head.values(b"connection")
+        )
         response_body: Body
         if framing == 0:
             response_body = EMPTY_BODY

@@ -181,7 +181,7 @@ class H1Server:
                     raise BadRequest("absolute-form target without a host")
             elif not (target == b"*" and head.method == b"OPTIONS"):
                 raise BadRequest("unsupported request target")
-        hosts = headers.get_all(b"host")
+        hosts = head.values(b"host")
         if len(hosts) > 1:
             raise BadRequest("more than one Host header")
         if uri_authority is not None:
@@ -194,7 +194,7 @@ class H1Server:
         else:
             authority = None
         framing = request_body_length(head)
-        keep_alive = wants_keep_alive(head.minor, headers)
+        keep_alive = wants_keep_alive(head.minor, headers, head.values(b"connection"))
         body: Body
         if framing == 0:
             body = EMPTY_BODY
@@ -202,9 +202,9 @@ class H1Server:
             limit = self.limits.max_request_body
             if limit and framing > limit:
                 raise BodyTooLarge()
-            expect = headers.get(b"expect")
+            expect = head.values(b"expect")
             on_first_read = None
-            if expect is not None and expect.lower() == b"100-continue" and head.minor == 1:
+            if expect and expect[0].lower() == b"100-continue" and head.minor == 1:
                 on_first_read = self._send_continue
             body = WireBody(
                 self.wire,
@@ -214,7 +214,7 @@ class H1Server:
                 limit=limit,
                 on_first_read=on_first_read,
             )
-        if b"expect" in headers:
+        if head.values(b"expect"):
             headers.remove({b"expect"})  # we answer 100-continue ourselves, on first read
         request = Request(
             head.method,
@@ -248,7 +248,14 @@ class H1Server:
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
         """Write `response`; returns whether the connection stays open."""
         minor = 1 if request.http_version == "1.1" else 0
-        close = not keep_alive or self.listener.draining or getattr(request.body, "failed", False)
+        # A request body still unread when the response starts may never be read: say we close.
+        request_body = request.body
+        close = (
+            not keep_alive
+            or self.listener.draining
+            or not getattr(request_body, "done", True)
+            or getattr(request_body, "failed", False)
+        )
         status = response.status
         body = response.body
         send = self.wire.send
