@@ -34,9 +34,7 @@ STEPS_PER_SETUP = 5  # rps, latency, 16 KiB body, new connections, HTTP/2
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keys = ", ".join(setup.key + ("" if setup.default else " (opt-in)") for setup in SETUPS)
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=None, help="seconds per load step (default 10)")
     parser.add_argument("--quick", action="store_true", help="short smoke run: 2 s per step, 1 s warm-up")
     parser.add_argument("--setups", help=f"comma-separated setups to run, or 'all'; known: {keys}")
@@ -97,9 +95,7 @@ def run_setups(bench: Bench, setups: list[Setup], timing: Timing) -> list[SetupR
         print(f"bench: [{number}/{len(setups)}] {setup.title} ...", flush=True)
         started = time.monotonic()
         result = measure(bench, setup, timing)
-        outcome = (
-            f"failed: {result.failure}" if result.failure else f"{result.figures.get('rps') or 0:,.0f} req/s"
-        )
+        outcome = f"failed: {result.failure}" if result.failure else f"{result.figures.get('rps') or 0:,.0f} req/s"
         print(f"bench:     {outcome} ({time.monotonic() - started:.0f} s)", flush=True)
         results.append(result)
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -66,7 +67,5 @@ def serve(app: App, port: int) -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.keep_alive_timeout = 5
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(hypercorn.trio.serve, with_lifespan(app), config)
-    except KeyboardInterrupt:
-        pass

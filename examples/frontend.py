@@ -9,7 +9,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _serve import Receive, Scope, Send, options, read_body, reply_json, serve  # noqa: E402
+from _serve import Receive, Scope, Send, options, read_body, reply_json, serve
 
 ARGS = options(__doc__ or "")
 # The app knows nothing of the mesh: it sends plain HTTP to its sidecar, naming the service in Host.
@@ -34,8 +34,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     reason = upstream.headers.get("x-sidecar-reason")
     body = upstream.json() if upstream.headers.get("content-type") == "application/json" else None
-    await reply_json(send, upstream.status_code, {"checkout": "ok" if upstream.is_success else "failed",
-                                                  "orders": body, "sidecar_reason": reason})
+    await reply_json(
+        send,
+        upstream.status_code,
+        {"checkout": "ok" if upstream.is_success else "failed", "orders": body, "sidecar_reason": reason},
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _serve import Receive, Scope, Send, options, read_body, reply_json, serve  # noqa: E402
+from _serve import Receive, Scope, Send, options, read_body, reply_json, serve
 
 ARGS = options(__doc__ or "")
 REPLICA = ARGS.name or f"orders-{ARGS.port}"

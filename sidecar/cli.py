@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     run = sub.add_parser("run", parents=[log_format], help="run the proxy until SIGTERM/SIGINT")
-    run.add_argument("-c", "--config", metavar="DIR", help="config directory (default $SIDECAR_CONFIG or ./mesh-config)")
+    run.add_argument(
+        "-c", "--config", metavar="DIR", help="config directory (default $SIDECAR_CONFIG or ./mesh-config)"
+    )
     check = sub.add_parser("check", help="validate a config directory")
     check.add_argument("-c", "--config", metavar="DIR")
     demo = sub.add_parser("demo", parents=[log_format], help="run a small mesh on loopback and show it working")
@@ -61,8 +63,10 @@ def _check(directory: str) -> int:
         for issue in error.issues:
             print(issue, file=sys.stderr)
         return 1
-    print(f"{directory}: ok ({len(snapshot.files)} files, {len(snapshot.services)} services, "
-          f"{len(snapshot.routes)} routes, version {snapshot.version[:12]})")
+    print(
+        f"{directory}: ok ({len(snapshot.files)} files, {len(snapshot.services)} services, "
+        f"{len(snapshot.routes)} routes, version {snapshot.version[:12]})"
+    )
     return 0
 
 

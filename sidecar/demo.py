@@ -88,7 +88,9 @@ class Demo:
         return node
 
     def example(self, script: str, port: int, *extra: str) -> None:
-        self.spawn(f"app-{script}-{port}", [sys.executable, str(EXAMPLES / f"{script}.py"), "--port", str(port), *extra])
+        self.spawn(
+            f"app-{script}-{port}", [sys.executable, str(EXAMPLES / f"{script}.py"), "--port", str(port), *extra]
+        )
 
     def stop(self) -> None:
         for process in self.processes:
@@ -125,7 +127,9 @@ async def _traffic(client: Any, url: str, tally: Tally) -> None:
             r = await client.get(url, headers={"host": "frontend"})
             body = r.json() if r.headers.get("content-type") == "application/json" else {}
             orders = body.get("orders") or {}
-            status = str(r.status_code) + (f" {r.headers['x-sidecar-reason']}" if "x-sidecar-reason" in r.headers else "")
+            status = str(r.status_code) + (
+                f" {r.headers['x-sidecar-reason']}" if "x-sidecar-reason" in r.headers else ""
+            )
             tally.record(status, time.monotonic() - start, orders.get("replica"))
             if tally.example is None and r.status_code == 200:
                 tally.example = orders
@@ -189,8 +193,11 @@ async def _run(demo: Demo, duration: float | None) -> None:
         for node in demo.nodes:
             await _wait_ready(client, f"http://127.0.0.1:{node.admin}/ready")
             await _wait_ready(client, f"http://127.0.0.1:{node.app}/healthz")
-        print(f"mesh up: {len(demo.nodes)} sidecars, {len(demo.nodes)} apps; sending traffic"
-              + (f" for {duration:g}s" if duration else " (Ctrl-C to stop)"), flush=True)
+        print(
+            f"mesh up: {len(demo.nodes)} sidecars, {len(demo.nodes)} apps; sending traffic"
+            + (f" for {duration:g}s" if duration else " (Ctrl-C to stop)"),
+            flush=True,
+        )
         tally = Tally()
         url = f"http://127.0.0.1:{frontend.inbound}/checkout"
         async with trio.open_nursery() as nursery:

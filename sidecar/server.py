@@ -74,7 +74,9 @@ class Runtime:
 
         return on_connection
 
-    async def run(self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         sidecar = self.snapshot.sidecar
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope

@@ -69,9 +69,7 @@ def run_tool(argv: list[str], seconds: int) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     except subprocess.TimeoutExpired as exc:
-        return subprocess.CompletedProcess(
-            argv, -1, str(exc.stdout or ""), f"timed out after {exc.timeout} s"
-        )
+        return subprocess.CompletedProcess(argv, -1, str(exc.stdout or ""), f"timed out after {exc.timeout} s")
 
 
 def parse_wrk(out: str, err: str, code: int) -> WrkResult:
@@ -121,9 +119,7 @@ def percentile(out: str, which: str) -> float | None:
 def parse_h2load(out: str, err: str, code: int) -> H2Result:
     """Read h2load's summary; a run where nothing succeeded with 2xx is a failure (e.g. no h2c)."""
     finished = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    counts = re.search(
-        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out
-    )
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     statuses = re.search(r"status codes: (\d+) 2xx", out)
     if code != 0 or not (finished and counts and statuses):
         why = (err.strip() or out.strip() or f"exit code {code}").splitlines()[-1]

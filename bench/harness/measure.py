@@ -91,9 +91,7 @@ def run_steps(bench: Bench, front: Front, timing: Timing, result: SetupResult) -
         step(bench, front, timing, result)
         dead = [proc for proc in front.proxies if not proc.alive()]
         if dead:
-            result.failure = (
-                f"{dead[0].name} exited with code {dead[0].popen.returncode} during {step.__name__}"
-            )
+            result.failure = f"{dead[0].name} exited with code {dead[0].popen.returncode} during {step.__name__}"
             result.detail = tails(front)
             return
     rss = peak_rss_kib(pids)
@@ -108,12 +106,8 @@ def url(front: Front, path: str, port: int | None = None) -> str:
     return f"http://127.0.0.1:{port or front.http_port}{path}"
 
 
-def wrk(
-    bench: Bench, front: Front, path: str, connections: int, seconds: int, **options: bool
-) -> loadgen.WrkResult:
-    return loadgen.run_wrk(
-        bench.tools["wrk"], bench.loadgen_core, url(front, path), connections, seconds, **options
-    )
+def wrk(bench: Bench, front: Front, path: str, connections: int, seconds: int, **options: bool) -> loadgen.WrkResult:
+    return loadgen.run_wrk(bench.tools["wrk"], bench.loadgen_core, url(front, path), connections, seconds, **options)
 
 
 def note(result: SetupResult, keys: list[str], problem: str | None) -> None:

@@ -62,9 +62,7 @@ def write_site(run_dir: Path) -> None:
     (www / BODY_PATH.lstrip("/")).write_bytes(bytes(range(256)) * (BODY_SIZE // 256))
 
 
-def start(
-    procs: ProcessSet, nginx_bin: str, name: str, config: str, ports: tuple[int, int], core: int
-) -> NginxServer:
+def start(procs: ProcessSet, nginx_bin: str, name: str, config: str, ports: tuple[int, int], core: int) -> NginxServer:
     """Write `config` to the run dir and start nginx with it pinned to `core`; wait until it serves."""
     run_dir = procs.log_dir
     conf_path = run_dir / f"{name}.conf"
@@ -96,9 +94,7 @@ def start_origin(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], core
     return start(procs, nginx_bin, "origin", config, ports, core)
 
 
-def start_proxy(
-    procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], origin_port: int, core: int
-) -> NginxServer:
+def start_proxy(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], origin_port: int, core: int) -> NginxServer:
     """nginx as reverse proxy with upstream keep-alive: the baseline for the sidecar."""
     run_dir = procs.log_dir
     config = render(

@@ -117,9 +117,7 @@ def issue_certs(venv: Path, out: Path, services: list[str]) -> dict[str, TlsFile
     for service in services:
         workload_dir = out / service
         identity = spiffe_id(service)
-        run_cli(
-            [*sidecar, "certs", "issue", "--ca", str(ca_dir), "--id", identity, "--out", str(workload_dir)]
-        )
+        run_cli([*sidecar, "certs", "issue", "--ca", str(ca_dir), "--id", identity, "--out", str(workload_dir)])
         files[service] = TlsFiles(
             cert=find_pem(workload_dir, "cert"), key=find_pem(workload_dir, "key"), ca=find_pem(ca_dir, "ca")
         )
@@ -139,9 +137,7 @@ def run_cli(argv: list[str]) -> None:
 def find_pem(folder: Path, word: str) -> Path:
     """The PEM file in `folder` whose name contains `word` (cert.pem, key.pem, ca.pem, ...)."""
     matches = sorted(
-        path
-        for path in folder.glob("*.pem")
-        if word in path.name and (word == "key" or "key" not in path.name)
+        path for path in folder.glob("*.pem") if word in path.name and (word == "key" or "key" not in path.name)
     )
     if not matches:
         found = ", ".join(path.name for path in folder.iterdir()) if folder.exists() else "nothing"

@@ -49,9 +49,7 @@ class UpstreamConnectFailure(ProxyError):
 class UpstreamReset(ProxyError):
     status, reason, default_message = 502, "upstream_reset", "upstream closed the connection"
 
-    def __init__(
-        self, message: str | None = None, *, detail: str | None = None, before_response: bool = False
-    ) -> None:
+    def __init__(self, message: str | None = None, *, detail: str | None = None, before_response: bool = False) -> None:
         super().__init__(message, detail=detail)
         # True when the upstream sent not a single response byte: the keep-alive race, where a
         # pooled connection was closed by the peer just as we reused it.

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 def _text(status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
     body = text.encode() + b"\n"
-    headers = Headers.of([(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())])
+    headers = Headers.of(
+        [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    )
     for name, value in extra or ():
         headers.add(name, value)
     return Response(status, headers, BytesBody(body))

@@ -1,8 +1,8 @@
 """The inbound listener's stack: calls from other sidecars in, forwarded to the local app.
 
-    local_reply   SPEC §5 replies for every failure below
-    forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
-    call          the local app's pooled connections (closed after app_idle_timeout)
+local_reply   SPEC §5 replies for every failure below
+forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
+call          the local app's pooled connections (closed after app_idle_timeout)
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The outbound listener's stack: the local app's plain HTTP in, routed to upstream services.
 
-    local_reply   SPEC §5 replies for every failure below
-    forwarding    hop-by-hop, x-forwarded-*, x-request-id
-    route         host (+ path, headers) -> service, weighted split, route timeout
-    call          endpoint pick, pooled connection, request timeout
+local_reply   SPEC §5 replies for every failure below
+forwarding    hop-by-hop, x-forwarded-*, x-request-id
+route         host (+ path, headers) -> service, weighted split, route timeout
+call          endpoint pick, pooled connection, request timeout
 """
 
 from __future__ import annotations

@@ -278,9 +278,7 @@ class H1Server:
             except ProxyError as error:  # nothing sent yet: we can still answer properly
                 await self._reply_and_close(error, minor)
                 return False
-            head = response_head_bytes(
-                status, response.reason, response.headers, framing, minor=minor, close=close
-            )
+            head = response_head_bytes(status, response.reason, response.headers, framing, minor=minor, close=close)
             if framing == CHUNKED:
                 if first:
                     await send(head + chunk_bytes(first))

@@ -10,6 +10,7 @@ fast pair of peers can never starve the other connections. TLS wraps it like any
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -118,10 +119,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def close_now(self) -> None:
         if not self._closed:

@@ -33,7 +33,9 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     path: str = scope["path"]
     if path == "/echo":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]}
+        )
         while True:
             message = await receive()
             chunk = message.get("body", b"")

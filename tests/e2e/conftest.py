@@ -121,7 +121,9 @@ class Process:
         self.log_path = log_path
         self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, SIDECAR_LOG_LEVEL="info")
-        self.proc = subprocess.Popen([*SIDECAR_BIN, "run", "-c", str(config_dir)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [*SIDECAR_BIN, "run", "-c", str(config_dir)], stdout=self.log, stderr=subprocess.STDOUT, env=env
+        )
 
     def peak_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -76,7 +76,9 @@ async def test_post_drain_keeps_outbound_serving_until_the_app_disconnects(
     proc = Process(tmp_path / "cfg", tmp_path / "sidecar.log")
     processes.append(proc)
     await wait_ready(ports["admin"])
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['outbound']}", headers={"host": "self"}) as app_client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{ports['outbound']}", headers={"host": "self"}
+    ) as app_client:
         assert (await app_client.get("/info")).status_code == 200  # an open keep-alive connection
         async with httpx.AsyncClient() as admin:
             r = await admin.post(f"http://127.0.0.1:{ports['admin']}/drain")

@@ -40,13 +40,18 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 10) -> tuple[
 
 SMUGGLING = {
     "content-length and transfer-encoding": (
-        b"POST /info HTTP/1.1\r\nHost: orders\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"0\r\n\r\n"
+        b"POST /info HTTP/1.1\r\nHost: orders\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     ),
-    "differing content-lengths": b"POST /info HTTP/1.1\r\nHost: orders\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    "differing content-lengths": (
+        b"POST /info HTTP/1.1\r\nHost: orders\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"
+    ),
     "content-length list": b"POST /info HTTP/1.1\r\nHost: orders\r\nContent-Length: 4, 5\r\n\r\nabcde",
-    "obfuscated transfer-encoding": b"POST /info HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-    "transfer-encoding list": b"POST /info HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "obfuscated transfer-encoding": (
+        b"POST /info HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"
+    ),
+    "transfer-encoding list": (
+        b"POST /info HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    ),
     "space before colon": b"POST /info HTTP/1.1\r\nHost: orders\r\nContent-Length : 5\r\n\r\nabcde",
     "bare LF": b"GET /info HTTP/1.1\nHost: orders\n\n",
     "obs-fold": b"GET /info HTTP/1.1\r\nHost: orders\r\nX-A: 1\r\n  folded\r\n\r\n",

@@ -82,7 +82,12 @@ async def test_a_route_wins_over_a_service_with_the_same_host_and_splits_by_weig
     canary = await mesh.origin()
     sc = await mesh.sidecar(
         services=[service("shop", stable), service("shop-canary", canary)],
-        routes=[{"host": "shop", "rules": [{"to": [{"service": "shop", "weight": 80}, {"service": "shop-canary", "weight": 20}]}]}],
+        routes=[
+            {
+                "host": "shop",
+                "rules": [{"to": [{"service": "shop", "weight": 80}, {"service": "shop-canary", "weight": 20}]}],
+            }
+        ],
     )
     counts = {stable: 0, canary: 0}
     async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "shop"}) as client:
@@ -97,7 +102,12 @@ async def test_route_timeout_overrides_the_service_timeout(mesh: Mesh) -> None:
     origin = await mesh.origin()
     sc = await mesh.sidecar(
         services=[service("slow", origin, timeouts={"request": "10s"})],
-        routes=[{"host": "slow", "rules": [{"match": {"path_prefix": "/slow"}, "to": [{"service": "slow"}], "timeout": "200ms"}]}],
+        routes=[
+            {
+                "host": "slow",
+                "rules": [{"match": {"path_prefix": "/slow"}, "to": [{"service": "slow"}], "timeout": "200ms"}],
+            }
+        ],
     )
     async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "slow"}) as client:
         r = await client.get("/slow/2000")

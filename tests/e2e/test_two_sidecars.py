@@ -174,8 +174,18 @@ async def test_expect_100_continue_with_curl(mesh: Mesh, tmp_path: object) -> No
     path = trio.Path(str(tmp_path)) / "payload.bin"
     await path.write_bytes(payload)
     result = await trio.run_process(
-        ["curl", "-sS", "-v", "-H", "Host: orders", "-H", "Expect: 100-continue", "--data-binary", f"@{path}",
-         f"{a.outbound_url}/echo"],
+        [
+            "curl",
+            "-sS",
+            "-v",
+            "-H",
+            "Host: orders",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            f"@{path}",
+            f"{a.outbound_url}/echo",
+        ],
         capture_stdout=True,
         capture_stderr=True,
     )
