@@ -68,7 +68,10 @@ class Runtime:
 
     def _serve_with(self, listener: Listener, handler: Handler) -> ConnectionHandler:
         async def on_connection(stream: TcpStream) -> None:
-            host, port = stream.getpeername()
+            try:
+                host, port = stream.getpeername()
+            except OSError:  # the peer is already gone
+                return
             conn = ConnectionInfo(host, port)
             await H1Server(stream, conn, handler, self.limits, listener).serve()
 
@@ -93,6 +96,8 @@ class Runtime:
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
             await nursery.start(self.registry.run)
+            for listener in self.listeners.values():
+                listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))
             nursery.start_soon(outbound.serve, self._serve_with(outbound, outbound_handler(self)), nursery)
             nursery.start_soon(admin.serve, self._serve_with(admin, admin_handler(self)), nursery)
             if inbound is not None:

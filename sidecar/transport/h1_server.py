@@ -10,6 +10,7 @@ smuggling shapes, limits) are answered here and the connection closes.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import structlog
@@ -31,7 +32,7 @@ from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import error_response
 from .body import WireBody
-from .listener import Listener
+from .listener import ConnectionTimer, Listener
 from .wire import Wire
 
 log = structlog.get_logger("sidecar.h1")
@@ -78,13 +79,20 @@ class H1Server:
         self.limits = limits
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
+        self.timer = ConnectionTimer()
 
     async def serve(self) -> None:
+        timer = self.timer
+        timers = self.listener.timers
+        timers.add(timer)
         try:
-            while await self._serve_one():
-                pass
+            with timer.scope:
+                while await self._serve_one():
+                    pass
         except DownstreamGone:
             pass
+        finally:
+            timers.discard(timer)
 
     async def _serve_one(self) -> bool:
         """Serve one request; True when the connection may carry another."""
@@ -114,34 +122,30 @@ class H1Server:
         return keep_alive
 
     async def _read_head(self) -> bytes | None:
-        """The next request head (without its blank line), or None when the connection should end."""
+        """The next request head (without its blank line), or None when the connection should end.
+
+        While waiting, the connection's timer carries the header read deadline; the listener's
+        watchdog cancels the connection when it passes (and drain cancels it while idle)."""
         wire = self.wire
         buf = wire.buf
         end = self._find_head_end(buf, 0)
         if end < 0:
-            limits = self.limits
-            scope = trio.CancelScope(deadline=trio.current_time() + limits.header_read_timeout)
-            idle = not buf
-            idle_scopes = self.listener.idle_scopes
-            if idle:
-                idle_scopes.add(scope)
+            max_head = self.limits.max_request_headers
+            timer = self.timer
+            timer.deadline = trio.current_time() + self.limits.header_read_timeout
+            timer.idle = not buf
             try:
-                with scope:
-                    while end < 0:
-                        if len(buf) > limits.max_request_headers:
-                            raise HeadersTooLarge()
-                        searched = len(buf)
-                        if not await wire.fill():
-                            return None
-                        if idle:
-                            idle_scopes.discard(scope)
-                            idle = False
-                        end = self._find_head_end(buf, searched)
+                while end < 0:
+                    if len(buf) > max_head:
+                        raise HeadersTooLarge()
+                    searched = len(buf)
+                    if not await wire.fill():
+                        return None
+                    timer.idle = False
+                    end = self._find_head_end(buf, searched)
             finally:
-                if idle:
-                    idle_scopes.discard(scope)
-            if scope.cancelled_caught:
-                return None
+                timer.deadline = math.inf
+                timer.idle = False
         if end > self.limits.max_request_headers:
             raise HeadersTooLarge()
         block = bytes(buf[:end])

@@ -3,11 +3,17 @@
 A `Listener` owns its listening sockets and knows how many connections it has open. Draining a
 listener stops its accept loop, closes its sockets (new connections are refused), and cancels the
 connections that sit idle between requests; busy ones finish their request and close.
+
+Header read timeouts are enforced here too, by one watchdog task per listener rather than a cancel
+scope per request: each connection keeps a `ConnectionTimer` whose deadline it moves as it starts
+and stops waiting for a request head, and the watchdog cancels the connections past their deadline.
+Precision is one tick (a fifth of the timeout, at most half a second).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -24,6 +30,17 @@ _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
 
 
+class ConnectionTimer:
+    """A connection's cancel scope, and when it must have read its next request head by."""
+
+    __slots__ = ("deadline", "idle", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.deadline = math.inf  # inf while not waiting for a head
+        self.idle = False  # waiting for a head with nothing received yet: drain may close it
+
+
 class Listener:
     def __init__(self, name: str, address: Address) -> None:
         self.name = name
@@ -32,8 +49,8 @@ class Listener:
         self.connections = 0  # open now
         self.accepted = 0  # since start
         self.draining = False
-        # Cancel scopes of connections waiting for their next request; drain cancels them.
-        self.idle_scopes: set[trio.CancelScope] = set()
+        self.timers: set[ConnectionTimer] = set()  # one per open connection
+        self.tick = 0.5  # watchdog period, seconds
         self._accepting = trio.CancelScope()
         self._quiet = trio.Event()
 
@@ -48,6 +65,7 @@ class Listener:
 
     async def serve(self, on_connection: ConnectionHandler, handler_nursery: trio.Nursery) -> None:
         """Accept until drained; each connection runs in `handler_nursery`."""
+        handler_nursery.start_soon(self._watch_timers)
         with self._accepting:
             async with trio.open_nursery() as nursery:
                 for sock in self.sockets:
@@ -72,11 +90,22 @@ class Listener:
         self.accepted += 1
         try:
             await on_connection(stream)
+        except Exception:
+            # A bug in one connection must not take the listener (or the process) down with it.
+            log.exception("connection_failed", listener=self.name)
         finally:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
             if self.connections == 0:
                 self._quiet.set()
+
+    async def _watch_timers(self) -> None:
+        while True:
+            await trio.sleep(self.tick)
+            now = trio.current_time()
+            for timer in self.timers:
+                if timer.deadline <= now:
+                    timer.scope.cancel()
 
     def drain(self) -> None:
         """Stop accepting, refuse new connections, and close the idle ones."""
@@ -86,8 +115,9 @@ class Listener:
         self._accepting.cancel()
         for sock in self.sockets:
             sock.close()
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        for timer in self.timers:
+            if timer.idle:
+                timer.scope.cancel()
 
     async def wait_quiet(self) -> None:
         """Return once no connection is open."""
