@@ -31,6 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check", help="validate a config directory")
     check.add_argument("-c", "--config", metavar="DIR")
+    certs = sub.add_parser("certs", help="development PKI: a mesh CA and SPIFFE workload certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
+    certs_sub.required = True
+    init = certs_sub.add_parser("init", help="create a mesh CA (ca.pem, ca-key.pem)")
+    init.add_argument("--trust-domain", required=True, metavar="TD")
+    init.add_argument("--out", required=True, metavar="DIR")
+    init.add_argument("--validity", default="8760h", metavar="DURATION", help="default 8760h (a year)")
+    issue = certs_sub.add_parser("issue", help="issue a workload cert and key (cert.pem, key.pem, ca.pem)")
+    issue.add_argument("--ca", required=True, metavar="DIR", help="directory holding ca.pem and ca-key.pem")
+    issue.add_argument("--id", required=True, metavar="SPIFFE_ID", help="spiffe://TD/ns/NS/sa/SA")
+    issue.add_argument("--out", required=True, metavar="DIR")
+    issue.add_argument("--validity", default="24h", metavar="DURATION", help="default 24h")
     demo = sub.add_parser("demo", parents=[log_format], help="run a small mesh on loopback and show it working")
     demo.add_argument("--duration", type=float, metavar="N", help="send traffic for N seconds, print the summary, exit")
     sub.add_parser("version", help="print the version")
@@ -47,11 +59,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(_config_dir(args.config))
     if args.command == "run":
         return _run(_config_dir(args.config), fmt)
+    if args.command == "certs":
+        return _certs(args)
     if args.command == "demo":
         from .demo import run_demo
 
         return run_demo(duration=args.duration, log_format=fmt)
     return 2
+
+
+def _certs(args: argparse.Namespace) -> int:
+    import datetime
+    from pathlib import Path
+
+    from .certs import CertError, init_ca, issue_workload
+    from .config import parse_duration
+
+    try:
+        validity = datetime.timedelta(seconds=parse_duration(args.validity))
+    except ValueError as exc:
+        print(f"--validity: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.certs_command == "init":
+            path = init_ca(args.trust_domain, Path(args.out), validity=validity)
+        else:
+            path = issue_workload(Path(args.ca), args.id, Path(args.out), validity=validity)
+    except CertError as exc:
+        print(f"sidecar certs: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
 
 
 def _check(directory: str) -> int:
