@@ -89,8 +89,8 @@ class H1Server:
             with timer.scope:
                 while await self._serve_one():
                     pass
-        except DownstreamGone:
-            pass
+        except* DownstreamGone:
+            pass  # the client went away (raised bare, or from a request's nursery): nothing to answer
         finally:
             timers.discard(timer)
 
