@@ -2,7 +2,8 @@
 
 ``load_directory(DIR)`` reads every document of DIR and returns a ``Snapshot`` or raises a
 ``ConfigError`` whose ``issues`` say ``FILE:LINE: field.path: message`` for every problem.
-``schema`` holds the models of each kind, ``snapshot`` the validated whole, ``loader`` the way there.
+``schema`` holds the models of each kind, ``snapshot`` the validated whole, ``loader`` the way there;
+``notation`` reads durations, sizes and addresses, and ``fields`` is the validator behind the models.
 """
 
 from .loader import ConfigError, ConfigIssue, load_directory

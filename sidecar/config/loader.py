@@ -16,9 +16,7 @@ where its parent mapping starts; a list item at the line where the item starts.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,22 +24,19 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .schema import FILE_CONTEXT, KINDS, RouteConfig, ServiceConfig, SidecarConfig, normalize_host, show
+from .fields import FieldPath, Model, ValidationError, format_path, show
+from .notation import normalize_host
+from .schema import FILE_CONTEXT, KINDS, RouteConfig, ServiceConfig, SidecarConfig
 from .snapshot import Snapshot, content_version
-
-FieldPath = tuple[str | int, ...]
 
 _MAX_NODES = 200_000  # per document: stops alias "billion laughs" expansion
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
-_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 @dataclass(frozen=True)
@@ -68,19 +63,6 @@ class ConfigError(Exception):
         return "\n".join(str(issue) for issue in self.issues)
 
 
-def format_path(path: FieldPath) -> str:
-    """``("rules", 0, "to", 1, "weight")`` -> ``rules[0].to[1].weight``; odd keys are quoted: ``a["x y"]``."""
-    text = "" if path else "(document)"
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif not _PLAIN_KEY_RE.fullmatch(part):
-            text += f"[{json.dumps(part)}]"
-        else:
-            text += f".{part}" if text else part
-    return text
-
-
 # --------------------------------------------------------------------------------------------------
 # YAML nodes -> plain data, remembering lines.
 # --------------------------------------------------------------------------------------------------
@@ -99,7 +81,7 @@ class _Document:
     key_lines: dict[FieldPath, int] = field(default_factory=dict)
     node_lines: dict[FieldPath, int] = field(default_factory=dict)
     kind: str | None = None
-    model: BaseModel | None = None
+    model: Model | None = None
 
     def line(self, path: FieldPath) -> int:
         """The key's line; for a path that is not in the document (a missing key), its parent's start."""
@@ -251,38 +233,6 @@ def _documents(
 # --------------------------------------------------------------------------------------------------
 
 
-def _message(error: ErrorDetails) -> str:
-    """A short, human message for one pydantic error."""
-    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
-    if kind == "missing":
-        return "field required"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "value_error" and "error" in ctx:
-        return str(ctx["error"])
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"expected a mapping, got {show(value)}"
-    if kind in ("tuple_type", "list_type", "iterable_type"):
-        return f"expected a list, got {show(value)}"
-    if kind == "string_type":
-        if isinstance(value, int | float):  # bool is an int too
-            return f"expected a string, got {show(value)} (quote it: \"{show(value)}\")"
-        return f"expected a string, got {show(value)}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"expected an integer, got {show(value)}"
-    if kind == "literal_error":
-        return f"invalid value {show(value)} (expected {ctx.get('expected')})"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}, got {show(value)}"
-    if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}, got {show(value)}"
-    if kind == "greater_than":
-        return f"must be greater than {ctx.get('gt')}, got {show(value)}"
-    if kind == "too_short":
-        return "must not be empty"
-    return error["msg"]
-
-
 def _validate(document: _Document, issues: list[ConfigIssue]) -> None:
     """Check the document's ``kind`` and validate it against that kind's model."""
     data = document.data
@@ -303,12 +253,7 @@ def _validate(document: _Document, issues: list[ConfigIssue]) -> None:
         payload = {k: v for k, v in data.items() if k != "kind"}
         document.model = KINDS[kind].model_validate(payload, context=FILE_CONTEXT)
     except ValidationError as exc:
-        errors = exc.errors()
-        inner = {error["loc"][:n] for error in errors for n in range(len(error["loc"]))}
-        for error in errors:
-            if error["type"] == "too_short" and error["loc"] in inner:
-                continue  # pydantic counts only the valid items; the invalid ones are reported already
-            issues.append(document.issue(tuple(error["loc"]), _message(error)))
+        issues += [document.issue(error.path, error.message) for error in exc.errors]
     except Exception as exc:  # a validator bug must still read as a config problem, not a traceback
         issues.append(document.issue((), f"cannot validate document: {exc!r}"))
 

@@ -1,13 +1,13 @@
 """Typed, immutable models of the three config kinds: Sidecar, Service and Route.
 
-This module owns what a valid value *is*: the field names, their defaults, and the parsing of the
-value notations the files use (durations such as ``250ms``, sizes such as ``64KiB``, addresses such
-as ``127.0.0.1:8080``). It knows nothing about files, YAML or line numbers; ``loader.py`` feeds it
-plain Python data and turns its ``pydantic.ValidationError``s into ``FILE:LINE`` issues.
+This module owns what a valid document *is*: the field names, their defaults and how each is read.
+It knows nothing about files, YAML or line numbers; ``loader.py`` feeds it plain Python data and turns
+its ``ValidationError``s into ``FILE:LINE`` issues. The value notations (durations, sizes, addresses)
+live in ``notation.py``, the validator that reads the field declarations in ``fields.py``.
 
-Rules that hold for every model here:
+Rules that hold for every model here (see ``fields.py``):
 
-- Unknown fields are errors (``extra="forbid"``), and every model is frozen.
+- Unknown fields are errors, and every model is a frozen dataclass.
 - A field explicitly set to ``null`` counts as not set, so its default applies (``inbound: null``
   therefore means "no inbound listener", exactly as leaving ``inbound`` out does).
 - Integers are strict: ``true`` or ``"5"`` is not an integer.
@@ -18,209 +18,73 @@ Rules that hold for every model here:
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PlainValidator,
-    StrictInt,
-    StrictStr,
-    TypeAdapter,
+from .fields import (
+    INTEGER,
+    FieldError,
+    Model,
+    Parser,
     ValidationError,
-    ValidationInfo,
-    field_serializer,
-    field_validator,
-    model_validator,
+    bounded,
+    items,
+    nested,
+    one_of,
+    plain,
+    show,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from .notation import (
+    Address,
+    format_duration,
+    format_size,
+    normalize_host,
+    parse_duration,
+    parse_name,
+    parse_size,
+)
 
-# --------------------------------------------------------------------------------------------------
-# Value notations: durations, sizes, addresses, hosts.
-# --------------------------------------------------------------------------------------------------
+__all__ = [
+    "FILE_CONTEXT",
+    "KINDS",
+    "Address",
+    "AdminConfig",
+    "EndpointConfig",
+    "InboundConfig",
+    "Limits",
+    "OutboundConfig",
+    "RouteConfig",
+    "RouteMatch",
+    "RouteRule",
+    "RouteTarget",
+    "ServiceConfig",
+    "SidecarConfig",
+    "Timeouts",
+    "ValidationError",
+    "format_duration",
+    "format_size",
+    "normalize_host",
+    "parse_duration",
+    "parse_size",
+    "show",
+]
 
-_DURATION_UNITS: dict[str, tuple[int, int]] = {"ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1)}
-_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(ms|s|m|h)")
-_DURATION_HINT = "use e.g. 250ms, 1s, 2m"
+FILE_CONTEXT: Mapping[str, bool] = MappingProxyType({"from_file": True})
+"""Validation context for data read from a config file: durations there must be strings with a unit."""
 
-_SIZE_UNITS: dict[str, int] = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
-_SIZE_RE = re.compile(r"([0-9]+) ?(KiB|MiB|GiB)?")
-_SIZE_HINT = "use bytes, or e.g. 64KiB, 1MiB, 2GiB"
-
-_DNS_LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_NAME_RE = re.compile(r"\S+")
-
-
-def show(value: object) -> str:
-    """Render a config value for an error message, the way it would look in YAML."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
-
-
-def parse_duration(value: object) -> float:
-    """Parse ``<number><unit>`` (unit ``ms``, ``s``, ``m`` or ``h``) into float seconds.
-
-    Raises ``ValueError`` with an operator-facing message for anything else, including bare numbers
-    (a duration always names its unit) and negative values.
-    """
-    if not isinstance(value, str):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            raise ValueError(f"invalid duration {show(value)} (a duration needs a unit: {_DURATION_HINT})")
-        raise ValueError(f"invalid duration {show(value)} ({_DURATION_HINT})")
-    match = _DURATION_RE.fullmatch(value)
-    if match is None:
-        raise ValueError(f"invalid duration {show(value)} ({_DURATION_HINT})")
-    number, unit = match.groups()
-    multiplier, divisor = _DURATION_UNITS[unit]
-    seconds = float(number) * multiplier / divisor  # one rounding at most: "250ms" is exactly 0.25
-    if not math.isfinite(seconds):
-        raise ValueError(f"invalid duration {show(value)} (too large)")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest notation ``parse_duration`` reads back as exactly ``seconds``: ``250ms``, ``1.5s``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"cannot format duration {seconds!r}")
-    millis = seconds * 1000
-    if 0 < seconds < 1 and millis.is_integer() and millis / 1000 == seconds:
-        return f"{int(millis)}ms"
-    if seconds.is_integer():
-        return f"{int(seconds)}s"
-    # repr() is the shortest exact decimal, but may use an exponent; "f" spells it out.
-    return f"{format(Decimal(repr(seconds)), 'f')}s"
-
-
-def parse_size(value: object) -> int:
-    """Parse a size into bytes: a non-negative integer, or a string such as ``1024``, ``64KiB``, ``2GiB``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"invalid size {show(value)} (must not be negative)")
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"invalid size {show(value)} ({_SIZE_HINT})")
-    match = _SIZE_RE.fullmatch(value)
-    if match is None:
-        raise ValueError(f"invalid size {show(value)} ({_SIZE_HINT})")
-    number, unit = match.groups()
-    if len(number) > 30:
-        raise ValueError(f"invalid size {show(value)} (too large)")
-    return int(number) * (_SIZE_UNITS[unit] if unit else 1)
-
-
-def format_size(size: int) -> str:
-    """The notation of ``size`` bytes in the largest exact unit: ``64KiB``, ``1MiB``, ``1000``."""
-    if size < 0:
-        raise ValueError(f"cannot format size {size!r}")
-    for unit, factor in reversed(_SIZE_UNITS.items()):
-        if size and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
-
-
-def normalize_host(value: object) -> str:
-    """A host as requests are matched against it: lower-case, without a ``:port`` suffix."""
-    if not isinstance(value, str):
-        raise ValueError(f"invalid host {show(value)} (expected a string)")
-    host = value.strip().lower()
-    if host.startswith("["):
-        host = host.partition("]")[0] + "]" if "]" in host else host
-    elif host.count(":") == 1 and host.rpartition(":")[2].isdigit():
-        host = host.rpartition(":")[0]
-    if not host or not _NAME_RE.fullmatch(host) or "/" in host:
-        raise ValueError(f"invalid host {show(value)}")
-    return host
-
-
-def _check_host_part(host: str, text: str) -> str:
-    """Validate the host part of an address; returns it in canonical form."""
-    if not host:
-        raise ValueError(f"invalid address {show(text)} (missing host, e.g. 127.0.0.1:8080)")
-    if re.fullmatch(r"[0-9.]+", host):
-        try:
-            return str(ipaddress.IPv4Address(host))
-        except ValueError:
-            raise ValueError(f"invalid address {show(text)} (bad IPv4 address {host!r})") from None
-    name = host.lower().removesuffix(".")
-    if len(name) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in name.split(".")):
-        raise ValueError(f"invalid address {show(text)} (bad host name {host!r})")
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A ``host:port`` pair. ``host`` is an IPv4 address, a DNS name, or an IPv6 address without brackets."""
-
-    host: str
-    port: int
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ValueError("address host must not be empty")
-        if isinstance(self.port, bool) or not 1 <= self.port <= 65535:
-            raise ValueError(f"port {self.port!r} out of range 1..65535")
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: object) -> Address:
-        """Parse ``host:port`` (IPv6 in brackets: ``[::1]:8080``); ``ValueError`` says what is wrong."""
-        if not isinstance(text, str):
-            raise ValueError(f"invalid address {show(text)} (expected host:port, e.g. 127.0.0.1:8080)")
-        if text.startswith("["):
-            inside, close, rest = text[1:].partition("]")
-            if not close or not rest.startswith(":"):
-                raise ValueError(f"invalid address {show(text)} (expected [IPv6]:port, e.g. [::1]:8080)")
-            try:
-                host = str(ipaddress.IPv6Address(inside))
-            except ValueError:
-                raise ValueError(f"invalid address {show(text)} (bad IPv6 address {inside!r})") from None
-            port_text = rest[1:]
-        else:
-            host, colon, port_text = text.rpartition(":")
-            if not colon:
-                raise ValueError(f"invalid address {show(text)} (expected host:port, e.g. 127.0.0.1:8080)")
-            if ":" in host:
-                raise ValueError(f"invalid address {show(text)} (put IPv6 addresses in brackets: [::1]:8080)")
-            host = _check_host_part(host, text)
-        if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5 and 1 <= int(port_text) <= 65535):
-            raise ValueError(f"invalid address {show(text)} (port must be 1..65535)")
-        return cls(host, int(port_text))
 
 
 def _address(value: object) -> Address:
     return value if isinstance(value, Address) else Address.parse(value)
 
 
-FILE_CONTEXT: Mapping[str, bool] = MappingProxyType({"from_file": True})
-"""Validation context for data read from a config file: durations there must be strings with a unit."""
-
-
-def _duration(value: object, info: ValidationInfo) -> float:
+def _duration(value: object, from_file: bool) -> float:
     # Code may pass float seconds (``Timeouts(connect=0.5)``); a file must name the unit.
-    from_file = bool(info.context and info.context.get("from_file"))
     if (
         not from_file
         and isinstance(value, int | float)
@@ -232,14 +96,6 @@ def _duration(value: object, info: ValidationInfo) -> float:
     return parse_duration(value)
 
 
-def _name(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {show(value)}")
-    if not _NAME_RE.fullmatch(value):
-        raise ValueError(f"invalid name {show(value)} (must be non-empty, without spaces)")
-    return value
-
-
 def _path(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a path starting with '/', got {show(value)}")
@@ -248,31 +104,22 @@ def _path(value: object) -> str:
     return value
 
 
-AddressField = Annotated[Address, PlainValidator(_address), PlainSerializer(str, return_type=str)]
-"""An ``Address`` given as ``host:port``; serialized back to that text."""
-Duration = Annotated[float, PlainValidator(_duration), PlainSerializer(format_duration, return_type=str)]
-"""Float seconds given as ``250ms``/``1s``/``2m``/``1h``; serialized back to that notation."""
-Size = Annotated[int, PlainValidator(parse_size), PlainSerializer(format_size, return_type=str)]
-"""Int bytes given as ``1024`` or ``64KiB``/``1MiB``/``2GiB``; serialized back to that notation."""
-Name = Annotated[str, PlainValidator(_name)]
-Host = Annotated[str, PlainValidator(normalize_host)]
-HttpPath = Annotated[str, PlainValidator(_path)]
+ADDRESS = plain(_address, dump=str)
+DURATION = Parser(_duration, dump=format_duration)
+HOST = plain(normalize_host)
+
+AddressField = Annotated[Address, ADDRESS]
+"""An ``Address`` given as ``host:port``; written back as that text."""
+Duration = Annotated[float, DURATION]
+"""Float seconds given as ``250ms``/``1s``/``2m``/``1h``; written back in that notation."""
+Size = Annotated[int, plain(parse_size, dump=format_size)]
+"""Int bytes given as ``1024`` or ``64KiB``/``1MiB``/``2GiB``; written back in that notation."""
+Name = Annotated[str, plain(parse_name)]
+Host = Annotated[str, HOST]
+HTTP_PATH = plain(_path)
 
 SECONDS = 1.0
 KiB = 1 << 10
-
-
-class _Model(BaseModel):
-    """Base of every config model: frozen, unknown fields forbidden, ``null`` means "not set"."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_unset(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            return {k: v for k, v in data.items() if not (v is None and k in cls.model_fields)}
-        return data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,32 +127,36 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 
-class InboundConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundConfig(Model):
     """The inbound listener: accepts callers from the mesh and forwards to the local app."""
 
-    listen: AddressField = Address("0.0.0.0", 15006)
+    listen: AddressField = Address("0.0.0.0", 15006)  # noqa: RUF009 (frozen)
     """Where the inbound listener binds."""
-    app: AddressField = Address("127.0.0.1", 8080)
+    app: AddressField = Address("127.0.0.1", 8080)  # noqa: RUF009 (frozen)
     """The local app that inbound requests are forwarded to."""
-    app_protocol: Literal["http1"] = "http1"
+    app_protocol: Annotated[Literal["http1"], one_of("http1")] = "http1"
     """How to speak to the app (only HTTP/1.1 so far)."""
     app_idle_timeout: Duration = 4 * SECONDS
     """Pooled connections to the app close after this long idle (below common app keep-alives)."""
 
 
-class OutboundConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundConfig(Model):
     """The outbound listener: the local app sends its plain HTTP calls here."""
 
-    listen: AddressField = Address("127.0.0.1", 15001)
+    listen: AddressField = Address("127.0.0.1", 15001)  # noqa: RUF009 (frozen)
 
 
-class AdminConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig(Model):
     """The admin listener: /ready, /live, /metrics, /config, /clusters, /drain."""
 
-    listen: AddressField = Address("127.0.0.1", 15000)
+    listen: AddressField = Address("127.0.0.1", 15000)  # noqa: RUF009 (frozen)
 
 
-class Limits(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits(Model):
     """Request limits, applied on both listeners."""
 
     max_request_headers: Size = 64 * KiB
@@ -316,16 +167,17 @@ class Limits(_Model):
     """Time allowed from a request's first byte to the end of its header block."""
 
 
-class SidecarConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SidecarConfig(Model):
     """``kind: Sidecar``: this workload's own proxy settings. Exactly one per config directory."""
 
     service: Name
     """This workload's service name (also the OTel ``service.name``)."""
-    inbound: InboundConfig | None = None
+    inbound: Annotated[InboundConfig | None, nested(InboundConfig)] = None
     """The inbound listener; ``None`` (section absent) means no inbound listener: a pure client."""
-    outbound: OutboundConfig = OutboundConfig()
-    admin: AdminConfig = AdminConfig()
-    limits: Limits = Limits()
+    outbound: Annotated[OutboundConfig, nested(OutboundConfig)] = OutboundConfig()
+    admin: Annotated[AdminConfig, nested(AdminConfig)] = AdminConfig()
+    limits: Annotated[Limits, nested(Limits)] = Limits()
     drain_timeout: Duration = 20 * SECONDS
     """On drain, exit at the latest after this long."""
 
@@ -335,15 +187,17 @@ class SidecarConfig(_Model):
 # --------------------------------------------------------------------------------------------------
 
 
-class EndpointConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig(Model):
     """One static endpoint of a service: an IP address, or a DNS name re-resolved every ``dns_refresh``."""
 
     address: AddressField
-    weight: Annotated[StrictInt, Field(ge=1)] = 1
+    weight: Annotated[int, bounded(INTEGER, ge=1)] = 1
     """Relative share of traffic for this endpoint."""
 
 
-class Timeouts(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts(Model):
     """Upstream timeouts of a service."""
 
     connect: Duration = 1 * SECONDS
@@ -357,135 +211,127 @@ class Timeouts(_Model):
 LoadBalancer = Literal["round_robin", "least_request", "random"]
 
 
-class ServiceConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig(Model):
     """``kind: Service``: an upstream service this workload calls."""
 
     name: Name
-    hosts: tuple[Host, ...] = ()
+    hosts: Annotated[tuple[str, ...], items(HOST, distinct=True)] = ()
     """Host names (lower-case, no port) that select this service; defaults to ``(name,)``.
     An explicit empty list is allowed: the service is then reachable only through Routes."""
-    endpoints: Annotated[tuple[EndpointConfig, ...], Field(min_length=1)]
-    dns_refresh: Annotated[Duration, Field(gt=0)] = 5 * SECONDS
+    endpoints: Annotated[tuple[EndpointConfig, ...], items(nested(EndpointConfig), non_empty=True)]
+    dns_refresh: Annotated[float, bounded(DURATION, gt=0)] = 5 * SECONDS
     """How often DNS-named endpoints are re-resolved."""
-    load_balancer: LoadBalancer = "least_request"
-    timeouts: Timeouts = Timeouts()
+    load_balancer: Annotated[LoadBalancer, one_of(*get_args(LoadBalancer))] = "least_request"
+    timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
 
-    @model_validator(mode="before")
     @classmethod
-    def _default_hosts(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("hosts") is None:
-            name = data.get("name")
-            if isinstance(name, str) and _NAME_RE.fullmatch(name):
-                return {**data, "hosts": [name]}
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "hosts" not in data:  # left out or null: the service's own name, when that is valid
+            try:
+                return {**data, "hosts": [parse_name(data.get("name"))]}
+            except ValueError:
+                pass
         return data
-
-    @field_validator("hosts")
-    @classmethod
-    def _unique_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(hosts))
 
 
 # --------------------------------------------------------------------------------------------------
 # kind: Route
 # --------------------------------------------------------------------------------------------------
 
-_HEADERS_INPUT: TypeAdapter[dict[str, str]] = TypeAdapter(dict[StrictStr, StrictStr])
+
+def _headers(value: object) -> tuple[tuple[str, str], ...]:
+    """A mapping of header names to values, as ``(lower-case name, value)`` pairs."""
+    if isinstance(value, tuple):  # built in code, already pairs
+        pairs = []
+        for index, pair in enumerate(value):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+                raise ValidationError([FieldError((index,), "expected a (name, value) pair of strings")])
+            pairs.append((pair[0].lower(), pair[1]))
+        return tuple(pairs)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping, got {show(value)}")
+    errors = [
+        FieldError((str(name),), f"expected a string, got {show(part)}" + _quote_hint(part))
+        for name, header_value in value.items()
+        for part in (name, header_value)
+        if not isinstance(part, str)
+    ]
+    if errors:
+        raise ValidationError(errors)
+    result: dict[str, str] = {}
+    for name, header_value in value.items():
+        lower = name.lower()
+        if not _HEADER_NAME_RE.fullmatch(lower):
+            raise ValueError(f"invalid header name {show(name)}")
+        if lower in result:
+            raise ValueError(f"header {lower!r} listed twice")
+        result[lower] = header_value
+    return tuple(result.items())
 
 
-class RouteMatch(_Model):
+def _quote_hint(value: object) -> str:
+    """For a number where a string belongs: how to write it as one."""
+    return f' (quote it: "{show(value)}")' if isinstance(value, int | float) else ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch(Model):
     """What a request must look like for a rule to apply; an empty match matches every request."""
 
-    path_prefix: HttpPath | None = None
+    path_prefix: Annotated[str | None, HTTP_PATH] = None
     """Matches whole path segments: ``/api`` matches ``/api`` and ``/api/x``, not ``/apix``."""
-    path: HttpPath | None = None
+    path: Annotated[str | None, HTTP_PATH] = None
     """Matches this exact path."""
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Annotated[tuple[tuple[str, str], ...], plain(_headers, dump=dict)] = ()
     """``(name, value)`` pairs that must all be present with exactly these values; names lower-case."""
 
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _headers_from_mapping(cls, value: Any) -> Any:
-        if isinstance(value, tuple):  # built in code, already pairs: the field's own schema checks them
-            return tuple(
-                (pair[0].lower(), *pair[1:]) if isinstance(pair, tuple) and pair and isinstance(pair[0], str)
-                else pair
-                for pair in value
-            )
-        pairs = _HEADERS_INPUT.validate_python(value)  # its errors point at the offending header
-        result: dict[str, str] = {}
-        for name, header_value in pairs.items():
-            lower = name.lower()
-            if not _HEADER_NAME_RE.fullmatch(lower):
-                raise ValueError(f"invalid header name {show(name)}")
-            if lower in result:
-                raise ValueError(f"header {lower!r} listed twice")
-            result[lower] = header_value
-        return tuple(result.items())
-
-    @field_serializer("headers")
-    def _headers_as_mapping(self, headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
-        return dict(headers)
-
-    @model_validator(mode="after")
-    def _one_path_kind(self) -> Self:
+    def check(self, given: Mapping[str, Any]) -> None:
         if self.path is not None and self.path_prefix is not None:
             raise ValueError("set either path or path_prefix, not both")
-        return self
 
 
-class RouteTarget(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteTarget(Model):
     """A service a rule sends to, with its percentage of the rule's traffic."""
 
     service: Name
-    weight: Annotated[StrictInt, Field(ge=0, le=100)] = 100
+    weight: Annotated[int, bounded(INTEGER, ge=0, le=100)] = 100
     """Percentage 0..100; may be left out only when the rule has a single target."""
 
 
-class RouteRule(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRule(Model):
     """One rule of a route: the first rule whose ``match`` fits a request decides where it goes."""
 
-    match: RouteMatch = RouteMatch()
-    to: Annotated[tuple[RouteTarget, ...], Field(min_length=1)]
-    timeout: Duration | None = None
+    match: Annotated[RouteMatch, nested(RouteMatch)] = RouteMatch()
+    to: Annotated[tuple[RouteTarget, ...], items(nested(RouteTarget), non_empty=True)]
+    timeout: Annotated[float | None, DURATION] = None
     """Overrides the target service's ``timeouts.request``."""
 
-    @model_validator(mode="after")
-    def _weights_add_up(self) -> Self:
+    def check(self, given: Mapping[str, Any]) -> None:
         if len(self.to) > 1:
             missing = [
-                InitErrorDetails(
-                    type=PydanticCustomError("weight_required", "field required (to has several entries)"),
-                    loc=("to", index, "weight"),
-                    input=None,
-                )
-                for index, target in enumerate(self.to)
-                if "weight" not in target.model_fields_set
+                FieldError(("to", index, "weight"), "field required (to has several entries)")
+                for index, target in enumerate(given["to"])
+                if isinstance(target, Mapping) and target.get("weight") is None
             ]
             if missing:
-                raise ValidationError.from_exception_data(type(self).__name__, missing)
+                raise ValidationError(missing)
         total = sum(target.weight for target in self.to)
         if total != 100:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError("weights", f"weights add up to {total}, must be 100"),
-                        loc=("to",),
-                        input=None,
-                    )
-                ],
-            )
-        return self
+            raise ValidationError([FieldError(("to",), f"weights add up to {total}, must be 100")])
 
 
-class RouteConfig(_Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig(Model):
     """``kind: Route``: rules for one host (matched without port, case-insensitively)."""
 
     host: Host
-    rules: Annotated[tuple[RouteRule, ...], Field(min_length=1)]
+    rules: Annotated[tuple[RouteRule, ...], items(nested(RouteRule), non_empty=True)]
 
 
-KINDS: Mapping[str, type[BaseModel]] = {
+KINDS: Mapping[str, type[Model]] = {
     "Sidecar": SidecarConfig,
     "Service": ServiceConfig,
     "Route": RouteConfig,

@@ -54,7 +54,7 @@ class Snapshot:
         addresses ``"host:port"``), so each entry could be pasted back into a document of its kind.
         """
         return {
-            "sidecar": self.sidecar.model_dump(mode="json"),
-            "services": [service.model_dump(mode="json") for service in self.services.values()],
-            "routes": [route.model_dump(mode="json") for route in self.routes.values()],
+            "sidecar": self.sidecar.to_json(),
+            "services": [service.to_json() for service in self.services.values()],
+            "routes": [route.to_json() for route in self.routes.values()],
         }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from sidecar.config import (
     Address,
@@ -26,7 +26,7 @@ from sidecar.config import (
     parse_duration,
     parse_size,
 )
-from sidecar.config.schema import FILE_CONTEXT
+from sidecar.config.schema import FILE_CONTEXT, ValidationError
 
 # ------------------------------------------------------------------------------------------------
 # Durations
@@ -275,9 +275,9 @@ def test_service_hosts_normalized() -> None:
 
 def test_models_are_frozen_and_strict() -> None:
     sidecar = SidecarConfig.model_validate({"service": "frontend"})
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         sidecar.service = "other"  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="Extra inputs"):
+    with pytest.raises(ValidationError, match="tls: unknown field"):
         SidecarConfig.model_validate({"service": "frontend", "tls": {}})
     with pytest.raises(ValidationError):
         EndpointConfig.model_validate({"address": "a:1", "weight": True})
@@ -313,7 +313,7 @@ def test_route_weights() -> None:
 def test_route_match() -> None:
     match = RouteMatch.model_validate({"path_prefix": "/api", "headers": {"X-Canary": "1", "x-user": "bob"}})
     assert match.headers == (("x-canary", "1"), ("x-user", "bob"))
-    assert match.model_dump(mode="json")["headers"] == {"x-canary": "1", "x-user": "bob"}
+    assert match.to_json()["headers"] == {"x-canary": "1", "x-user": "bob"}
     with pytest.raises(ValidationError, match="must start with '/'"):
         RouteMatch.model_validate({"path": "api"})
     with pytest.raises(ValidationError, match="not both"):
