@@ -22,13 +22,14 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Response:
     """Send `request` to one endpoint of `cluster`; the response body streams afterwards."""
     endpoint = cluster.pick()
-    with trio.move_on_after(timeout):
+    # A bare CancelScope rather than move_on_after: same effect, without a generator per request.
+    with trio.CancelScope(deadline=trio.current_time() + timeout):
         return await _exchange(endpoint.pool, request, cluster.settings.connect_timeout)
     raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
 
 
 async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection:
-    with trio.move_on_after(connect_timeout):
+    with trio.CancelScope(deadline=trio.current_time() + connect_timeout):
         return await pool.connect()
     raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
 
