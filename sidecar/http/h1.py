@@ -29,6 +29,9 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+# The same rule for a whole block of CRLF-terminated lines at once: each match is anchored at a line
+# start and ends at its CRLF, so the block is valid exactly when every line produced a match.
+_FIELD_LINES = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n", re.MULTILINE)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -74,32 +77,38 @@ class ResponseHead:
         return self.framing.get(name, _NONE)
 
 
-def _parse_fields(lines: list[bytes], framing: Framing | None = None) -> list[Field]:
-    fields: list[Field] = []
-    for line in lines:
-        m = _FIELD.fullmatch(line)
-        if m is None:
+def _parse_fields(block: bytes, framing: Framing | None = None) -> list[Field]:
+    """Parse header lines (each ending in CRLF). One regex pass over the block does the work."""
+    pairs = _FIELD_LINES.findall(block)
+    if len(pairs) != block.count(b"\n"):
+        _explain_bad_field(block)
+    fields: list[Field] = [(name.lower(), name, value) for name, value in pairs]
+    if framing is not None:
+        for field in fields:
+            if field[0] in _FRAMING_FIELDS:
+                framing.setdefault(field[0], []).append(field[2])
+    return fields
+
+
+def _explain_bad_field(block: bytes) -> None:
+    """Raise the ProtocolViolation that names what is wrong with a block that failed to parse."""
+    for line in block.split(b"\r\n")[:-1]:
+        if _FIELD.fullmatch(line) is None:
             if line[:1] in (b" ", b"\t"):
                 raise ProtocolViolation("obsolete line folding in header")
             raise ProtocolViolation("malformed header field")
-        name = m.group(1)
-        lname = name.lower()
-        value = m.group(2)
-        fields.append((lname, name, value))
-        if framing is not None and lname in _FRAMING_FIELDS:
-            framing.setdefault(lname, []).append(value)
-    return fields
+    raise ProtocolViolation("bare CR or LF in header")
 
 
 def parse_request_head(block: bytes) -> RequestHead:
     """Parse a request head (without its final blank line). Raises BadRequest."""
-    lines = block.split(b"\r\n")
-    m = _REQUEST_LINE.fullmatch(lines[0])
+    eol = block.find(b"\r\n")
+    m = _REQUEST_LINE.fullmatch(block, 0, eol if eol >= 0 else len(block))
     if m is None:
         raise BadRequest("malformed request line")
     framing: Framing = {}
     try:
-        fields = _parse_fields(lines[1:], framing)
+        fields = _parse_fields(block[eol + 2 :] + b"\r\n", framing) if eol >= 0 else []
     except ProtocolViolation as exc:
         raise BadRequest(str(exc)) from None
     return RequestHead(m.group(1), m.group(2), int(m.group(3)), Headers(fields), framing)
@@ -107,12 +116,12 @@ def parse_request_head(block: bytes) -> RequestHead:
 
 def parse_response_head(block: bytes) -> ResponseHead:
     """Parse a response head (without its final blank line). Raises ProtocolViolation."""
-    lines = block.split(b"\r\n")
-    m = _STATUS_LINE.fullmatch(lines[0])
+    eol = block.find(b"\r\n")
+    m = _STATUS_LINE.fullmatch(block, 0, eol if eol >= 0 else len(block))
     if m is None:
         raise ProtocolViolation("malformed status line")
     framing: Framing = {}
-    fields = _parse_fields(lines[1:], framing)
+    fields = _parse_fields(block[eol + 2 :] + b"\r\n", framing) if eol >= 0 else []
     return ResponseHead(int(m.group(1)), int(m.group(2)), m.group(3) or b"", Headers(fields), framing)
 
 
@@ -251,7 +260,7 @@ class ChunkedDecoder:
                     if len(buf) > MAX_TRAILERS:
                         raise ProtocolViolation("trailer section too large")
                     return None
-                self.trailers = Headers(_parse_fields(bytes(buf[:end]).split(b"\r\n")))
+                self.trailers = Headers(_parse_fields(bytes(buf[: end + 2])))
                 del buf[: end + 4]
                 self._state = self._DONE
                 return END

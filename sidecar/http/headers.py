@@ -40,19 +40,20 @@ def strip_hop_by_hop(headers: Headers) -> None:
     """Remove hop-by-hop fields in place, keeping `te: trailers` when the sender asked for it."""
     named: set[bytes] | None = None
     keep_te = False
-    for lname, _, value in headers.fields:
-        if lname == b"connection":
-            if named is None:
-                named = set()
-            _named_by_connection(value, named)
-        elif lname == b"te" and b"trailers" in value.lower():
-            keep_te = True
     out: list[Field] = []
     for field in headers.fields:
         lname = field[0]
-        if lname in HOP_BY_HOP or lname.startswith(b"proxy-") or (named is not None and lname in named):
+        if lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
+            if lname == b"connection":
+                if named is None:
+                    named = set()
+                _named_by_connection(field[2], named)
+            elif lname == b"te" and b"trailers" in field[2].lower():
+                keep_te = True
             continue
         out.append(field)
+    if named:  # rare: the Connection header named more fields to drop
+        out = [f for f in out if f[0] not in named]
     if keep_te:
         out.append(_TE_TRAILERS)
     headers.fields = out

@@ -205,8 +205,21 @@ class Response:
         self.reason = reason
 
 
+_HOSTS: dict[bytes, str] = {}  # authority -> host; a mesh sees few distinct authorities
+_HOSTS_MAX = 4096
+
+
 def host_of(authority: bytes) -> str:
     """The host part of an authority, without port, lower-cased (`[::1]:80` gives `[::1]`)."""
+    host = _HOSTS.get(authority)
+    if host is None:
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        host = _HOSTS[authority] = _host_of(authority)
+    return host
+
+
+def _host_of(authority: bytes) -> str:
     text = authority.decode("latin-1").strip().lower()
     if text.startswith("["):
         end = text.find("]")

@@ -295,7 +295,7 @@ class H1Server:
                 await send(last_chunk_bytes(body.trailers))
             else:
                 await send(head + first if first else head)
-                if framing:
+                if framing and not getattr(body, "done", False):  # one read often carries it all
                     while chunk := await self._next_chunk(body):
                         await send(chunk)
             return not close
