@@ -126,6 +126,10 @@ def parse_response_head(block: bytes) -> ResponseHead:
 
 
 def _content_length(values: list[bytes] | tuple[bytes, ...]) -> int:
+    if len(values) == 1:  # the usual case: one plain number
+        text = values[0]
+        if text.isdigit() and len(text) <= 18:
+            return int(text)
     seen = {v.strip() for value in values for v in value.split(b",")}
     if len(seen) != 1:
         raise ProtocolViolation("conflicting Content-Length values")

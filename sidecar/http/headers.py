@@ -32,7 +32,7 @@ _TE_TRAILERS: Field = (b"te", b"te", b"trailers")
 def _named_by_connection(value: bytes, into: set[bytes]) -> None:
     for token in value.split(b","):
         token = token.strip().lower()
-        if token:
+        if token and token not in HOP_BY_HOP:  # `keep-alive`, `close`: nothing more to drop
             into.add(token)
 
 
