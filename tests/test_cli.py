@@ -52,11 +52,12 @@ def test_check_prints_every_error_with_file_and_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     prefix_s = f"{config}/sidecar.yaml"
     prefix_v = f"{config}/services.yaml"
+    assert any(line.startswith(f"{prefix_s}:1: tls: field required (") for line in lines), lines
     assert any(line.startswith(f"{prefix_s}:3: drain_timeout: ") for line in lines), lines
     assert any(line.startswith(f"{prefix_v}:4: endpoints[0].address: ") for line in lines), lines
     assert any(line.startswith(f"{prefix_v}:5: retries: ") for line in lines), lines
     assert any(line.startswith(f"{prefix_v}:10: rules[0].to[0].service: ") for line in lines), lines
-    assert len(lines) == 4, lines
+    assert len(lines) == 5, lines
 
 
 def test_run_with_a_bad_config_exits_1(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 This module owns the trip from files to validated models: which files are read, how YAML becomes
 plain data while remembering the line of every key, how validation errors become ``ConfigIssue``s,
 and the checks that span documents (one Sidecar, unique service names and hosts, one Route per host,
-routes to known services). What a valid field looks like is ``schema.py``'s business.
+routes to known services, ``Sidecar.tls`` present when mutual TLS needs it) or reach outside them
+(the certificate files ``tls`` sections name, checked by ``certfiles.py``). What a valid field looks
+like is ``schema.py``'s business.
 
 Reading rules: every ``*.yaml``/``*.yml`` directly in DIR, sorted by name, symlinks followed;
 dotfiles (and so Kubernetes' ``..data`` entries) and subfolders are skipped. A file may hold several
@@ -21,16 +23,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .certfiles import check_ca_bundle, check_workload_cert, spiffe_id_of
 from .fields import FieldPath, Model, ValidationError, format_path, show
 from .notation import normalize_host
-from .schema import FILE_CONTEXT, KINDS, RouteConfig, ServiceConfig, SidecarConfig
+from .schema import FILE_CONTEXT, KINDS, RouteConfig, ServiceConfig, ServiceTls, SidecarConfig, SidecarTls
 from .snapshot import Snapshot, content_version
+
+_Tls = TypeVar("_Tls", SidecarTls, ServiceTls)
 
 _MAX_NODES = 200_000  # per document: stops alias "billion laughs" expansion
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -191,9 +196,7 @@ def _yaml_issue(file: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
     return ConfigIssue(file, 1, "yaml", f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
-def _documents(
-    file: str, content: bytes, issues: list[ConfigIssue], unread: list[ConfigIssue]
-) -> Iterator[_Document]:
+def _documents(file: str, content: bytes, issues: list[ConfigIssue], unread: list[ConfigIssue]) -> Iterator[_Document]:
     """The non-empty documents of one file, converted.
 
     Problems that lose documents (bad encoding, YAML errors) go to ``unread``, others to ``issues``.
@@ -268,9 +271,7 @@ def _raw_str(document: _Document, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _check_sidecars(
-    directory: str, documents: list[_Document], issues: list[ConfigIssue], *, complete: bool
-) -> None:
+def _check_sidecars(directory: str, documents: list[_Document], issues: list[ConfigIssue], *, complete: bool) -> None:
     sidecars = [d for d in documents if d.kind == "Sidecar"]
     if not sidecars and complete:
         issues.append(ConfigIssue(directory, 1, "kind", "no Sidecar found (exactly one is required)"))
@@ -306,9 +307,7 @@ def _check_services(documents: list[_Document], issues: list[ConfigIssue]) -> se
     return set(by_name)
 
 
-def _check_routes(
-    documents: list[_Document], services: set[str], issues: list[ConfigIssue], *, complete: bool
-) -> None:
+def _check_routes(documents: list[_Document], services: set[str], issues: list[ConfigIssue], *, complete: bool) -> None:
     """One Route per host; every target names a Service."""
     by_host: dict[str, _Document] = {}
     for document in (d for d in documents if d.kind == "Route"):
@@ -328,6 +327,72 @@ def _check_routes(
                 if complete and target.service not in services:
                     path: FieldPath = ("rules", r, "to", t, "service")
                     issues.append(document.issue(path, f"route to unknown service {target.service!r}"))
+
+
+def _tls_section(document: _Document, model: type[_Tls]) -> _Tls | None:
+    """The document's ``tls`` section read as ``model`` if it is valid, whether or not the rest is."""
+    try:
+        return model.model_validate(document.data.get("tls"), context=FILE_CONTEXT)
+    except ValidationError:
+        return None
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(name) for name in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _check_tls(directory: str, documents: list[_Document], issues: list[ConfigIssue]) -> str | None:
+    """``Sidecar.tls`` where mutual TLS needs it, and the files ``tls`` sections name.
+
+    The inbound listener and every service in ``tls.mode: mutual`` (the default) present the
+    workload certificate, so the Sidecar must have ``tls`` then. The rule reads the data as written,
+    so that it is reported even while other fields of those documents are wrong. Returns the
+    workload's SPIFFE ID when its certificate is good.
+    """
+    services = [d for d in documents if d.kind == "Service"]
+    for document in services:
+        upstream = _tls_section(document, ServiceTls)
+        if upstream is not None and upstream.ca is not None:
+            problem = check_ca_bundle(Path(os.path.join(directory, upstream.ca)))
+            if problem is not None:
+                issues.append(document.issue(("tls", "ca"), problem))
+    sidecar = next((d for d in documents if d.kind == "Sidecar"), None)
+    if sidecar is None:
+        return None
+    if sidecar.data.get("tls") is None:
+        needs = ["the inbound listener"] if sidecar.data.get("inbound") is not None else []
+        mutual = [d for d in services if _tls_mode_written(d) == "mutual"]
+        names = list(dict.fromkeys(name for d in mutual if (name := _raw_str(d, "name")) is not None))
+        if len(names) > 1:
+            needs.append(f"mutual-TLS services {_names(names)}")
+        elif mutual:
+            needs.append(f"mutual-TLS service {names[0]!r}" if names else "a mutual-TLS service")
+        if needs:
+            verb = "need" if len(needs) > 1 or len(names) > 1 else "needs"
+            message = f"field required ({' and '.join(needs)} {verb} the workload certificate)"
+            issues.append(sidecar.issue(("tls",), message))
+        return None
+    workload = _tls_section(sidecar, SidecarTls)
+    if workload is None:
+        return None
+    cert, key, ca = (Path(os.path.join(directory, path)) for path in (workload.cert, workload.key, workload.ca))
+    problems = check_workload_cert(cert, key, ca)
+    issues += [sidecar.issue(("tls", field), message) for field, message in problems]
+    return None if problems else spiffe_id_of(cert)
+
+
+def _tls_mode_written(document: _Document) -> str | None:
+    """A Service's ``tls.mode`` as written (``mutual`` when left out); ``None`` if ``tls`` is not a mapping."""
+    tls = document.data.get("tls")
+    if tls is None:
+        return "mutual"
+    if not isinstance(tls, dict):
+        return None
+    mode = tls.get("mode")
+    if mode is None:
+        return "mutual"
+    return mode if isinstance(mode, str) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,6 +445,7 @@ def load_directory(directory: str | Path) -> Snapshot:
     if files is not None:
         _check_sidecars(directory_text, documents, issues, complete=complete)
         _check_routes(documents, _check_services(documents, issues), issues, complete=complete)
+    identity = _check_tls(directory_text, documents, issues)
     if issues:
         ordered = sorted(dict.fromkeys(issues), key=lambda issue: (issue.file, issue.line))
         raise ConfigError(ordered)
@@ -396,4 +462,5 @@ def load_directory(directory: str | Path) -> Snapshot:
         sidecar=sidecar,
         services=MappingProxyType(services),
         routes=MappingProxyType(routes),
+        identity=identity,
     )

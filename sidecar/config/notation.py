@@ -1,9 +1,10 @@
-"""Value notations the config files use: durations, sizes, addresses and hosts.
+"""Value notations the config files use: durations, sizes, addresses, hosts and SPIFFE IDs.
 
 Each ``parse_*`` reads one notation and raises ``ValueError`` with an operator-facing message for
 anything else; each ``format_*`` writes a value back so that parsing it gives the same value.
 Durations are float seconds (``250ms``, ``1.5s``, ``2m``, ``1h``), sizes int bytes (``1024``,
-``64KiB``, ``1MiB``, ``2GiB``), addresses ``Address`` (``127.0.0.1:8080``, ``[::1]:8080``).
+``64KiB``, ``1MiB``, ``2GiB``), addresses ``Address`` (``127.0.0.1:8080``, ``[::1]:8080``), SPIFFE IDs
+strings of the shape ``spiffe://TRUST-DOMAIN/PATH``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ _SIZE_HINT = "use bytes, or e.g. 64KiB, 1MiB, 2GiB"
 
 _DNS_LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _NAME_RE = re.compile(r"\S+")
+
+# SPIFFE IDs as `sidecar certs issue` accepts them: a lower-case trust domain, then one or more
+# non-empty path segments (no trailing '/'). A pattern may also hold '*', which globs within a segment.
+_SPIFFE_SEGMENT = r"[A-Za-z0-9._~!$&'()+,;=:@%-]"
+_SPIFFE_ID_RE = re.compile(rf"spiffe://[a-z0-9._-]+(?:/{_SPIFFE_SEGMENT}+)+")
+_SPIFFE_PATTERN_RE = re.compile(rf"spiffe://[a-z0-9._-]+(?:/(?:{_SPIFFE_SEGMENT}|\*)+)+")
 
 
 def parse_duration(value: object) -> float:
@@ -99,6 +106,36 @@ def parse_name(value: object) -> str:
     if not _NAME_RE.fullmatch(value):
         raise ValueError(f"invalid name {show(value)} (must be non-empty, without spaces)")
     return value
+
+
+def parse_spiffe_id(value: object, *, pattern: bool = False) -> str:
+    """A SPIFFE ID ``spiffe://TRUST-DOMAIN/PATH``, returned as written; only its shape is checked.
+
+    With ``pattern``, a path segment may contain ``*`` (matching is the runtime's business).
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected a SPIFFE ID, got {show(value)}")
+    regex = _SPIFFE_PATTERN_RE if pattern else _SPIFFE_ID_RE
+    if regex.fullmatch(value) and not any(part in (".", "..") for part in value.split("/")[3:]):
+        return value
+    if not pattern and "*" in value and _SPIFFE_PATTERN_RE.fullmatch(value):
+        raise ValueError(f"invalid SPIFFE ID {show(value)} (one exact ID: '*' patterns belong in inbound.allow)")
+    expected = "spiffe://TRUST-DOMAIN/PATH" + ("; '*' globs a path segment" if pattern else "")
+    raise ValueError(f"invalid SPIFFE ID {show(value)} (expected {expected})")
+
+
+def parse_server_name(value: object) -> str:
+    """A TLS server name (SNI and the name verified): a DNS name or an IP address, lower-case."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a host name, got {show(value)}")
+    name = value.lower().removesuffix(".")
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not name or len(name) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"invalid server name {show(value)} (expected a host name such as api.example.com)")
+    return name
 
 
 def normalize_host(value: object) -> str:

@@ -14,6 +14,10 @@ Rules that hold for every model here (see ``fields.py``):
 - Durations are stored as float seconds, sizes as int bytes, addresses as ``Address``. In a file a
   duration must be a string with a unit (validate with ``context=FILE_CONTEXT``); code building
   models directly may pass plain float seconds.
+- File paths (``tls.cert`` ...) are stored as written; ``Snapshot.resolve`` gives the file to open
+  (a relative path is relative to the config directory). Whether the files exist and hold what they
+  should is the loader's check (with ``certfiles.py``), as are rules across documents
+  (``Sidecar.tls`` is required by the inbound listener and by mutual-TLS services).
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from .notation import (
     normalize_host,
     parse_duration,
     parse_name,
+    parse_server_name,
     parse_size,
+    parse_spiffe_id,
 )
 
 __all__ = [
@@ -62,7 +68,9 @@ __all__ = [
     "RouteRule",
     "RouteTarget",
     "ServiceConfig",
+    "ServiceTls",
     "SidecarConfig",
+    "SidecarTls",
     "Timeouts",
     "ValidationError",
     "format_duration",
@@ -104,6 +112,14 @@ def _path(value: object) -> str:
     return value
 
 
+def _file_path(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {show(value)}")
+    if "\0" in value:
+        raise ValueError(f"invalid file path {show(value)} (contains a NUL character)")
+    return value
+
+
 ADDRESS = plain(_address, dump=str)
 DURATION = Parser(_duration, dump=format_duration)
 HOST = plain(normalize_host)
@@ -117,6 +133,12 @@ Size = Annotated[int, plain(parse_size, dump=format_size)]
 Name = Annotated[str, plain(parse_name)]
 Host = Annotated[str, HOST]
 HTTP_PATH = plain(_path)
+FILE_PATH = plain(_file_path)
+FilePath = Annotated[str, FILE_PATH]
+"""A file path as written: absolute, or relative to the config directory (``Snapshot.resolve``)."""
+SPIFFE_ID = plain(parse_spiffe_id)
+SPIFFE_PATTERN = plain(lambda value: parse_spiffe_id(value, pattern=True))
+SERVER_NAME = plain(parse_server_name)
 
 SECONDS = 1.0
 KiB = 1 << 10
@@ -125,6 +147,25 @@ KiB = 1 << 10
 # --------------------------------------------------------------------------------------------------
 # kind: Sidecar
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SidecarTls(Model):
+    """This workload's mutual-TLS identity: its certificate and key, and the mesh trust bundle.
+
+    Paths are stored as written (relative to the config directory unless absolute); the loader checks
+    that the files load, that the key matches and that the certificate carries one SPIFFE ID.
+    """
+
+    cert: FilePath
+    """The workload certificate (PEM, chain allowed); its one ``spiffe://`` URI SAN is this workload's ID."""
+    key: FilePath
+    """The certificate's private key (PEM, unencrypted)."""
+    ca: FilePath
+    """The trust bundle (PEM certificates) peers' certificates must chain to: the mesh roots."""
+
+
+InboundMode = Literal["strict", "permissive"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +180,11 @@ class InboundConfig(Model):
     """How to speak to the app (only HTTP/1.1 so far)."""
     app_idle_timeout: Duration = 4 * SECONDS
     """Pooled connections to the app close after this long idle (below common app keep-alives)."""
+    mode: Annotated[InboundMode, one_of(*get_args(InboundMode))] = "strict"
+    """``strict``: mutual TLS only; ``permissive``: mutual TLS and plaintext on the one port."""
+    allow: Annotated[tuple[str, ...] | None, items(SPIFFE_PATTERN, distinct=True)] = None
+    """Caller SPIFFE IDs let in; ``*`` globs a path segment. ``None`` (absent): any mesh identity;
+    an empty tuple: nobody."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +219,8 @@ class SidecarConfig(Model):
 
     service: Name
     """This workload's service name (also the OTel ``service.name``)."""
+    tls: Annotated[SidecarTls | None, nested(SidecarTls)] = None
+    """The workload certificate; required (by the loader) with an inbound section or a mutual-TLS service."""
     inbound: Annotated[InboundConfig | None, nested(InboundConfig)] = None
     """The inbound listener; ``None`` (section absent) means no inbound listener: a pure client."""
     outbound: Annotated[OutboundConfig, nested(OutboundConfig)] = OutboundConfig()
@@ -208,6 +256,34 @@ class Timeouts(Model):
     """Pooled upstream connections close after this long idle."""
 
 
+ServiceTlsMode = Literal["mutual", "simple", "disabled"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceTls(Model):
+    """How connections to a service's endpoints are secured."""
+
+    mode: Annotated[ServiceTlsMode, one_of(*get_args(ServiceTlsMode))] = "mutual"
+    """``mutual``: mesh mTLS with the workload certificate; ``simple``: server-authenticated TLS, as for
+    an external API; ``disabled``: plaintext."""
+    identity: Annotated[str | None, SPIFFE_ID] = None
+    """Mutual only: the SPIFFE ID the peer must present (any mesh identity when ``None``)."""
+    ca: Annotated[str | None, FILE_PATH] = None
+    """Simple only: a trust bundle file to verify the server with, instead of the system store."""
+    server_name: Annotated[str | None, SERVER_NAME] = None
+    """Simple only: the name sent as SNI and verified; ``None``: the endpoint's host name."""
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        errors = []
+        if self.identity is not None and self.mode != "mutual":
+            errors.append(FieldError(("identity",), "identity applies to mode mutual only"))
+        for name in ("ca", "server_name"):
+            if getattr(self, name) is not None and self.mode != "simple":
+                errors.append(FieldError((name,), f"{name} applies to mode simple only"))
+        if errors:
+            raise ValidationError(errors)
+
+
 LoadBalancer = Literal["round_robin", "least_request", "random"]
 
 
@@ -222,6 +298,8 @@ class ServiceConfig(Model):
     endpoints: Annotated[tuple[EndpointConfig, ...], items(nested(EndpointConfig), non_empty=True)]
     dns_refresh: Annotated[float, bounded(DURATION, gt=0)] = 5 * SECONDS
     """How often DNS-named endpoints are re-resolved."""
+    tls: Annotated[ServiceTls, nested(ServiceTls)] = ServiceTls()
+    """How to secure connections to the endpoints; mesh mutual TLS by default."""
     load_balancer: Annotated[LoadBalancer, one_of(*get_args(LoadBalancer))] = "least_request"
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
 

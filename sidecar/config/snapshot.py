@@ -46,6 +46,13 @@ class Snapshot:
     """By service name, in the order they were defined (files sorted by name, documents in order)."""
     routes: Mapping[str, RouteConfig]
     """By host (lower-case, without port), in the order they were defined."""
+    identity: str | None = None
+    """This workload's SPIFFE ID, read from the URI SAN of ``sidecar.tls.cert`` at load; ``None`` without tls."""
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config (``sidecar.tls.cert``, a service's ``tls.ca``) as a file to open:
+        ``directory / path``, which is ``path`` itself when it is absolute."""
+        return self.directory / path
 
     def to_json(self) -> dict[str, Any]:
         """The effective config, defaults filled in, ready for ``json.dumps``.

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
 import pytest
+import trustme
 
-from sidecar.config import Address, ConfigError, ConfigIssue, RouteTarget, load_directory
+from sidecar.certs import issue_workload
+from sidecar.config import (
+    Address,
+    ConfigError,
+    ConfigIssue,
+    RouteTarget,
+    ServiceTls,
+    SidecarTls,
+    load_directory,
+)
 from sidecar.config.loader import format_path
 
-from .conftest import ConfigDir
+from .conftest import FRONTEND_ID, ConfigDir, tls_section
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,8 +38,18 @@ def test_example_mesh_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert snapshot.sidecar.service == "frontend"
     assert snapshot.sidecar.inbound is not None
     assert snapshot.sidecar.inbound.app == Address("127.0.0.1", 8080)
+    assert (snapshot.sidecar.inbound.mode, snapshot.sidecar.inbound.allow) == (
+        "strict",
+        ("spiffe://mesh.local/ns/default/sa/*",),
+    )
+    assert snapshot.sidecar.tls == SidecarTls(
+        cert="certs/frontend/cert.pem", key="certs/frontend/key.pem", ca="certs/frontend/ca.pem"
+    )
+    assert snapshot.identity == "spiffe://mesh.local/ns/default/sa/frontend"
     assert list(snapshot.services) == ["orders", "orders-v2"]
     orders = snapshot.services["orders"]
+    assert orders.tls == ServiceTls(mode="mutual", identity="spiffe://mesh.local/ns/default/sa/orders")
+    assert snapshot.services["orders-v2"].tls == ServiceTls()
     assert [str(e.address) for e in orders.endpoints] == ["127.0.0.1:15106", "127.0.0.1:15206"]
     shop = snapshot.routes["shop"]
     canary, split = shop.rules
@@ -45,6 +66,7 @@ def test_defaults_are_filled(config_dir: ConfigDir) -> None:
         """
         kind: Sidecar
         service: frontend
+        TLS
         ---
         kind: Service
         name: Orders
@@ -55,7 +77,7 @@ def test_defaults_are_filled(config_dir: ConfigDir) -> None:
         host: Shop:8080
         rules:
           - to: [{service: Orders}]
-        """,
+        """.replace("TLS", tls_section(config_dir.workload)),
     )
     snapshot = config_dir.load()
     sidecar = snapshot.sidecar
@@ -67,6 +89,7 @@ def test_defaults_are_filled(config_dir: ConfigDir) -> None:
     assert sidecar.drain_timeout == 20.0
     service = snapshot.services["Orders"]
     assert service.hosts == ("orders",)
+    assert service.tls == ServiceTls(mode="mutual", identity=None, ca=None, server_name=None)
     assert service.endpoints[0].weight == 1
     assert (service.dns_refresh, service.load_balancer) == (5.0, "least_request")
     assert (service.timeouts.connect, service.timeouts.request, service.timeouts.idle) == (1.0, 15.0, 60.0)
@@ -76,11 +99,12 @@ def test_defaults_are_filled(config_dir: ConfigDir) -> None:
 
 
 def test_empty_inbound_section_runs_with_defaults(config_dir: ConfigDir) -> None:
-    config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: a\ninbound: {}\n")
+    config_dir.write("sidecar.yaml", f"kind: Sidecar\nservice: a\ninbound: {{}}\n{tls_section(config_dir.workload)}\n")
     inbound = config_dir.load().sidecar.inbound
     assert inbound is not None
     assert (str(inbound.listen), str(inbound.app)) == ("0.0.0.0:15006", "127.0.0.1:8080")
     assert (inbound.app_protocol, inbound.app_idle_timeout) == ("http1", 4.0)
+    assert (inbound.mode, inbound.allow) == ("strict", None)
 
 
 def test_null_means_default(config_dir: ConfigDir) -> None:
@@ -91,13 +115,14 @@ def test_null_means_default(config_dir: ConfigDir) -> None:
         service: a
         inbound:
         limits:
+        TLS
         ---
         kind: Service
         name: b
         endpoints: [{address: "b:1"}]
         dns_refresh:
         hosts:
-        """,
+        """.replace("TLS", tls_section(config_dir.workload)),
     )
     snapshot = config_dir.load()
     assert snapshot.sidecar.inbound is None
@@ -113,6 +138,7 @@ def test_multi_document_files_and_empty_documents(config_dir: ConfigDir) -> None
         ---
         kind: Sidecar
         service: a
+        TLS
         ---
         ---
         # only a comment
@@ -125,7 +151,7 @@ def test_multi_document_files_and_empty_documents(config_dir: ConfigDir) -> None
         name: c
         endpoints: [{address: "10.0.0.2:80"}]
         ...
-        """,
+        """.replace("TLS", tls_section(config_dir.workload)),
     )
     config_dir.write("empty.yaml", "")
     snapshot = config_dir.load()
@@ -145,12 +171,12 @@ def test_skips_dotfiles_subfolders_other_extensions(config_dir: ConfigDir) -> No
     assert [os.path.basename(f) for f in snapshot.files] == ["sidecar.yaml"]
 
 
-def test_kubernetes_configmap_layout(tmp_path: Path) -> None:
+def test_kubernetes_configmap_layout(tmp_path: Path, workload: Path) -> None:
     """A mounted ConfigMap: files are symlinks into ..data, itself a symlink to a timestamped folder."""
     mount = tmp_path / "mount"
     payload = mount / "..2024_05_01_12_00_00.000000001"
     payload.mkdir(parents=True)
-    (payload / "sidecar.yaml").write_text("kind: Sidecar\nservice: a\n")
+    (payload / "sidecar.yaml").write_text(f"kind: Sidecar\nservice: a\n{tls_section(workload)}\n")
     (payload / "services.yaml").write_text("kind: Service\nname: b\nendpoints: [{address: 'b:1'}]\n")
     (mount / "..data").symlink_to(payload.name)
     for name in ("sidecar.yaml", "services.yaml"):
@@ -345,7 +371,7 @@ SIDECAR_ERRORS = [
         tracing:
           exporter: otlp
         """,
-        ["3: tls: unknown field", "4: tracing: unknown field"],
+        ["3: tls.key: field required", "3: tls.ca: field required", "4: tracing: unknown field"],
     ),
     (
         """
@@ -353,7 +379,7 @@ SIDECAR_ERRORS = [
         service: frontend
         inbound:
           listen: 0.0.0.0:15006
-          mode: strict
+          mode: mtls
           app_protocol: h2c
           app_idle_timeout: soon
         limits:
@@ -363,7 +389,8 @@ SIDECAR_ERRORS = [
           max_connections: 5
         """,
         [
-            "5: inbound.mode: unknown field",
+            "1: tls: field required (the inbound listener needs the workload certificate)",
+            "5: inbound.mode: invalid value 'mtls' (expected 'strict' or 'permissive')",
             "6: inbound.app_protocol: invalid value 'h2c' (expected 'http1')",
             "7: inbound.app_idle_timeout: invalid duration 'soon' (use e.g. 250ms, 1s, 2m)",
             "9: limits.max_request_headers: invalid size '64KB' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)",
@@ -619,9 +646,7 @@ def test_duplicate_route_hosts(config_dir: ConfigDir) -> None:
         rules: [{to: [{service: orders}]}]
         """,
     )
-    assert config_dir.issues() == [
-        f"{second}:2: host: duplicate route for host 'shop' (first defined at {first}:2)"
-    ]
+    assert config_dir.issues() == [f"{second}:2: host: duplicate route for host 'shop' (first defined at {first}:2)"]
 
 
 def test_more_than_one_sidecar(config_dir: ConfigDir) -> None:
@@ -731,6 +756,7 @@ def test_many_errors_in_many_files_all_reported(config_dir: ConfigDir) -> None:
         f"{routes}:4: rules[0].to: weights add up to 90, must be 100",
         f"{services}:7: name: duplicate service name 'orders' (first defined at {services}:2)",
         f"{services}:8: endpoints[0].address: invalid address 'o:99999' (port must be 1..65535)",
+        f"{sidecar}:1: tls: field required (mutual-TLS service 'orders' needs the workload certificate)",
         f"{sidecar}:3: drain_timeout: invalid duration 20 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
     ]
     assert str(caught.value) == "\n".join(expected)
@@ -738,6 +764,7 @@ def test_many_errors_in_many_files_all_reported(config_dir: ConfigDir) -> None:
         (routes, 4, "rules[0].to"),
         (services, 7, "name"),
         (services, 8, "endpoints[0].address"),
+        (sidecar, 1, "tls"),
         (sidecar, 3, "drain_timeout"),
     ]
 
@@ -762,3 +789,435 @@ def test_field_named_file_is_not_mistaken_for_a_lost_file(config_dir: ConfigDir)
         f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)",
         f"{routes}:3: file: unknown field",
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutual TLS and workload identity
+# ------------------------------------------------------------------------------------------------
+
+
+def test_tls_fields(config_dir: ConfigDir) -> None:
+    config_dir.write(
+        "sidecar.yaml",
+        """
+        kind: Sidecar
+        service: frontend
+        TLS
+        inbound:
+          mode: permissive
+          allow:
+            - spiffe://mesh.local/ns/default/sa/*
+            - spiffe://mesh.local/ns/*/sa/front*
+            - spiffe://mesh.local/ns/default/sa/*
+        """.replace("TLS", tls_section(config_dir.workload)),
+    )
+    config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:15006"}]
+        tls: {identity: spiffe://mesh.local/ns/default/sa/orders}
+        ---
+        kind: Service
+        name: api
+        endpoints: [{address: "api.example.com:443"}]
+        tls: {mode: simple, server_name: API.Example.com., ca: CA}
+        ---
+        kind: Service
+        name: legacy
+        endpoints: [{address: "10.0.0.2:80"}]
+        tls: {mode: disabled}
+        """.replace("CA", f"{config_dir.workload}/ca.pem"),  # absolute
+    )
+    snapshot = config_dir.load()
+    workload = config_dir.workload
+    assert snapshot.sidecar.tls == SidecarTls(
+        cert=f"{workload}/cert.pem", key=f"{workload}/key.pem", ca=f"{workload}/ca.pem"
+    )
+    assert snapshot.identity == FRONTEND_ID
+    inbound = snapshot.sidecar.inbound
+    assert inbound is not None
+    assert inbound.mode == "permissive"
+    assert inbound.allow == ("spiffe://mesh.local/ns/default/sa/*", "spiffe://mesh.local/ns/*/sa/front*")
+    services = snapshot.services
+    assert services["orders"].tls == ServiceTls(mode="mutual", identity="spiffe://mesh.local/ns/default/sa/orders")
+    assert services["api"].tls == ServiceTls(mode="simple", server_name="api.example.com", ca=f"{workload}/ca.pem")
+    assert snapshot.resolve(f"{workload}/ca.pem") == workload / "ca.pem"
+    assert services["legacy"].tls == ServiceTls(mode="disabled")
+
+
+@pytest.mark.parametrize(("written", "allow"), [("listen: 0.0.0.0:15006", None), ("allow:", None), ("allow: []", ())])
+def test_allow_absent_null_or_empty(config_dir: ConfigDir, written: str, allow: tuple[str, ...] | None) -> None:
+    config_dir.with_sidecar()
+    config_dir.write("sidecar.yaml", (config_dir.path / "sidecar.yaml").read_text() + f"inbound:\n  {written}\n")
+    inbound = config_dir.load().sidecar.inbound
+    assert inbound is not None and inbound.allow == allow
+
+
+def test_inbound_mode_and_allow_errors(config_dir: ConfigDir) -> None:
+    file = config_dir.write(
+        "sidecar.yaml",
+        """
+        kind: Sidecar
+        service: frontend
+        TLS
+        inbound:
+          mode: mtls
+          allow:
+            - spiffe://mesh.local/ns/default/sa/*
+            - spiffe://mesh.local
+            - https://mesh.local/ns/a
+            - spiffe://*/ns/a
+            - spiffe://mesh.local/ns//sa
+            - spiffe://mesh.local/ns/a/
+            - spiffe://Mesh.Local/ns/a
+            - spiffe://mesh.local/ns/../a
+            - 5
+        """.replace("TLS", tls_section(config_dir.workload)),
+    )
+    hint = "(expected spiffe://TRUST-DOMAIN/PATH; '*' globs a path segment)"
+    assert config_dir.issues() == [
+        f"{file}:5: inbound.mode: invalid value 'mtls' (expected 'strict' or 'permissive')",
+        f"{file}:8: inbound.allow[1]: invalid SPIFFE ID 'spiffe://mesh.local' {hint}",
+        f"{file}:9: inbound.allow[2]: invalid SPIFFE ID 'https://mesh.local/ns/a' {hint}",
+        f"{file}:10: inbound.allow[3]: invalid SPIFFE ID 'spiffe://*/ns/a' {hint}",
+        f"{file}:11: inbound.allow[4]: invalid SPIFFE ID 'spiffe://mesh.local/ns//sa' {hint}",
+        f"{file}:12: inbound.allow[5]: invalid SPIFFE ID 'spiffe://mesh.local/ns/a/' {hint}",
+        f"{file}:13: inbound.allow[6]: invalid SPIFFE ID 'spiffe://Mesh.Local/ns/a' {hint}",
+        f"{file}:14: inbound.allow[7]: invalid SPIFFE ID 'spiffe://mesh.local/ns/../a' {hint}",
+        f"{file}:15: inbound.allow[8]: expected a SPIFFE ID, got 5",
+    ]
+
+
+TLS_SERVICE_ERRORS = [
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        tls:
+          mode: simple
+          identity: spiffe://mesh.local/ns/default/sa/orders
+          server_name: api.example.com
+        """,
+        ["6: tls.identity: identity applies to mode mutual only"],
+    ),
+    (  # mutual is the default mode
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        tls:
+          ca: ca.pem
+          server_name: api.example.com
+        """,
+        ["5: tls.ca: ca applies to mode simple only", "6: tls.server_name: server_name applies to mode simple only"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        tls: {mode: disabled, identity: "spiffe://mesh.local/ns/a", ca: ca.pem}
+        """,
+        ["4: tls.identity: identity applies to mode mutual only", "4: tls.ca: ca applies to mode simple only"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        tls:
+          identity: spiffe://mesh.local/ns/*
+        ---
+        kind: Service
+        name: payments
+        endpoints: [{address: "10.0.0.2:80"}]
+        tls:
+          identity: payments
+        """,
+        [
+            "5: tls.identity: invalid SPIFFE ID 'spiffe://mesh.local/ns/*' "
+            "(one exact ID: '*' patterns belong in inbound.allow)",
+            "11: tls.identity: invalid SPIFFE ID 'payments' (expected spiffe://TRUST-DOMAIN/PATH)",
+        ],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        tls:
+          mode: tls
+          verify: false
+        ---
+        kind: Service
+        name: api
+        endpoints: [{address: "api.example.com:443"}]
+        tls:
+          mode: simple
+          server_name: api.example.com:443
+          ca: ""
+        ---
+        kind: Service
+        name: legacy
+        endpoints: [{address: "10.0.0.2:80"}]
+        tls: disabled
+        """,
+        [
+            "5: tls.mode: invalid value 'tls' (expected 'mutual', 'simple' or 'disabled')",
+            "6: tls.verify: unknown field",
+            "13: tls.server_name: invalid server name 'api.example.com:443' (expected a host name such as "
+            "api.example.com)",
+            "14: tls.ca: expected a file path, got ''",
+            "19: tls: expected a mapping, got 'disabled'",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TLS_SERVICE_ERRORS)
+def test_service_tls_errors(config_dir: ConfigDir, text: str, expected: list[str]) -> None:
+    file = config_dir.with_sidecar().write("services.yaml", text)
+    assert config_dir.issues() == [f"{file}:{line}" for line in expected]
+
+
+def test_sidecar_tls_section_errors(config_dir: ConfigDir) -> None:
+    file = config_dir.write(
+        "sidecar.yaml",
+        """
+        kind: Sidecar
+        service: frontend
+        tls:
+          cert: 5
+          key: ""
+          ca:
+          chain: x.pem
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{file}:4: tls.cert: expected a file path, got 5",
+        f"{file}:5: tls.key: expected a file path, got ''",
+        f"{file}:6: tls.ca: field required",  # null: not set
+        f"{file}:7: tls.chain: unknown field",
+    ]
+
+
+# Which Sidecars need tls: the inbound listener, and any Service in mode mutual (the default).
+
+PURE_CLIENT = """
+kind: Sidecar
+service: client
+---
+kind: Service
+name: legacy
+endpoints: [{address: "10.0.0.1:80"}]
+tls: {mode: disabled}
+---
+kind: Service
+name: api
+endpoints: [{address: "api.example.com:443"}]
+tls: {mode: simple}
+"""
+
+
+def test_plaintext_pure_client_needs_no_tls(config_dir: ConfigDir) -> None:
+    config_dir.write("all.yaml", PURE_CLIENT)
+    snapshot = config_dir.load()
+    assert snapshot.sidecar.tls is None and snapshot.sidecar.inbound is None
+    assert snapshot.identity is None
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "services", "reason"),
+    [
+        ("inbound: {}", "tls: {mode: disabled}", "the inbound listener needs"),
+        ("inbound:\n  mode: permissive", "tls: {mode: simple}", "the inbound listener needs"),
+        ("tls:", "tls: {mode: disabled}", None),
+        ("tls:\ninbound:", "tls: {mode: simple}", None),
+        ("", "", "mutual-TLS service 'orders' needs"),
+        ("", "tls: {mode: mutual}", "mutual-TLS service 'orders' needs"),
+        ("", "tls: {identity: 'spiffe://mesh.local/ns/a/sa/orders'}", "mutual-TLS service 'orders' needs"),
+        ("", "tls:", "mutual-TLS service 'orders' needs"),
+        ("inbound: {}", "", "the inbound listener and mutual-TLS service 'orders' need"),
+    ],
+)
+def test_tls_required(config_dir: ConfigDir, sidecar: str, services: str, reason: str | None) -> None:
+    file = config_dir.write("sidecar.yaml", f"# this workload\nkind: Sidecar\nservice: frontend\n{sidecar}\n")
+    config_dir.write("services.yaml", f"kind: Service\nname: orders\nendpoints: [{{address: 'o:1'}}]\n{services}\n")
+    if reason is None:
+        assert config_dir.load().sidecar.tls is None
+    else:  # reported where the Sidecar document starts
+        assert config_dir.issues() == [f"{file}:2: tls: field required ({reason} the workload certificate)"]
+
+
+def test_tls_not_required_by_a_service_tls_section_that_is_wrong(config_dir: ConfigDir) -> None:
+    config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: frontend\n")
+    file = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: a
+        endpoints: [{address: "a:1"}]
+        tls: [mutual]
+        ---
+        kind: Service
+        name: b
+        endpoints: [{address: "b:1"}]
+        tls: {mode: 5}
+        """,
+    )
+    assert config_dir.issues() == [  # no echo: which mode was meant is unknown
+        f"{file}:4: tls: expected a mapping, got a list",
+        f"{file}:9: tls.mode: invalid value 5 (expected 'mutual', 'simple' or 'disabled')",
+    ]
+
+
+def test_tls_null_is_tls_absent(config_dir: ConfigDir) -> None:
+    file = config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: frontend\ninbound: {}\ntls:\n")
+    # written as null: reported at its own line
+    assert config_dir.issues() == [
+        f"{file}:4: tls: field required (the inbound listener needs the workload certificate)"
+    ]
+
+
+def test_tls_required_names_the_mutual_services_and_sees_past_other_errors(config_dir: ConfigDir) -> None:
+    sidecar = config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: frontend\ninbound: {}\ndrain_timeout: 5\n")
+    services = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: a
+        endpoints: [{address: "a"}]
+        ---
+        kind: Service
+        name: b
+        endpoints: [{address: "b:1"}]
+        tls: {mode: mutual, identity: nope}
+        ---
+        kind: Service
+        name: c
+        endpoints: [{address: "c:1"}]
+        tls: {mode: disabled}
+        ---
+        kind: Service
+        name: d
+        endpoints: [{address: "d:1"}]
+        ---
+        kind: Service
+        name: e
+        endpoints: [{address: "e:1"}]
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{services}:3: endpoints[0].address: invalid address 'a' (expected host:port, e.g. 127.0.0.1:8080)",
+        f"{services}:8: tls.identity: invalid SPIFFE ID 'nope' (expected spiffe://TRUST-DOMAIN/PATH)",
+        f"{sidecar}:1: tls: field required (the inbound listener and mutual-TLS services 'a', 'b', 'd' and 1 more "
+        "need the workload certificate)",
+        f"{sidecar}:4: drain_timeout: invalid duration 5 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+    ]
+
+
+def test_tls_files_relative_to_the_config_directory(
+    config_dir: ConfigDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs = config_dir.path / "certs"
+    certs.mkdir()
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (certs / name).write_bytes((config_dir.workload / name).read_bytes())
+    config_dir.write(
+        "sidecar.yaml",
+        "kind: Sidecar\nservice: frontend\ntls: {cert: certs/cert.pem, key: ./certs/key.pem, ca: certs/ca.pem}\n",
+    )
+    monkeypatch.chdir(tmp_path)  # not the config directory: paths are not relative to the working directory
+    snapshot = load_directory("mesh")
+    assert snapshot.sidecar.tls == SidecarTls(cert="certs/cert.pem", key="./certs/key.pem", ca="certs/ca.pem")
+    assert snapshot.identity == FRONTEND_ID
+    assert snapshot.resolve(snapshot.sidecar.tls.key) == Path("mesh/certs/key.pem")
+    assert snapshot.resolve(snapshot.sidecar.tls.key).read_bytes() == (config_dir.workload / "key.pem").read_bytes()
+
+
+def test_tls_file_problems(config_dir: ConfigDir, mesh_ca: Path, tmp_path: Path) -> None:
+    (config_dir.path / "certs").mkdir()
+    expired = tmp_path / "expired"
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    issue_workload(mesh_ca, FRONTEND_ID, expired, validity=datetime.timedelta(hours=1), not_before=start)
+    file = config_dir.write(
+        "sidecar.yaml",
+        f"""
+        kind: Sidecar
+        service: frontend
+        drain_timeout: soon
+        tls:
+          cert: {expired}/cert.pem
+          key: certs/missing.pem
+          ca: certs
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{file}:3: drain_timeout: invalid duration 'soon' (use e.g. 250ms, 1s, 2m)",  # files checked all the same
+        f"{file}:5: tls.cert: certificate expired on 2020-01-01T01:00:00Z",
+        f"{file}:6: tls.key: cannot read {config_dir.path}/certs/missing.pem: No such file or directory",
+        f"{file}:7: tls.ca: cannot read {config_dir.path}/certs: Is a directory",
+    ]
+
+
+def test_tls_key_of_another_workload(config_dir: ConfigDir, mesh_ca: Path, tmp_path: Path) -> None:
+    issue_workload(mesh_ca, "spiffe://mesh.local/ns/default/sa/orders", tmp_path / "orders")
+    workload = config_dir.workload
+    file = config_dir.write(
+        "sidecar.yaml",
+        f"kind: Sidecar\nservice: frontend\ntls:\n  cert: {workload}/cert.pem\n"
+        f"  key: {tmp_path}/orders/key.pem\n  ca: {workload}/ca.pem\n",
+    )
+    assert config_dir.issues() == [f"{file}:5: tls.key: key does not match tls.cert"]
+
+
+def test_tls_certificate_without_spiffe_id(config_dir: ConfigDir, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("example.com")
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    file = config_dir.write(
+        "sidecar.yaml",
+        f"kind: Sidecar\nservice: frontend\ntls:\n  cert: {tmp_path}/cert.pem\n"
+        f"  key: {tmp_path}/key.pem\n  ca: {tmp_path}/ca.pem\n",
+    )
+    assert config_dir.issues() == [f"{file}:4: tls.cert: certificate has no SPIFFE ID (URI SAN spiffe://...)"]
+
+
+def test_service_tls_ca_file(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    (config_dir.path / "api-ca.pem").write_bytes((config_dir.workload / "ca.pem").read_bytes())
+    (config_dir.path / "junk.pem").write_text("junk")
+    file = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: api
+        endpoints: [{address: "api.example.com:443"}]
+        tls: {mode: simple, ca: api-ca.pem}
+        ---
+        kind: Service
+        name: missing
+        endpoints: [{address: "missing.example.com:443"}]
+        tls: {mode: simple, ca: nope.pem}
+        ---
+        kind: Service
+        name: junk
+        endpoints: [{address: "junk.example.com:443"}]
+        tls:
+          mode: simple
+          ca: junk.pem
+        """,
+    )
+    assert config_dir.issues() == [
+        f"{file}:9: tls.ca: cannot read {config_dir.path}/nope.pem: No such file or directory",
+        f"{file}:16: tls.ca: not a PEM certificate bundle (no certificate found)",
+    ]
+    config_dir.write("services.yaml", (config_dir.path / "services.yaml").read_text().split("---")[0])
+    snapshot = config_dir.load()
+    tls = snapshot.services["api"].tls
+    assert tls.ca == "api-ca.pem" and snapshot.resolve(tls.ca) == config_dir.path / "api-ca.pem"

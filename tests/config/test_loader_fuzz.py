@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,36 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "mesh-config"
 EXAMPLE_DOCUMENTS = [
     document for path in sorted(EXAMPLE.glob("*.yaml")) for document in yaml.safe_load_all(path.read_text())
 ]
-FIELD_NAMES = ["kind", "service", "name", "host", "hosts", "endpoints", "address", "weight", "rules", "to", "match",
-               "inbound", "listen", "limits", "timeouts", "headers", "path", "path_prefix", "timeout", "retries"]
+FIELD_NAMES = [
+    "kind",
+    "service",
+    "name",
+    "host",
+    "hosts",
+    "endpoints",
+    "address",
+    "weight",
+    "rules",
+    "to",
+    "match",
+    "inbound",
+    "listen",
+    "limits",
+    "timeouts",
+    "headers",
+    "path",
+    "path_prefix",
+    "timeout",
+    "retries",
+    "tls",
+    "cert",
+    "key",
+    "ca",
+    "mode",
+    "allow",
+    "identity",
+    "server_name",
+]
 
 scalars = st.one_of(
     st.none(),
@@ -27,8 +56,35 @@ scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["1s", "250ms", "-1s", "64KiB", "1.5MiB", "127.0.0.1:80", "[::1]:1", "::1", "orders", "/api",
-                     "Sidecar", "Service", "Route", "shop", "orders-v2", "x:0", "[zz]:1", "1e9h", ".s"]),
+    st.sampled_from(
+        [
+            "1s",
+            "250ms",
+            "-1s",
+            "64KiB",
+            "1.5MiB",
+            "127.0.0.1:80",
+            "[::1]:1",
+            "::1",
+            "orders",
+            "/api",
+            "Sidecar",
+            "Service",
+            "Route",
+            "shop",
+            "orders-v2",
+            "x:0",
+            "[zz]:1",
+            "1e9h",
+            ".s",
+            "spiffe://mesh.local/ns/default/sa/*",
+            "spiffe://mesh.local",
+            "simple",
+            "disabled",
+            "certs/frontend/cert.pem",
+            "certs/frontend/key.pem",
+        ]
+    ),
 )
 values = st.recursive(
     scalars,
@@ -42,6 +98,7 @@ values = st.recursive(
 
 def _load(files: dict[str, str]) -> Snapshot | ConfigError:
     with tempfile.TemporaryDirectory() as directory:
+        shutil.copytree(EXAMPLE / "certs", Path(directory, "certs"))  # the example's tls paths resolve
         for name, text in files.items():
             Path(directory, name).write_text(text)
         try:

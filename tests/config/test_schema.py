@@ -19,13 +19,16 @@ from sidecar.config import (
     RouteRule,
     RouteTarget,
     ServiceConfig,
+    ServiceTls,
     SidecarConfig,
+    SidecarTls,
     Timeouts,
     format_duration,
     format_size,
     parse_duration,
     parse_size,
 )
+from sidecar.config.notation import parse_server_name, parse_spiffe_id
 from sidecar.config.schema import FILE_CONTEXT, ValidationError
 
 # ------------------------------------------------------------------------------------------------
@@ -250,9 +253,11 @@ def test_sidecar_defaults() -> None:
     assert str(sidecar.admin.listen) == "127.0.0.1:15000"
     assert sidecar.limits == Limits(max_request_headers=65536, max_request_body=0, header_read_timeout=10.0)
     assert sidecar.drain_timeout == 20.0
+    assert sidecar.tls is None
     inbound = InboundConfig()
     assert (str(inbound.listen), str(inbound.app)) == ("0.0.0.0:15006", "127.0.0.1:8080")
     assert (inbound.app_protocol, inbound.app_idle_timeout) == ("http1", 4.0)
+    assert (inbound.mode, inbound.allow) == ("strict", None)
 
 
 def test_service_defaults() -> None:
@@ -262,6 +267,13 @@ def test_service_defaults() -> None:
     assert service.dns_refresh == 5.0
     assert service.load_balancer == "least_request"
     assert service.timeouts == Timeouts(connect=1.0, request=15.0, idle=60.0)
+    assert service.tls == ServiceTls()
+    assert (service.tls.mode, service.tls.identity, service.tls.ca, service.tls.server_name) == (
+        "mutual",
+        None,
+        None,
+        None,
+    )
 
 
 def test_service_hosts_normalized() -> None:
@@ -277,8 +289,8 @@ def test_models_are_frozen_and_strict() -> None:
     sidecar = SidecarConfig.model_validate({"service": "frontend"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         sidecar.service = "other"  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="tls: unknown field"):
-        SidecarConfig.model_validate({"service": "frontend", "tls": {}})
+    with pytest.raises(ValidationError, match="tracing: unknown field"):
+        SidecarConfig.model_validate({"service": "frontend", "tracing": {}})
     with pytest.raises(ValidationError):
         EndpointConfig.model_validate({"address": "a:1", "weight": True})
     with pytest.raises(ValidationError):
@@ -343,3 +355,149 @@ def test_only_ascii_digits() -> None:
         parse_duration("\u0661s")  # ARABIC-INDIC DIGIT ONE
     with pytest.raises(ValueError):
         parse_size("\u0661KiB")
+
+
+# ------------------------------------------------------------------------------------------------
+# TLS and SPIFFE IDs
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "spiffe://mesh.local/ns/default/sa/frontend",
+        "spiffe://example.org/a",
+        "spiffe://td_1-x.y/path/with.dots-and_under~",
+    ],
+)
+def test_spiffe_id(text: str) -> None:
+    assert parse_spiffe_id(text) == text
+    assert parse_spiffe_id(text, pattern=True) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["spiffe://mesh.local/ns/*/sa/*", "spiffe://mesh.local/*", "spiffe://mesh.local/ns/default/sa/front*"]
+)
+def test_spiffe_pattern(text: str) -> None:
+    assert parse_spiffe_id(text, pattern=True) == text
+    with pytest.raises(ValueError, match=r"one exact ID: '\*' patterns belong in inbound.allow"):
+        parse_spiffe_id(text)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "spiffe://mesh.local",
+        "spiffe://mesh.local/",
+        "spiffe:///ns/a",
+        "spiffe://mesh.local//a",
+        "spiffe://mesh.local/a/",
+        "spiffe://mesh.local/./a",
+        "spiffe://MESH.local/a",
+        "spiffe://*/a",
+        "spiffe://mesh.local:8080/a",
+        "SPIFFE://mesh.local/a",
+        "spiffe://mesh.local/a b",
+        "spiffe://mesh.local/a?b",
+        " spiffe://mesh.local/a",
+        "",
+    ],
+)
+def test_spiffe_id_rejects(value: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_spiffe_id(value, pattern=True)
+    assert str(caught.value) == (
+        f"invalid SPIFFE ID {value!r} (expected spiffe://TRUST-DOMAIN/PATH; '*' globs a path segment)"
+    )
+    with pytest.raises(ValueError, match=r"expected spiffe://TRUST-DOMAIN/PATH\)$"):
+        parse_spiffe_id(value)
+    with pytest.raises(ValueError, match=r"^expected a SPIFFE ID, got 5$"):
+        parse_spiffe_id(5)
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [("api.example.com", "api.example.com"), ("API.Example.COM.", "api.example.com"), ("10.0.0.1", "10.0.0.1")],
+)
+def test_server_name(value: str, name: str) -> None:
+    assert parse_server_name(value) == name
+    assert parse_server_name("2001:DB8::1") == "2001:db8::1"
+
+
+@pytest.mark.parametrize("value", ["api.example.com:443", "https://api.example.com", "a b", "", "-bad-.com", "."])
+def test_server_name_rejects(value: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_server_name(value)
+    assert str(caught.value) == f"invalid server name {value!r} (expected a host name such as api.example.com)"
+
+
+def test_sidecar_tls_needs_all_three_files() -> None:
+    tls = SidecarTls(cert="certs/cert.pem", key="/abs/key.pem", ca="ca.pem")
+    assert tls.to_json() == {"cert": "certs/cert.pem", "key": "/abs/key.pem", "ca": "ca.pem"}
+    with pytest.raises(ValidationError) as caught:
+        SidecarTls.model_validate({"cert": "cert.pem"})
+    assert str(caught.value) == "key: field required\nca: field required"
+    with pytest.raises(ValidationError, match=r"invalid file path 'a\\x00b' \(contains a NUL character\)"):
+        SidecarTls(cert="a\0b", key="k", ca="c")
+    sidecar = SidecarConfig.model_validate({"service": "a", "tls": {"cert": "c", "key": "k", "ca": "b"}})
+    assert sidecar.tls == SidecarTls(cert="c", key="k", ca="b")
+    assert sidecar.to_json()["tls"] == {"cert": "c", "key": "k", "ca": "b"}
+
+
+def test_inbound_allow() -> None:
+    inbound = InboundConfig.model_validate({"allow": ["spiffe://a/x/*", "spiffe://a/y", "spiffe://a/x/*"]})
+    assert inbound.allow == ("spiffe://a/x/*", "spiffe://a/y")  # repeats dropped
+    assert inbound.to_json()["allow"] == ["spiffe://a/x/*", "spiffe://a/y"]
+    assert InboundConfig.model_validate({"allow": []}).allow == ()  # nobody
+    assert InboundConfig.model_validate({"allow": None}).allow is None  # any mesh identity
+    assert InboundConfig().to_json()["allow"] is None
+    assert InboundConfig(mode="permissive").mode == "permissive"
+    with pytest.raises(ValidationError) as caught:
+        InboundConfig.model_validate({"mode": "STRICT", "allow": "spiffe://a/b"})
+    assert str(caught.value) == (
+        "mode: invalid value 'STRICT' (expected 'strict' or 'permissive')\nallow: expected a list, got 'spiffe://a/b'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "errors"),
+    [
+        ({"mode": "simple", "identity": "spiffe://a/b"}, ["identity: identity applies to mode mutual only"]),
+        ({"mode": "disabled", "identity": "spiffe://a/b"}, ["identity: identity applies to mode mutual only"]),
+        ({"ca": "ca.pem"}, ["ca: ca applies to mode simple only"]),
+        ({"mode": "disabled", "server_name": "a.example"}, ["server_name: server_name applies to mode simple only"]),
+        (
+            {"mode": "disabled", "identity": "spiffe://a/b", "ca": "ca.pem", "server_name": "a.example"},
+            [
+                "identity: identity applies to mode mutual only",
+                "ca: ca applies to mode simple only",
+                "server_name: server_name applies to mode simple only",
+            ],
+        ),
+        ({"mode": "mtls"}, ["mode: invalid value 'mtls' (expected 'mutual', 'simple' or 'disabled')"]),
+    ],
+)
+def test_service_tls_rules(data: dict[str, str], errors: list[str]) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ServiceTls.model_validate(data)
+    assert str(caught.value).splitlines() == errors
+
+
+def test_service_tls_modes() -> None:
+    assert ServiceTls(identity="spiffe://a/b").mode == "mutual"
+    simple = ServiceTls(mode="simple", ca="certs/api.pem", server_name="API.example.com")
+    assert simple.server_name == "api.example.com"
+    assert simple.to_json() == {
+        "mode": "simple",
+        "identity": None,
+        "ca": "certs/api.pem",
+        "server_name": "api.example.com",
+    }
+    assert ServiceTls(mode="disabled") != ServiceTls()
+    service = ServiceConfig.model_validate(
+        {"name": "api", "endpoints": [{"address": "api.example.com:443"}], "tls": {"mode": "simple"}}
+    )
+    assert service.tls == ServiceTls(mode="simple")
+    assert service.to_json()["tls"] == {"mode": "simple", "identity": None, "ca": None, "server_name": None}
+    with pytest.raises(ValidationError, match="identity applies to mode mutual only"):
+        ServiceTls(mode="simple", identity="spiffe://a/b")

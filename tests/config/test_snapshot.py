@@ -28,7 +28,7 @@ def test_version_is_stable(example: Path) -> None:
     first = load_directory(example)
     assert load_directory(example).version == first.version
     assert len(first.version) == 64 and int(first.version, 16) >= 0
-    names_and_contents = [(p.name, p.read_bytes()) for p in example.iterdir()]
+    names_and_contents = [(p.name, p.read_bytes()) for p in example.glob("*.yaml")]
     assert first.version == content_version(names_and_contents)
 
 
@@ -81,6 +81,13 @@ def test_to_json(example: Path) -> None:
     assert json.loads(json.dumps(document)) == document
     assert set(document) == {"sidecar", "services", "routes"}
     assert document["sidecar"]["inbound"]["app"] == "127.0.0.1:8080"
+    assert document["sidecar"]["inbound"]["mode"] == "strict"
+    assert document["sidecar"]["inbound"]["allow"] == ["spiffe://mesh.local/ns/default/sa/*"]
+    assert document["sidecar"]["tls"] == {  # paths as written
+        "cert": "certs/frontend/cert.pem",
+        "key": "certs/frontend/key.pem",
+        "ca": "certs/frontend/ca.pem",
+    }
     assert document["sidecar"]["limits"] == {
         "max_request_headers": "64KiB",
         "max_request_body": "0",
@@ -93,6 +100,12 @@ def test_to_json(example: Path) -> None:
         {"address": "127.0.0.1:15206", "weight": 1},
     ]
     assert orders["timeouts"] == {"connect": "1s", "request": "15s", "idle": "60s"}
+    assert orders["tls"] == {
+        "mode": "mutual",
+        "identity": "spiffe://mesh.local/ns/default/sa/orders",
+        "ca": None,
+        "server_name": None,
+    }
     canary, split = document["routes"][0]["rules"]
     assert canary["match"] == {"path_prefix": "/api", "path": None, "headers": {"x-canary": "1"}}
     assert split["timeout"] == "3s"
@@ -106,6 +119,8 @@ def _write_back(snapshot: Snapshot, directory: Path) -> None:
     documents += [{"kind": "Route", **route} for route in effective["routes"]]
     directory.mkdir()
     (directory / "effective.yaml").write_text(yaml.safe_dump_all(documents))
+    if (snapshot.directory / "certs").is_dir():  # the tls paths are relative to the config directory
+        shutil.copytree(snapshot.directory / "certs", directory / "certs")
 
 
 def test_to_json_reads_back_as_the_same_config(example: Path, tmp_path: Path) -> None:
@@ -131,3 +146,27 @@ def test_to_json_without_inbound_reads_back(config_dir: ConfigDir, tmp_path: Pat
     assert snapshot.to_json()["sidecar"]["inbound"] is None
     _write_back(snapshot, tmp_path / "again")
     assert load_directory(tmp_path / "again").sidecar == snapshot.sidecar
+
+
+def test_identity_and_resolve(example: Path, tmp_path: Path) -> None:
+    snapshot = load_directory(example)
+    assert snapshot.identity == "spiffe://mesh.local/ns/default/sa/frontend"
+    assert snapshot.sidecar.tls is not None
+    cert = snapshot.resolve(snapshot.sidecar.tls.cert)
+    assert cert == example / "certs/frontend/cert.pem" and cert.is_file()
+    assert snapshot.resolve("/etc/mesh/ca.pem") == Path("/etc/mesh/ca.pem")  # absolute: as written
+    relative = dataclasses.replace(snapshot, directory=Path("mesh"))
+    assert relative.resolve("certs/a.pem") == Path("mesh/certs/a.pem")
+
+
+def test_example_is_committed_without_the_ca_key() -> None:
+    """The example certificates are for trying things only; the CA that issued them can issue no more."""
+    assert not list(EXAMPLE.rglob("ca-key.pem"))
+    assert "example" in (EXAMPLE / "certs" / "README.md").read_text().lower()
+
+
+def test_pure_client_has_no_identity(config_dir: ConfigDir) -> None:
+    config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: client\n")
+    snapshot = config_dir.load()
+    assert (snapshot.identity, snapshot.sidecar.tls) == (None, None)
+    assert snapshot.to_json()["sidecar"]["tls"] is None
