@@ -31,6 +31,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 "replica": REPLICA,
                 "x-forwarded-for": headers.get("x-forwarded-for"),
                 "x-request-id": headers.get("x-request-id"),
+                "x-forwarded-client-cert": headers.get("x-forwarded-client-cert"),
             },
         )
     else:

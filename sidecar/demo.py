@@ -1,9 +1,11 @@
 """`sidecar demo`: a small mesh on loopback, with no files to write (SPEC §9).
 
-It starts two replicas of the `orders` example service and one `frontend`, each beside its own
-sidecar (real `sidecar run` processes on free ports), sends traffic to `frontend` that crosses
-frontend's outbound sidecar and an orders sidecar's inbound, and prints what happened: outcomes,
-latency, the load split across replicas, the hops a request took, and where to look next.
+It makes a throwaway mesh CA and one workload certificate per service, starts two replicas of the
+`orders` example service and one `frontend`, each beside its own sidecar (real `sidecar run`
+processes on free ports, mutual TLS between them), sends traffic to `frontend` (as a mesh client
+with its own certificate) that crosses frontend's outbound sidecar and an orders sidecar's inbound,
+and prints what happened: outcomes, latency, the load split across replicas, the hops and identities
+a request carried, and where to look next.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -23,8 +26,13 @@ import trio
 import yaml
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TRUST_DOMAIN = "demo.local"
 CLIENTS = 4  # concurrent demo clients
 REPORT_EVERY = 10.0  # seconds between summaries when running until Ctrl-C
+
+
+def spiffe_id(service: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}"
 
 
 def _free_port() -> int:
@@ -59,9 +67,30 @@ class Node:
 
 class Demo:
     def __init__(self, workdir: Path) -> None:
+        from .certs import init_ca
+
         self.workdir = workdir
         self.processes: list[subprocess.Popen[bytes]] = []
         self.nodes: list[Node] = []
+        self.ca_dir = workdir / "pki" / "ca"
+        init_ca(TRUST_DOMAIN, self.ca_dir)
+
+    def certs(self, service: str) -> Path:
+        """A workload cert for spiffe://demo.local/ns/default/sa/<service> (made once per service)."""
+        from .certs import issue_workload
+
+        out = self.workdir / "pki" / service
+        if not (out / "cert.pem").exists():
+            issue_workload(self.ca_dir, spiffe_id(service), out)
+        return out
+
+    def client_context(self) -> ssl.SSLContext:
+        """The demo client is a mesh caller too: it presents its own SPIFFE certificate."""
+        out = self.certs("demo-client")
+        context = ssl.create_default_context(cafile=str(out / "ca.pem"))
+        context.check_hostname = False  # mesh certificates name SPIFFE IDs, not hosts
+        context.load_cert_chain(out / "cert.pem", out / "key.pem")
+        return context
 
     def spawn(self, name: str, args: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
@@ -71,10 +100,13 @@ class Demo:
         node = Node(name, _free_port(), _free_port(), _free_port(), app_port)
         directory = self.workdir / "config" / name
         directory.mkdir(parents=True)
+        service = name.rsplit("-", 1)[0] if name[-1].isdigit() else name
+        certs = self.certs(service)
         docs: list[dict[str, Any]] = [
             {
                 "kind": "Sidecar",
-                "service": name.rsplit("-", 1)[0] if name[-1].isdigit() else name,
+                "service": service,
+                "tls": {part: str(certs / f"{part}.pem") for part in ("cert", "key", "ca")},
                 "inbound": {"listen": f"127.0.0.1:{node.inbound}", "app": f"127.0.0.1:{app_port}"},
                 "outbound": {"listen": f"127.0.0.1:{node.outbound}"},
                 "admin": {"listen": f"127.0.0.1:{node.admin}"},
@@ -160,13 +192,15 @@ def _summary(tally: Tally, demo: Demo, frontend: Node) -> str:
             "  demo client -> frontend sidecar (inbound) -> frontend app",
             "  frontend app -> frontend sidecar (outbound) -> orders sidecar (inbound) -> orders app",
             f"  orders app saw x-forwarded-for: {tally.example.get('x-forwarded-for')}",
+            f"  and x-forwarded-client-cert: {tally.example.get('x-forwarded-client-cert')}",
             f"  and x-request-id: {tally.example.get('x-request-id')} (same id at every hop)",
         ]
     lines += ["where to look next:"]
     for node in demo.nodes:
         lines.append(f"  {node.name:<10} http://127.0.0.1:{node.admin}/ready   /live")
     lines += [
-        f"  try:      curl -H 'Host: frontend' http://127.0.0.1:{frontend.inbound}/checkout",
+        f"  try:      curl -k --cert {demo.certs('demo-client')}/cert.pem --key {demo.certs('demo-client')}/key.pem "
+        f"-H 'Host: frontend' https://127.0.0.1:{frontend.inbound}/checkout",
         f"  configs and logs: {demo.workdir}",
     ]
     return "\n".join(lines)
@@ -186,20 +220,22 @@ async def _run(demo: Demo, duration: float | None) -> None:
         "endpoints": [{"address": f"127.0.0.1:{n.inbound}"} for n in orders_nodes],
         "load_balancer": "least_request",
         "timeouts": {"connect": "500ms", "request": "5s"},
+        "tls": {"mode": "mutual", "identity": spiffe_id("orders")},
     }
     frontend = demo.sidecar("frontend", frontend_port, [orders_service])
     demo.example("frontend", frontend_port, "--sidecar", f"127.0.0.1:{frontend.outbound}")
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10) as plain:
         for node in demo.nodes:
-            await _wait_ready(client, f"http://127.0.0.1:{node.admin}/ready")
-            await _wait_ready(client, f"http://127.0.0.1:{node.app}/healthz")
+            await _wait_ready(plain, f"http://127.0.0.1:{node.admin}/ready")
+            await _wait_ready(plain, f"http://127.0.0.1:{node.app}/healthz")
+    async with httpx.AsyncClient(timeout=10, verify=demo.client_context()) as client:
         print(
-            f"mesh up: {len(demo.nodes)} sidecars, {len(demo.nodes)} apps; sending traffic"
+            f"mesh up: {len(demo.nodes)} sidecars with mutual TLS, {len(demo.nodes)} apps; sending traffic"
             + (f" for {duration:g}s" if duration else " (Ctrl-C to stop)"),
             flush=True,
         )
         tally = Tally()
-        url = f"http://127.0.0.1:{frontend.inbound}/checkout"
+        url = f"https://127.0.0.1:{frontend.inbound}/checkout"
         async with trio.open_nursery() as nursery:
             for _ in range(CLIENTS):
                 nursery.start_soon(_traffic, client, url, tally)

@@ -12,6 +12,7 @@ signal ends it at once.
 from __future__ import annotations
 
 import signal
+from collections import Counter
 
 import structlog
 import trio
@@ -23,9 +24,11 @@ from .listeners.inbound import inbound_handler
 from .listeners.outbound import outbound_handler
 from .pipeline.handler import Handler
 from .pipeline.route import Router
+from .security import MeshSecurity
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.listener import ConnectionHandler, Listener
 from .transport.tcp import TcpStream
+from .transport.tls_accept import accept as tls_accept
 from .upstream.registry import UpstreamRegistry
 
 log = structlog.get_logger("sidecar.server")
@@ -39,13 +42,16 @@ class Runtime:
         self.ready = False
         self.draining = False
         self.listeners: dict[str, Listener] = {}
+        # TLS handshake failures by (listener, reason); sidecar_tls_handshake_failures_total reads it.
+        self.tls_failures: Counter[tuple[str, str]] = Counter()
         self._drain_requested = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self.apply(snapshot)
 
     def apply(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot: one reference for routing, registry state kept across."""
-        self.registry.apply_services(snapshot.services.values())
+        security = MeshSecurity(snapshot)
+        self.registry.apply_services(snapshot.services.values(), security.for_service)
         self.registry.apply_app(snapshot.sidecar.inbound)
         limits = snapshot.sidecar.limits
         self.limits = ServerLimits(
@@ -54,6 +60,9 @@ class Runtime:
             header_read_timeout=limits.header_read_timeout,
         )
         self.router = Router(snapshot.services, snapshot.routes)
+        self.security = security
+        self.allow = security.allow
+        self.identity = security.identity
         self.snapshot = snapshot
 
     def start_drain(self, cause: str) -> None:
@@ -74,6 +83,31 @@ class Runtime:
                 return
             conn = ConnectionInfo(host, port)
             await H1Server(stream, conn, handler, self.limits, listener).serve()
+
+        return on_connection
+
+    def _serve_inbound(self, listener: Listener, handler: Handler) -> ConnectionHandler:
+        """Inbound connections: TLS first (strict, or sniffed in permissive mode), then HTTP."""
+
+        async def on_connection(stream: TcpStream) -> None:
+            try:
+                peer = stream.getpeername()
+            except OSError:
+                return
+            tls = self.security.inbound
+            if tls is None:
+                await H1Server(stream, ConnectionInfo(*peer), handler, self.limits, listener).serve()
+                return
+            with trio.move_on_after(self.limits.header_read_timeout) as deadline:
+                accepted = await tls_accept(stream, peer, tls, self.tls_failures)
+            if deadline.cancelled_caught:
+                self.tls_failures["inbound", "timeout"] += 1
+                log.info("tls_handshake_failed", listener="inbound", reason="timeout", peer=peer[0])
+                return
+            if accepted is None:
+                return
+            server = H1Server(accepted.stream, accepted.conn, handler, self.limits, listener, initial=accepted.initial)
+            await server.serve()
 
         return on_connection
 
@@ -101,7 +135,7 @@ class Runtime:
             nursery.start_soon(outbound.serve, self._serve_with(outbound, outbound_handler(self)), nursery)
             nursery.start_soon(admin.serve, self._serve_with(admin, admin_handler(self)), nursery)
             if inbound is not None:
-                nursery.start_soon(inbound.serve, self._serve_with(inbound, inbound_handler(self)), nursery)
+                nursery.start_soon(inbound.serve, self._serve_inbound(inbound, inbound_handler(self)), nursery)
             self.ready = True
             log.info(
                 "ready",

@@ -76,9 +76,13 @@ def one_sidecar(bench: Bench, procs: ProcessSet) -> Front:
 
 
 def two_sidecars(bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | None = None) -> Front:
-    """Load generator -> sidecar A outbound -> sidecar B inbound -> origin, both on the proxy core."""
+    """Load generator -> sidecar A outbound -> sidecar B inbound -> origin, both on the proxy core.
+
+    Without `tls`, the hop between A and B is plaintext: B's inbound runs in permissive mode (an
+    inbound listener always holds a certificate), A calls it with `tls: {mode: disabled}`."""
     a_out, a_admin, b_in, b_out, b_admin = free_ports(5)
     prefix = "sidecar-2-mtls" if tls else "sidecar-2"
+    b_tls = tls["origin"] if tls else issue_certs(bench.venv, bench.run_dir / "certs-plain", ["origin"])["origin"]
     server = SidecarSpec(
         name=f"{prefix}-b",
         service="origin",
@@ -86,7 +90,8 @@ def two_sidecars(bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | Non
         admin_port=b_admin,
         inbound_port=b_in,
         app_port=bench.origin.http_port,
-        tls=tls["origin"] if tls else None,
+        tls=b_tls,
+        inbound_mode="strict" if tls else "permissive",
     )
     client = SidecarSpec(
         name=f"{prefix}-a",
@@ -112,7 +117,7 @@ SETUPS = [
     Setup("nginx-proxy", "nginx-proxy", nginx_proxy),
     Setup("sidecar-1", "1 sidecar", one_sidecar),
     Setup("sidecar-2", "2 sidecars", two_sidecars),
-    Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls, default=False),
+    Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls),
 ]
 REFERENCES = ("direct", "nginx-proxy")  # ratios are printed against these two
 

@@ -49,6 +49,7 @@ class SidecarSpec:
     app_port: int | None = None
     upstreams: tuple[Upstream, ...] = ()
     tls: TlsFiles | None = None
+    inbound_mode: str = "strict"  # "permissive" also serves plaintext callers (the plain two-sidecar row)
 
 
 def listen(port: int) -> str:
@@ -61,7 +62,10 @@ def config_yaml(spec: SidecarSpec) -> str:
     if spec.tls:
         lines.append(f"tls: {{cert: {spec.tls.cert}, key: {spec.tls.key}, ca: {spec.tls.ca}}}")
     if spec.inbound_port is not None:
-        lines.append(f"inbound: {{listen: 127.0.0.1:{spec.inbound_port}, app: 127.0.0.1:{spec.app_port}}}")
+        lines.append(
+            f"inbound: {{listen: 127.0.0.1:{spec.inbound_port}, app: 127.0.0.1:{spec.app_port}, "
+            f"mode: {spec.inbound_mode}}}"
+        )
     lines.append(f"outbound: {listen(spec.outbound_port)}")
     lines.append(f"admin: {listen(spec.admin_port)}")
     for upstream in spec.upstreams:
@@ -74,6 +78,8 @@ def config_yaml(spec: SidecarSpec) -> str:
         ]
         if upstream.identity:
             lines.append(f"tls: {{mode: mutual, identity: {upstream.identity}}}")
+        else:  # a plain origin, or the plain two-sidecar row
+            lines.append("tls: {mode: disabled}")
     return "\n".join(lines) + "\n"
 
 

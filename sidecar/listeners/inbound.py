@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..http.errors import NoHealthyUpstream
 from ..http.message import Request, Response
+from ..pipeline.authz import authorize, forward_client_cert
 from ..pipeline.forwarding import forwarding
 from ..pipeline.handler import Handler, compose
 from ..pipeline.local_reply import local_reply
@@ -27,4 +28,10 @@ def inbound_handler(runtime: Runtime) -> Handler:
             raise NoHealthyUpstream(detail="no inbound app configured")
         return await call_cluster(app, request, app.settings.request_timeout)
 
-    return compose(local_reply, forwarding, terminal=to_app)
+    return compose(
+        local_reply,
+        authorize(lambda: runtime.allow),
+        forwarding,
+        forward_client_cert(lambda: runtime.identity),
+        terminal=to_app,
+    )

@@ -49,12 +49,13 @@ def _violation(message: str) -> Exception:
 
 
 class H1ClientConnection:
-    __slots__ = ("_request_error", "_request_sent", "idle_since", "pool", "wire")
+    __slots__ = ("_request_error", "_request_sent", "exchanges", "idle_since", "pool", "wire")
 
     def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
         self.wire = Wire(stream)
         self.pool = pool
         self.idle_since = 0.0
+        self.exchanges = 0  # completed on this connection
         self._request_sent = False
         self._request_error: BaseException | None = None
 

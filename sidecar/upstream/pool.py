@@ -7,16 +7,21 @@ back only through `exchange_done(conn, reuse=True)`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import ssl
+from typing import TYPE_CHECKING, cast
 
+import structlog
 import trio
 
 from ..http.errors import UpstreamConnectFailure
+from ..tls import ResumingContext, failure_reason, peer_identity
 from ..transport.h1_client import H1ClientConnection
-from ..transport.tcp import open_tcp
+from ..transport.tcp import TcpStream, open_tcp
 
 if TYPE_CHECKING:
-    from .registry import Endpoint
+    from .registry import Endpoint, UpstreamTls
+
+log = structlog.get_logger("sidecar.upstream")
 
 MAX_IDLE = 256  # idle connections kept per endpoint; more are closed when they come back
 # A connection idle longer than this is checked for a peer close (one poll syscall) before reuse;
@@ -25,13 +30,16 @@ CHECK_AFTER_IDLE = 1.0
 
 
 class ConnectionPool:
-    __slots__ = ("endpoint", "idle", "idle_timeout", "open_connections")
+    __slots__ = ("endpoint", "handshakes", "idle", "idle_timeout", "open_connections", "tls", "tls_session")
 
     def __init__(self, endpoint: Endpoint, idle_timeout: float) -> None:
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
         self.idle: list[H1ClientConnection] = []
         self.open_connections = 0
+        self.tls: UpstreamTls | None = None
+        self.tls_session: ssl.SSLSession | None = None  # the latest, offered for resumption
+        self.handshakes = 0
 
     def take_idle(self) -> H1ClientConnection | None:
         """The freshest idle connection that is still usable, or None."""
@@ -49,23 +57,66 @@ class ConnectionPool:
         return None
 
     async def connect(self) -> H1ClientConnection:
-        """Open a new connection. The caller bounds the time (connect timeout)."""
+        """Open a new connection (TCP, then TLS when the service says so). The caller bounds the
+        time (connect timeout)."""
         endpoint = self.endpoint
         try:
-            stream = await open_tcp(endpoint.host, endpoint.port)
+            tcp = await open_tcp(endpoint.host, endpoint.port)
         except OSError as exc:
             raise UpstreamConnectFailure(detail=f"{endpoint.address}: {exc.strerror or exc}") from None
+        stream: trio.abc.Stream = tcp
+        if self.tls is not None:
+            try:
+                stream = await self._handshake(tcp, self.tls)
+            except BaseException:
+                tcp.close_now()
+                raise
         self.open_connections += 1
         return H1ClientConnection(stream, self)
+
+    async def _handshake(self, tcp: TcpStream, tls: UpstreamTls) -> trio.SSLStream[TcpStream]:
+        endpoint = self.endpoint
+        context = ResumingContext(tls.context)
+        context.session = self.tls_session
+        server_name = None if tls.mutual else (tls.server_name or endpoint.hostname)
+        stream = trio.SSLStream(tcp, cast(ssl.SSLContext, context), server_hostname=server_name)
+        try:
+            await stream.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = failure_reason(exc)
+            log.warning(
+                "upstream_tls_failed", endpoint=endpoint.address, reason=reason, error=str(exc.__cause__ or exc)
+            )
+            raise UpstreamConnectFailure(detail=f"{endpoint.address}: TLS handshake failed ({reason})") from None
+        self.handshakes += 1
+        if tls.mutual:
+            peer = peer_identity(stream.getpeercert())
+            if peer is None or (tls.identity is not None and peer != tls.identity):
+                log.warning("upstream_identity_mismatch", endpoint=endpoint.address, peer=peer, expected=tls.identity)
+                raise UpstreamConnectFailure(
+                    detail=f"{endpoint.address}: peer identity {peer}, expected {tls.identity or 'a mesh identity'}"
+                )
+        return stream
 
     def exchange_done(self, conn: H1ClientConnection, reuse: bool) -> None:
         """An exchange on `conn` ended; keep the connection for the next one when `reuse`."""
         self.endpoint.active_requests -= 1
+        if reuse and self.tls is not None and conn.exchanges == 0:
+            self._keep_session(conn)
+        conn.exchanges += 1
         if reuse and len(self.idle) < MAX_IDLE and not self.endpoint.removed:
             conn.idle_since = trio.current_time()
             self.idle.append(conn)
         else:
             self._close(conn)
+
+    def _keep_session(self, conn: H1ClientConnection) -> None:
+        """After a whole exchange the server's session ticket has arrived: keep it for resumption."""
+        stream = conn.wire.stream
+        if isinstance(stream, trio.SSLStream):
+            session = stream.session
+            if session is not None and session.has_ticket:
+                self.tls_session = session
 
     def _close(self, conn: H1ClientConnection) -> None:
         self.open_connections -= 1

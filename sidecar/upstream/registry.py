@@ -10,7 +10,8 @@ The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled con
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -28,6 +29,21 @@ NO_TIMEOUT = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How to speak TLS to a service's endpoints.
+
+    `mutual`: present our workload certificate, verify the chain to the mesh trust bundle and the
+    peer's SPIFFE ID (`identity`, or any mesh identity when None); hostnames are not checked.
+    Otherwise `simple`: ordinary HTTPS, verifying `server_name` (default: the endpoint's host name).
+    """
+
+    context: ssl.SSLContext
+    mutual: bool
+    identity: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSettings:
     """What the request path needs from a service's config, in seconds."""
 
@@ -37,9 +53,10 @@ class ClusterSettings:
     load_balancer: str
     dns_refresh: float
     targets: tuple[tuple[Address, int], ...]  # configured (address, weight) pairs, before DNS
+    tls: UpstreamTls | None = None  # None: plaintext (`tls.mode: disabled`, or the local app)
 
 
-def settings_for_service(service: ServiceConfig) -> ClusterSettings:
+def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
     t = service.timeouts
     return ClusterSettings(
         connect_timeout=t.connect,
@@ -48,6 +65,7 @@ def settings_for_service(service: ServiceConfig) -> ClusterSettings:
         load_balancer=service.load_balancer,
         dns_refresh=service.dns_refresh,
         targets=tuple((e.address, e.weight) for e in service.endpoints),
+        tls=tls,
     )
 
 
@@ -75,10 +93,11 @@ def is_ip_literal(host: str) -> bool:
 class Endpoint:
     """One upstream address (an IP and port) of a service."""
 
-    __slots__ = ("active_requests", "address", "host", "pool", "port", "removed", "weight")
+    __slots__ = ("active_requests", "address", "host", "hostname", "pool", "port", "removed", "weight")
 
-    def __init__(self, host: str, port: int, weight: int, idle_timeout: float) -> None:
+    def __init__(self, host: str, port: int, weight: int, idle_timeout: float, hostname: str | None = None) -> None:
         self.host = host.strip("[]")
+        self.hostname = hostname or self.host  # as configured, before DNS: the name TLS verifies
         self.port = port
         self.address = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
         self.weight = weight
@@ -103,13 +122,16 @@ class Cluster:
         self.settings = settings
         self.needs_dns = not all(is_ip_literal(addr.host) for addr, _ in settings.targets)
         self.next_refresh = 0.0
-        static = [(addr.host, addr.port, weight) for addr, weight in settings.targets if is_ip_literal(addr.host)]
+        static = [
+            (addr.host, addr.port, weight, addr.host) for addr, weight in settings.targets if is_ip_literal(addr.host)
+        ]
         if not self.needs_dns:
             self.set_endpoints(static)
         else:
             # Keep resolved endpoints until the next resolution replaces them.
             for endpoint in self.endpoints:
                 endpoint.pool.idle_timeout = settings.idle_timeout
+                endpoint.pool.tls = settings.tls
             self._rebalance()
 
     def pick(self) -> Endpoint:
@@ -118,19 +140,22 @@ class Cluster:
             raise NoHealthyUpstream(detail=f"service {self.name} has no endpoints")
         return balancer.pick()
 
-    def set_endpoints(self, resolved: Iterable[tuple[str, int, int]]) -> None:
-        """Replace the endpoint list, keeping the state of endpoints that remain."""
+    def set_endpoints(self, resolved: Iterable[tuple[str, int, int, str]]) -> None:
+        """Replace the endpoint list (host, port, weight, configured name), keeping the state of
+        endpoints that remain."""
         current = {e.address: e for e in self.endpoints}
         fresh: list[Endpoint] = []
-        for host, port, weight in resolved:
-            candidate = Endpoint(host, port, weight, self.settings.idle_timeout)
+        for host, port, weight, hostname in resolved:
+            candidate = Endpoint(host, port, weight, self.settings.idle_timeout, hostname)
             existing = current.pop(candidate.address, None)
             if existing is not None:
                 existing.weight = weight
                 existing.pool.idle_timeout = self.settings.idle_timeout
+                existing.pool.tls = self.settings.tls
                 if existing not in fresh:
                     fresh.append(existing)
             elif all(e.address != candidate.address for e in fresh):
+                candidate.pool.tls = self.settings.tls
                 fresh.append(candidate)
         for gone in current.values():
             gone.removed = True  # in-flight requests finish; the pool keeps nothing more
@@ -150,10 +175,10 @@ class Cluster:
 
     async def resolve(self) -> None:
         """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""
-        resolved: list[tuple[str, int, int]] = []
+        resolved: list[tuple[str, int, int, str]] = []
         for address, weight in self.settings.targets:
             if is_ip_literal(address.host):
-                resolved.append((address.host, address.port, weight))
+                resolved.append((address.host, address.port, weight, address.host))
                 continue
             try:
                 infos = await trio.socket.getaddrinfo(address.host, address.port, type=trio.socket.SOCK_STREAM)
@@ -165,7 +190,7 @@ class Cluster:
                 ip = str(info[4][0])
                 if ip not in seen:
                     seen.add(ip)
-                    resolved.append((ip, address.port, weight))
+                    resolved.append((ip, address.port, weight, address.host))
         self.set_endpoints(resolved)
 
 
@@ -174,11 +199,13 @@ class UpstreamRegistry:
         self.clusters: dict[str, Cluster] = {}
         self.app: Cluster | None = None
 
-    def apply_services(self, services: Iterable[ServiceConfig]) -> None:
+    def apply_services(
+        self, services: Iterable[ServiceConfig], tls_for: Callable[[ServiceConfig], UpstreamTls | None]
+    ) -> None:
         seen = set()
         for service in services:
             seen.add(service.name)
-            settings = settings_for_service(service)
+            settings = settings_for_service(service, tls_for(service))
             cluster = self.clusters.get(service.name)
             if cluster is None:
                 self.clusters[service.name] = Cluster(service.name, settings)
@@ -199,6 +226,11 @@ class UpstreamRegistry:
             self.app = Cluster("app", settings)
         elif self.app.settings != settings:
             self.app.configure(settings)
+
+    def handshakes(self, service: str) -> int:
+        """TLS handshakes made so far to the endpoints of `service` (pooling keeps this low)."""
+        cluster = self.clusters.get(service)
+        return sum(e.pool.handshakes for e in cluster.endpoints) if cluster else 0
 
     def all_clusters(self) -> list[Cluster]:
         clusters = list(self.clusters.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ import pytest
 import trio
 import yaml
 
+from sidecar.certs import init_ca, issue_workload
 from sidecar.config.loader import load_directory
 from sidecar.server import Runtime
 
@@ -33,6 +35,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TRUST_DOMAIN = "mesh.local"
+
+
+def spiffe_id(service: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}"
+
+
+class Pki:
+    """A development mesh CA (made with `sidecar certs`' code) and workload certs issued on demand."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca_dir = root / "ca"
+        init_ca(TRUST_DOMAIN, self.ca_dir)
+        self.ca = self.ca_dir / "ca.pem"
+
+    def workload(self, service: str) -> Path:
+        """Directory with cert.pem, key.pem and ca.pem for `spiffe://mesh.local/ns/default/sa/<service>`."""
+        out = self.root / service
+        if not (out / "cert.pem").exists():
+            issue_workload(self.ca_dir, spiffe_id(service), out)
+        return out
+
+    def tls_section(self, service: str) -> dict[str, str]:
+        out = self.workload(service)
+        return {"cert": str(out / "cert.pem"), "key": str(out / "key.pem"), "ca": str(out / "ca.pem")}
+
+    def client_context(self, service: str = "test-client") -> ssl.SSLContext:
+        """For test clients calling an inbound listener: present `service`'s identity, trust the mesh CA."""
+        out = self.workload(service)
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.check_hostname = False  # mesh certs carry SPIFFE IDs, not DNS names
+        context.load_cert_chain(out / "cert.pem", out / "key.pem")
+        return context
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
 def write_config(directory: Path, docs: list[dict[str, Any]]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "mesh.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -42,9 +85,10 @@ def write_config(directory: Path, docs: list[dict[str, Any]]) -> Path:
 class Mesh:
     """Builds sidecars and origins inside one test's nursery."""
 
-    def __init__(self, nursery: trio.Nursery, tmp_path: Path) -> None:
+    def __init__(self, nursery: trio.Nursery, tmp_path: Path, pki: Pki) -> None:
         self.nursery = nursery
         self.tmp_path = tmp_path
+        self.pki = pki
         self.count = 0
 
     async def origin(self, app: Any = echo_app, **options: Any) -> int:
@@ -67,10 +111,13 @@ class Mesh:
         **sidecar_fields: Any,
     ) -> SidecarHandle:
         self.count += 1
-        handle = SidecarHandle(outbound=free_port(), admin=free_port(), inbound=free_port() if inbound_app else None)
+        handle = SidecarHandle(
+            outbound=free_port(), admin=free_port(), inbound=free_port() if inbound_app else None, service=service
+        )
         doc: dict[str, Any] = {
             "kind": "Sidecar",
             "service": service,
+            "tls": self.pki.tls_section(service),
             "outbound": {"listen": f"127.0.0.1:{handle.outbound}"},
             "admin": {"listen": f"127.0.0.1:{handle.admin}"},
         }
@@ -89,11 +136,16 @@ class Mesh:
 
 
 class SidecarHandle:
-    def __init__(self, outbound: int, admin: int, inbound: int | None) -> None:
+    def __init__(self, outbound: int, admin: int, inbound: int | None, service: str) -> None:
         self.outbound = outbound
         self.admin = admin
         self.inbound = inbound
+        self.service = service
         self.runtime: Runtime
+
+    @property
+    def inbound_url(self) -> str:
+        return f"https://127.0.0.1:{self.inbound}"
 
     @property
     def outbound_url(self) -> str:
@@ -105,12 +157,21 @@ class SidecarHandle:
 
 
 def service(name: str, *ports: int, **fields: Any) -> dict[str, Any]:
+    """A Service whose endpoints are plain HTTP apps (no sidecar in front): `tls.mode: disabled`."""
+    fields.setdefault("tls", {"mode": "disabled"})
     return {"name": name, "endpoints": [{"address": f"127.0.0.1:{p}"} for p in ports], **fields}
 
 
+def mesh_service(name: str, *sidecars: SidecarHandle, **fields: Any) -> dict[str, Any]:
+    """A Service whose endpoints are other sidecars' inbound listeners: mutual TLS (the default),
+    expecting the first sidecar's SPIFFE ID."""
+    fields.setdefault("tls", {"identity": spiffe_id(sidecars[0].service)})
+    return {"name": name, "endpoints": [{"address": f"127.0.0.1:{s.inbound}"} for s in sidecars], **fields}
+
+
 @pytest.fixture
-async def mesh(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Mesh]:
-    yield Mesh(nursery, tmp_path)
+async def mesh(nursery: trio.Nursery, tmp_path: Path, pki: Pki) -> AsyncIterator[Mesh]:
+    yield Mesh(nursery, tmp_path, pki)
     nursery.cancel_scope.cancel()
 
 

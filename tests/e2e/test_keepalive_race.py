@@ -7,7 +7,7 @@ import httpx
 import trio
 
 from .apps import RawOrigin
-from .conftest import Mesh, service
+from .conftest import Mesh, mesh_service
 
 
 async def test_app_closing_an_idle_connection_never_surfaces_as_502(mesh: Mesh, nursery: trio.Nursery) -> None:
@@ -22,7 +22,7 @@ async def test_app_closing_an_idle_connection_never_surfaces_as_502(mesh: Mesh, 
     port = await nursery.start(origin.serve)
     # app_idle_timeout far above the app's: only the race handling can save these requests.
     b = await mesh.sidecar(service="orders", inbound_app=port, inbound={"app_idle_timeout": "60s"})
-    a = await mesh.sidecar(services=[service("orders", b.inbound, timeouts={"idle": "60s"})])
+    a = await mesh.sidecar(services=[mesh_service("orders", b, timeouts={"idle": "60s"})])
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         for _ in range(5):
             r = await client.get("/")
@@ -47,7 +47,9 @@ async def test_pooled_app_connections_close_after_app_idle_timeout(mesh: Mesh, n
     origin = RawOrigin(respond)
     port = await nursery.start(origin.serve)
     b = await mesh.sidecar(service="orders", inbound_app=port, inbound={"app_idle_timeout": "300ms"})
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b.inbound}", headers={"host": "orders"}) as client:
+    async with httpx.AsyncClient(
+        base_url=b.inbound_url, headers={"host": "orders"}, verify=mesh.pki.client_context()
+    ) as client:
         assert (await client.get("/")).status_code == 200
     start = trio.current_time()
     with trio.fail_after(3):

@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from .conftest import Mesh, Process, free_port, wait_ready, write_config
+from .conftest import Mesh, Pki, Process, free_port, wait_ready, write_config
 
 
-def sidecar_config(tmp_path: Path, app_port: int, *, drain_timeout: str = "10s") -> dict[str, int]:
+def sidecar_config(tmp_path: Path, pki: Pki, app_port: int, *, drain_timeout: str = "10s") -> dict[str, int]:
     ports = {"inbound": free_port(), "outbound": free_port(), "admin": free_port()}
     write_config(
         tmp_path / "cfg",
@@ -19,12 +19,18 @@ def sidecar_config(tmp_path: Path, app_port: int, *, drain_timeout: str = "10s")
             {
                 "kind": "Sidecar",
                 "service": "orders",
+                "tls": pki.tls_section("orders"),
                 "inbound": {"listen": f"127.0.0.1:{ports['inbound']}", "app": f"127.0.0.1:{app_port}"},
                 "outbound": {"listen": f"127.0.0.1:{ports['outbound']}"},
                 "admin": {"listen": f"127.0.0.1:{ports['admin']}"},
                 "drain_timeout": drain_timeout,
             },
-            {"kind": "Service", "name": "self", "endpoints": [{"address": f"127.0.0.1:{app_port}"}]},
+            {
+                "kind": "Service",
+                "name": "self",
+                "endpoints": [{"address": f"127.0.0.1:{app_port}"}],
+                "tls": {"mode": "disabled"},
+            },
         ],
     )
     return ports
@@ -34,15 +40,15 @@ async def test_sigterm_during_a_slow_request_lets_it_finish_and_exits_0(
     mesh: Mesh, tmp_path: Path, processes: list[Process]
 ) -> None:
     app = await mesh.origin()
-    ports = sidecar_config(tmp_path, app)
+    ports = sidecar_config(tmp_path, mesh.pki, app)
     proc = Process(tmp_path / "cfg", tmp_path / "sidecar.log")
     processes.append(proc)
     await wait_ready(ports["admin"])
     results: dict[str, object] = {}
 
     async def slow_call() -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
-            r = await client.get(f"http://127.0.0.1:{ports['inbound']}/slow/1500", headers={"host": "orders"})
+        async with httpx.AsyncClient(timeout=10, verify=mesh.pki.client_context()) as client:
+            r = await client.get(f"https://127.0.0.1:{ports['inbound']}/slow/1500", headers={"host": "orders"})
             results["status"] = r.status_code
             results["connection"] = r.headers.get("connection")
 
@@ -72,7 +78,7 @@ async def test_post_drain_keeps_outbound_serving_until_the_app_disconnects(
     mesh: Mesh, tmp_path: Path, processes: list[Process]
 ) -> None:
     app = await mesh.origin()
-    ports = sidecar_config(tmp_path, app)
+    ports = sidecar_config(tmp_path, mesh.pki, app)
     proc = Process(tmp_path / "cfg", tmp_path / "sidecar.log")
     processes.append(proc)
     await wait_ready(ports["admin"])
@@ -95,7 +101,7 @@ async def test_post_drain_keeps_outbound_serving_until_the_app_disconnects(
 
 async def test_drain_timeout_bounds_the_wait(mesh: Mesh, tmp_path: Path, processes: list[Process]) -> None:
     app = await mesh.origin()
-    ports = sidecar_config(tmp_path, app, drain_timeout="1s")
+    ports = sidecar_config(tmp_path, mesh.pki, app, drain_timeout="1s")
     proc = Process(tmp_path / "cfg", tmp_path / "sidecar.log")
     processes.append(proc)
     await wait_ready(ports["admin"])
@@ -112,7 +118,7 @@ async def test_drain_timeout_bounds_the_wait(mesh: Mesh, tmp_path: Path, process
 
 async def test_second_signal_exits_at_once(mesh: Mesh, tmp_path: Path, processes: list[Process]) -> None:
     app = await mesh.origin()
-    ports = sidecar_config(tmp_path, app, drain_timeout="60s")
+    ports = sidecar_config(tmp_path, mesh.pki, app, drain_timeout="60s")
     proc = Process(tmp_path / "cfg", tmp_path / "sidecar.log")
     processes.append(proc)
     await wait_ready(ports["admin"])

@@ -196,7 +196,9 @@ async def test_unresolvable_endpoint_is_503_no_healthy_upstream(mesh: Mesh) -> N
 
 async def test_dns_endpoints_are_resolved(mesh: Mesh) -> None:
     origin = await mesh.origin()
-    sc = await mesh.sidecar(services=[{"name": "orders", "endpoints": [{"address": f"localhost:{origin}"}]}])
+    sc = await mesh.sidecar(
+        services=[{"name": "orders", "endpoints": [{"address": f"localhost:{origin}"}], "tls": {"mode": "disabled"}}]
+    )
     async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
         r = await client.get("/info")
     assert r.status_code == 200

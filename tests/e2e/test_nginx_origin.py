@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .conftest import Mesh, free_port, service
+from .conftest import Mesh, free_port, mesh_service
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is installed by scripts/bootstrap.sh")
 
@@ -66,7 +66,7 @@ async def test_nginx_behind_two_sidecars_with_curl_as_proxy_client(mesh: Mesh, n
     port, root = nginx
     await wait_port(port)
     b = await mesh.sidecar(service="static", inbound_app=port)
-    a = await mesh.sidecar(services=[service("static", b.inbound)])
+    a = await mesh.sidecar(services=[mesh_service("static", b)])
     proxy = f"http://127.0.0.1:{a.outbound}"
     small = await curl("-x", proxy, "http://static/index.html")
     assert small.stdout == b"hello from nginx\n", small.stdout

@@ -1,5 +1,5 @@
-"""Bodies stream through two real sidecar processes with backpressure: 50 MiB up and 50 MiB down
-while each sidecar's peak RSS stays far below the body size."""
+"""Bodies stream through two real sidecar processes (mutual TLS between them) with backpressure:
+50 MiB up and 50 MiB down while each sidecar's peak RSS stays far below the body size."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ async def test_50_mib_each_way_through_two_sidecars_in_bounded_memory(
             {
                 "kind": "Sidecar",
                 "service": "orders",
+                "tls": mesh.pki.tls_section("orders"),
                 "inbound": {"listen": f"127.0.0.1:{b_ports['inbound']}", "app": f"127.0.0.1:{app}"},
                 "outbound": {"listen": f"127.0.0.1:{b_ports['outbound']}"},
                 "admin": {"listen": f"127.0.0.1:{b_ports['admin']}"},
@@ -45,10 +46,16 @@ async def test_50_mib_each_way_through_two_sidecars_in_bounded_memory(
             {
                 "kind": "Sidecar",
                 "service": "frontend",
+                "tls": mesh.pki.tls_section("frontend"),
                 "outbound": {"listen": f"127.0.0.1:{a_ports['outbound']}"},
                 "admin": {"listen": f"127.0.0.1:{a_ports['admin']}"},
             },
-            {"kind": "Service", "name": "orders", "endpoints": [{"address": f"127.0.0.1:{b_ports['inbound']}"}]},
+            {
+                "kind": "Service",
+                "name": "orders",
+                "endpoints": [{"address": f"127.0.0.1:{b_ports['inbound']}"}],
+                "tls": {"identity": "spiffe://mesh.local/ns/default/sa/orders"},  # mutual TLS between the two
+            },
         ],
     )
     b = Process(tmp_path / "b", tmp_path / "b.log")

@@ -9,12 +9,12 @@ import httpx
 import trio
 
 from .apps import RawOrigin, header_values
-from .conftest import Mesh, service
+from .conftest import Mesh, mesh_service
 
 
 async def two_sidecars(mesh: Mesh, app_port: int, **service_fields: object) -> tuple[object, object]:
     b = await mesh.sidecar(service="orders", inbound_app=app_port)
-    a = await mesh.sidecar(service="frontend", services=[service("orders", b.inbound, **service_fields)])
+    a = await mesh.sidecar(service="frontend", services=[mesh_service("orders", b, **service_fields)])
     return a, b
 
 
@@ -40,7 +40,7 @@ async def test_forwarding_headers_across_both_hops(mesh: Mesh) -> None:
     info = r.json()
     # Both hops append (the app's address at A, A's address at B); nothing is overwritten.
     assert header_values(info, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1, 127.0.0.1"]
-    assert header_values(info, "x-forwarded-proto") == ["http"]
+    assert header_values(info, "x-forwarded-proto") == ["https"]  # the last hop (A to B) was mutual TLS
     for hop in ("x-hop", "keep-alive", "proxy-authorization", "connection"):
         assert header_values(info, hop) == [], hop
     assert header_values(info, "te") == ["trailers"]

@@ -24,19 +24,23 @@ kind: Service
 name: orders
 hosts: [orders, Orders.Default.svc.cluster.local, shop]
 endpoints: [{address: 10.0.0.1:15006}]
+tls: {mode: disabled}
 ---
 kind: Service
 name: orders-v2
 endpoints: [{address: 10.0.0.2:15006}]
+tls: {mode: disabled}
 ---
 kind: Service
 name: catalog
 endpoints: [{address: 10.0.0.3:15006}]
+tls: {mode: disabled}
 ---
 kind: Service
 name: legacy
 hosts: []
 endpoints: [{address: 10.0.0.4:15006}]
+tls: {mode: disabled}
 ---
 kind: Route
 host: Shop

@@ -13,11 +13,13 @@ IDLE_TIMEOUT = 10.0
 
 
 class FakeConn:
-    """Stands in for H1ClientConnection: what the pool touches is idle_since, close(), peer_closed()."""
+    """Stands in for H1ClientConnection: what the pool touches is idle_since, exchanges, close(),
+    peer_closed()."""
 
     def __init__(self, name: str, *, peer_gone: bool = False) -> None:
         self.name = name
         self.idle_since = 0.0
+        self.exchanges = 0
         self.closed = 0
         self.peer_gone = peer_gone
         self.peer_checks = 0
@@ -185,7 +187,7 @@ async def test_endpoint_removed_from_cluster_closes_idle_and_inflight_on_return(
     idle, busy = FakeConn("idle"), FakeConn("busy")
     checkout(gone.pool, idle, busy)
     give_back(gone.pool, idle)
-    cluster.set_endpoints([("10.0.0.1", 80, 1)])
+    cluster.set_endpoints([("10.0.0.1", 80, 1, "10.0.0.1")])
     assert gone.removed
     assert idle.closed == 1
     assert gone.pool.idle == []

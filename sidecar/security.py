@@ -1,0 +1,53 @@
+"""The TLS material and identity policy of one config snapshot, built once and shared by every
+connection: the inbound server context and mode, the allow list, this workload's SPIFFE ID, and
+the client TLS settings for each upstream service.
+
+Secure defaults (SPEC §3): inbound is strict (mTLS only) and upstream services are `mutual` unless
+the config says otherwise. Contexts are rebuilt when a new snapshot is applied, so new handshakes
+use the certificates the snapshot names while established connections keep theirs.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from .config.schema import ServiceConfig
+from .config.snapshot import Snapshot
+from .tls import AllowList, mutual_client_context, server_context, simple_client_context
+from .transport.tls_accept import InboundTls
+from .upstream.registry import UpstreamTls
+
+
+class MeshSecurity:
+    def __init__(self, snapshot: Snapshot) -> None:
+        sidecar = snapshot.sidecar
+        self.identity: str | None = snapshot.identity
+        tls = sidecar.tls
+        self._snapshot = snapshot
+        self._mutual_client: ssl.SSLContext | None = None
+        self._simple: dict[str | None, ssl.SSLContext] = {}
+        self.inbound: InboundTls | None = None
+        if tls is not None:
+            cert, key, ca = (snapshot.resolve(p) for p in (tls.cert, tls.key, tls.ca))
+            self._mutual_client = mutual_client_context(cert, key, ca)
+            inbound = sidecar.inbound
+            if inbound is not None:
+                context = server_context(cert, key, ca, require_client_cert=inbound.mode == "strict")
+                self.inbound = InboundTls(context, permissive=inbound.mode == "permissive")
+        inbound = sidecar.inbound
+        self.allow = AllowList(inbound.allow) if inbound is not None and inbound.allow is not None else None
+
+    def for_service(self, service: ServiceConfig) -> UpstreamTls | None:
+        """How to speak TLS to `service`; None for plaintext (`tls.mode: disabled`)."""
+        tls = service.tls
+        if tls.mode == "disabled":
+            return None
+        if tls.mode == "mutual":
+            if self._mutual_client is None:  # the loader refuses this config; never reached
+                raise ValueError(f"service {service.name} needs the workload certificate (Sidecar.tls)")
+            return UpstreamTls(self._mutual_client, mutual=True, identity=tls.identity)
+        context = self._simple.get(tls.ca)
+        if context is None:
+            ca = self._snapshot.resolve(tls.ca) if tls.ca is not None else None
+            context = self._simple[tls.ca] = simple_client_context(ca)
+        return UpstreamTls(context, mutual=False, server_name=tls.server_name)

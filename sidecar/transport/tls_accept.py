@@ -1,0 +1,95 @@
+"""The inbound side of mutual TLS: detect TLS or plaintext, handshake under a deadline, and learn
+who is calling.
+
+`strict` mode accepts TLS only: anything else fails the handshake and is counted. `permissive` mode
+looks at the first byte (a TLS record starts with 0x16, a handshake record) and serves plaintext
+callers on the same port, without an identity. Every failed handshake is logged with its reason
+(no client cert, unknown CA, expired, not yet valid, protocol, plaintext, timeout) and counted.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import Counter
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from ..http.message import ConnectionInfo
+from ..tls import failure_reason, peer_identity
+from .tcp import TcpStream
+
+log = structlog.get_logger("sidecar.tls")
+
+TLS_HANDSHAKE_RECORD = 0x16
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream that first replays bytes already read from it (the sniffed first bytes)."""
+
+    def __init__(self, stream: TcpStream, prefix: bytes) -> None:
+        self.transport_stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+
+@dataclass
+class InboundTls:
+    """What the inbound listener needs to terminate TLS, rebuilt on each config snapshot."""
+
+    context: ssl.SSLContext
+    permissive: bool
+
+
+@dataclass
+class Accepted:
+    stream: trio.abc.Stream
+    conn: ConnectionInfo
+    initial: bytes = b""  # plaintext bytes already read while sniffing
+
+
+async def accept(
+    stream: TcpStream, peer: tuple[str, int], tls: InboundTls, failures: Counter[tuple[str, str]]
+) -> Accepted | None:
+    """Handshake (or sniff plaintext) on a new inbound connection; None when it must be dropped.
+
+    The caller bounds the time (the header read timeout covers the handshake, SPEC §11) and counts
+    a handshake that ran out of it."""
+    host, port = peer
+    transport: trio.abc.Stream = stream
+    if tls.permissive:
+        try:
+            first = await stream.receive_some(1)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if not first:
+            return None
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            return Accepted(stream, ConnectionInfo(host, port), initial=first)
+        transport = PrefixedStream(stream, first)
+    ssl_stream = trio.SSLStream(transport, tls.context, server_side=True)
+    try:
+        await ssl_stream.do_handshake()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        reason = failure_reason(exc)
+        failures["inbound", reason] += 1
+        log.info("tls_handshake_failed", listener="inbound", reason=reason, peer=host, error=str(exc.__cause__ or exc))
+        return None
+    identity = peer_identity(ssl_stream.getpeercert())
+    return Accepted(ssl_stream, ConnectionInfo(host, port, tls=True, peer_identity=identity))
