@@ -106,7 +106,7 @@ class Runtime:
                 return
             if accepted is None:
                 return
-            server = H1Server(accepted.stream, accepted.conn, handler, self.limits, listener, initial=accepted.initial)
+            server = H1Server(accepted.stream, accepted.conn, handler, self.limits, listener)
             await server.serve()
 
         return on_connection

@@ -125,28 +125,3 @@ def failure_reason(error: BaseException) -> str:
         if needle in text:
             return reason
     return "other"
-
-
-class ResumingContext:
-    """Wraps a client SSLContext so a new connection offers a saved TLS session (resumption).
-
-    trio's SSLStream creates its SSLObject through `ssl_context.wrap_bio(...)` and takes no session
-    argument, so this object stands in for the context and adds `session=` there. One instance per
-    upstream endpoint keeps that endpoint's latest session; a session the server no longer accepts
-    simply costs a full handshake.
-    """
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.session: ssl.SSLSession | None = None
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-    ) -> ssl.SSLObject:
-        return self.context.wrap_bio(
-            incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=self.session
-        )

@@ -69,11 +69,8 @@ class H1Server:
         handler: Handler,
         limits: ServerLimits,
         listener: Listener,
-        *,
-        initial: bytes = b"",
     ) -> None:
         self.wire = Wire(stream)
-        self.wire.buf += initial
         self.conn = conn
         self.handler = handler
         self.limits = limits

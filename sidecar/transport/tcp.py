@@ -40,6 +40,21 @@ class TcpStream(trio.abc.HalfCloseableStream):
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def disown(self) -> None:
+        """Hand the socket over to another owner (TLS): this stream will not close it."""
+        self._closed = True
+
+    async def peek(self, max_bytes: int) -> bytes:
+        """Wait for data and look at it without consuming it (b"" when the peer closed)."""
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(max_bytes, socket.MSG_PEEK)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except _BROKEN as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+
     async def _fair(self) -> None:
         self._streak += 1
         if self._streak >= YIELD_EVERY:

@@ -19,34 +19,11 @@ import trio
 from ..http.message import ConnectionInfo
 from ..tls import failure_reason, peer_identity
 from .tcp import TcpStream
+from .tls_socket import TlsStream
 
 log = structlog.get_logger("sidecar.tls")
 
 TLS_HANDSHAKE_RECORD = 0x16
-
-
-class PrefixedStream(trio.abc.Stream):
-    """A stream that first replays bytes already read from it (the sniffed first bytes)."""
-
-    def __init__(self, stream: TcpStream, prefix: bytes) -> None:
-        self.transport_stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self.transport_stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport_stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
 
 
 @dataclass
@@ -61,7 +38,6 @@ class InboundTls:
 class Accepted:
     stream: trio.abc.Stream
     conn: ConnectionInfo
-    initial: bytes = b""  # plaintext bytes already read while sniffing
 
 
 async def accept(
@@ -72,21 +48,20 @@ async def accept(
     The caller bounds the time (the header read timeout covers the handshake, SPEC §11) and counts
     a handshake that ran out of it."""
     host, port = peer
-    transport: trio.abc.Stream = stream
     if tls.permissive:
         try:
-            first = await stream.receive_some(1)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            first = await stream.peek(1)  # look, do not consume: OpenSSL reads the socket itself
+        except trio.BrokenResourceError:
             return None
         if not first:
             return None
         if first[0] != TLS_HANDSHAKE_RECORD:
-            return Accepted(stream, ConnectionInfo(host, port), initial=first)
-        transport = PrefixedStream(stream, first)
-    ssl_stream = trio.SSLStream(transport, tls.context, server_side=True)
+            return Accepted(stream, ConnectionInfo(host, port))
+    ssl_stream = TlsStream.wrap(stream, tls.context, server_side=True)
     try:
         await ssl_stream.do_handshake()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+    except trio.BrokenResourceError as exc:
+        ssl_stream.close_now()
         reason = failure_reason(exc)
         failures["inbound", reason] += 1
         log.info("tls_handshake_failed", listener="inbound", reason=reason, peer=host, error=str(exc.__cause__ or exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import trio
 
 from .tcp import TcpStream
+from .tls_socket import TlsStream
 
 RECEIVE_SIZE = 65536  # one read; also the most a body chunk ever holds, which bounds memory
 
@@ -50,7 +51,7 @@ def close_stream_now(stream: trio.abc.Stream) -> None:
     """Synchronous close of a TCP-backed stream (TLS included): no close_notify, no wait."""
     inner: object = stream
     while inner is not None:
-        if isinstance(inner, TcpStream):
+        if isinstance(inner, TcpStream | TlsStream):
             inner.close_now()
             return
         sock = getattr(inner, "socket", None)

@@ -8,15 +8,16 @@ back only through `exchange_done(conn, reuse=True)`.
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
 from ..http.errors import UpstreamConnectFailure
-from ..tls import ResumingContext, failure_reason, peer_identity
+from ..tls import failure_reason, peer_identity
 from ..transport.h1_client import H1ClientConnection
 from ..transport.tcp import TcpStream, open_tcp
+from ..transport.tls_socket import TlsStream
 
 if TYPE_CHECKING:
     from .registry import Endpoint, UpstreamTls
@@ -74,15 +75,16 @@ class ConnectionPool:
         self.open_connections += 1
         return H1ClientConnection(stream, self)
 
-    async def _handshake(self, tcp: TcpStream, tls: UpstreamTls) -> trio.SSLStream[TcpStream]:
+    async def _handshake(self, tcp: TcpStream, tls: UpstreamTls) -> TlsStream:
         endpoint = self.endpoint
-        context = ResumingContext(tls.context)
-        context.session = self.tls_session
         server_name = None if tls.mutual else (tls.server_name or endpoint.hostname)
-        stream = trio.SSLStream(tcp, cast(ssl.SSLContext, context), server_hostname=server_name)
+        stream = TlsStream.wrap(
+            tcp, tls.context, server_side=False, server_hostname=server_name, session=self.tls_session
+        )
         try:
             await stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            stream.close_now()
             reason = failure_reason(exc)
             log.warning(
                 "upstream_tls_failed", endpoint=endpoint.address, reason=reason, error=str(exc.__cause__ or exc)
@@ -92,6 +94,7 @@ class ConnectionPool:
         if tls.mutual:
             peer = peer_identity(stream.getpeercert())
             if peer is None or (tls.identity is not None and peer != tls.identity):
+                stream.close_now()
                 log.warning("upstream_identity_mismatch", endpoint=endpoint.address, peer=peer, expected=tls.identity)
                 raise UpstreamConnectFailure(
                     detail=f"{endpoint.address}: peer identity {peer}, expected {tls.identity or 'a mesh identity'}"
@@ -113,7 +116,7 @@ class ConnectionPool:
     def _keep_session(self, conn: H1ClientConnection) -> None:
         """After a whole exchange the server's session ticket has arrived: keep it for resumption."""
         stream = conn.wire.stream
-        if isinstance(stream, trio.SSLStream):
+        if isinstance(stream, TlsStream):
             session = stream.session
             if session is not None and session.has_ticket:
                 self.tls_session = session
