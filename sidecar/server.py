@@ -26,12 +26,15 @@ from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .transport.h1_server import H1Server, ServerLimits
+from .transport.h2_server import H2Server
 from .transport.listener import ConnectionHandler, Listener
 from .transport.tcp import TcpStream
 from .transport.tls_accept import accept as tls_accept
 from .upstream.registry import UpstreamRegistry
 
 log = structlog.get_logger("sidecar.server")
+
+H2_PREFACE_START = b"PRI * HTTP/2.0"
 
 
 class Runtime:
@@ -76,15 +79,29 @@ class Runtime:
             self._cancel.cancel()
 
     def _serve_with(self, listener: Listener, handler: Handler) -> ConnectionHandler:
+        """Plaintext connections: HTTP/1.1, or HTTP/2 when they open with the h2c preface."""
+
         async def on_connection(stream: TcpStream) -> None:
             try:
                 host, port = stream.getpeername()
             except OSError:  # the peer is already gone
                 return
-            conn = ConnectionInfo(host, port)
-            await H1Server(stream, conn, handler, self.limits, listener).serve()
+            await self._serve_plaintext(stream, ConnectionInfo(host, port), handler, listener)
 
         return on_connection
+
+    async def _serve_plaintext(
+        self, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener
+    ) -> None:
+        with trio.move_on_after(self.limits.header_read_timeout):
+            try:
+                first = await stream.peek(len(H2_PREFACE_START))
+            except trio.BrokenResourceError:
+                return
+            if first == H2_PREFACE_START:  # prior-knowledge h2c (an HTTP/1 request never starts so)
+                await H2Server(stream, conn, handler, self.limits, listener).serve()
+                return
+        await H1Server(stream, conn, handler, self.limits, listener).serve()
 
     def _serve_inbound(self, listener: Listener, handler: Handler) -> ConnectionHandler:
         """Inbound connections: TLS first (strict, or sniffed in permissive mode), then HTTP."""
@@ -96,7 +113,7 @@ class Runtime:
                 return
             tls = self.security.inbound
             if tls is None:
-                await H1Server(stream, ConnectionInfo(*peer), handler, self.limits, listener).serve()
+                await self._serve_plaintext(stream, ConnectionInfo(*peer), handler, listener)
                 return
             with trio.move_on_after(self.limits.header_read_timeout) as deadline:
                 accepted = await tls_accept(stream, peer, tls, self.tls_failures)
@@ -106,8 +123,12 @@ class Runtime:
                 return
             if accepted is None:
                 return
-            server = H1Server(accepted.stream, accepted.conn, handler, self.limits, listener)
-            await server.serve()
+            if isinstance(accepted.stream, TcpStream):  # permissive mode, a plaintext caller
+                await self._serve_plaintext(accepted.stream, accepted.conn, handler, listener)
+            elif accepted.alpn == "h2":
+                await H2Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
+            else:
+                await H1Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
 
         return on_connection
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ALPN_HTTP1 = ("http/1.1",)
+ALPN_SERVER = ("h2", "http/1.1")  # what the inbound listener speaks
 URI_SAN = "URI"
 SPIFFE_PREFIX = "spiffe://"
 
@@ -51,7 +52,7 @@ def _base_context(purpose: ssl.Purpose) -> ssl.SSLContext:
 
 
 def server_context(
-    cert: Path, key: Path, ca: Path, *, require_client_cert: bool, alpn: Sequence[str] = ALPN_HTTP1
+    cert: Path, key: Path, ca: Path, *, require_client_cert: bool, alpn: Sequence[str] = ALPN_SERVER
 ) -> ssl.SSLContext:
     """The inbound listener's context. Permissive mode still asks for a client certificate
     (CERT_OPTIONAL) so that mesh callers are identified."""

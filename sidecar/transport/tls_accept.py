@@ -38,6 +38,7 @@ class InboundTls:
 class Accepted:
     stream: trio.abc.Stream
     conn: ConnectionInfo
+    alpn: str | None = None  # the protocol ALPN settled on ("h2" or "http/1.1")
 
 
 async def accept(
@@ -67,4 +68,5 @@ async def accept(
         log.info("tls_handshake_failed", listener="inbound", reason=reason, peer=host, error=str(exc.__cause__ or exc))
         return None
     identity = peer_identity(ssl_stream.getpeercert())
-    return Accepted(ssl_stream, ConnectionInfo(host, port, tls=True, peer_identity=identity))
+    conn = ConnectionInfo(host, port, tls=True, peer_identity=identity)
+    return Accepted(ssl_stream, conn, alpn=ssl_stream.selected_alpn_protocol())

@@ -250,11 +250,12 @@ async def test_a_silent_client_is_cut_off_at_the_handshake_deadline(mesh: Mesh) 
     await wait_count(b.runtime.tls_failures, ("inbound", "timeout"))
 
 
-async def test_alpn_advertises_http_1_1(mesh: Mesh) -> None:
+@pytest.mark.parametrize(("offered", "chosen"), [(["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")])
+async def test_alpn_advertises_what_the_data_path_speaks(mesh: Mesh, offered: list[str], chosen: str) -> None:
     b = await inbound_sidecar(mesh)
     context = mesh.pki.client_context("frontend")
-    context.set_alpn_protocols(["h2", "http/1.1"])
+    context.set_alpn_protocols(offered)
     stream = await handshake(b.inbound, context)
-    assert stream.selected_alpn_protocol() == "http/1.1"
+    assert stream.selected_alpn_protocol() == chosen
     assert stream.version() in ("TLSv1.3", "TLSv1.2")
     await stream.aclose()

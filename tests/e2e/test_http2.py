@@ -1,0 +1,92 @@
+"""HTTP/2 on the downstream side: prior-knowledge h2c on the outbound listener, ALPN h2 on the
+inbound listener, translated to HTTP/1.1 apps; clients someone else wrote (curl, httpx, h2load)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import httpx
+import pytest
+import trio
+
+from .apps import header_values
+from .conftest import Mesh, mesh_service, service
+
+
+async def test_h2c_prior_knowledge_with_curl(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin)])
+    result = await trio.run_process(
+        [
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: orders",
+            "-w",
+            "\\n%{http_version}",
+            f"{sc.outbound_url}/info?x=1",
+        ],
+        capture_stdout=True,
+    )
+    body, _, version = result.stdout.rpartition(b"\n")
+    assert version == b"2"
+    assert b'"path": "/info"' in body and b'"query": "x=1"' in body
+
+
+async def test_h2c_bodies_and_concurrent_streams_with_httpx(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin)])
+    async with httpx.AsyncClient(
+        http1=False, http2=True, base_url=sc.outbound_url, headers={"host": "orders"}
+    ) as client:
+        payload = bytes(range(256)) * 4096  # 1 MiB up, echoed back
+        r = await client.post("/echo", content=payload)
+        assert r.http_version == "HTTP/2" and r.status_code == 200
+        assert hashlib.sha256(r.content).digest() == hashlib.sha256(payload).digest()
+        results: list[int] = []
+
+        async def one(i: int) -> None:
+            r = await client.get(f"/slow/{50 + i}")
+            results.append(r.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert results == [200] * 20
+    assert sc.runtime.listeners["outbound"].accepted == 1  # twenty concurrent streams, one connection
+
+
+async def test_local_replies_over_h2(mesh: Mesh) -> None:
+    sc = await mesh.sidecar()
+    async with httpx.AsyncClient(http1=False, http2=True, base_url=sc.outbound_url) as client:
+        r = await client.get("/", headers={"host": "nowhere"})
+    assert r.http_version == "HTTP/2"
+    assert r.status_code == 404 and r.headers["x-sidecar-reason"] == "no_route"
+
+
+async def test_h2_over_mtls_to_the_inbound_listener(mesh: Mesh) -> None:
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    async with httpx.AsyncClient(
+        http1=False, http2=True, base_url=b.inbound_url, verify=mesh.pki.client_context("frontend")
+    ) as client:
+        r = await client.get("/info", headers={"host": "orders"})
+    assert r.http_version == "HTTP/2" and r.status_code == 200
+    info = r.json()
+    assert header_values(info, "host") == ["orders"]  # :authority became Host for the HTTP/1.1 app
+    assert header_values(info, "x-forwarded-client-cert")[0].endswith("URI=spiffe://mesh.local/ns/default/sa/frontend")
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load comes with nghttp2-client")
+async def test_h2load_thousands_of_requests_without_errors(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=origin, inbound={"mode": "permissive"})
+    a = await mesh.sidecar(services=[mesh_service("orders", b)])
+    result = await trio.run_process(
+        ["h2load", "-n", "2000", "-c", "4", "-m", "10", "-H", ":authority: orders", f"{a.outbound_url}/info"],
+        capture_stdout=True,
+    )
+    out = result.stdout.decode()
+    assert "2000 succeeded, 0 failed, 0 errored" in out, out
