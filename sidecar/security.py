@@ -17,6 +17,9 @@ from .tls import AllowList, mutual_client_context, server_context, simple_client
 from .transport.tls_accept import InboundTls
 from .upstream.registry import UpstreamTls
 
+# What a client connection offers in ALPN, by the service's `protocol`.
+ALPN: dict[str, tuple[str, ...]] = {"http1": ("http/1.1",), "http2": ("h2",), "auto": ("h2", "http/1.1")}
+
 
 class MeshSecurity:
     def __init__(self, snapshot: Snapshot) -> None:
@@ -24,12 +27,14 @@ class MeshSecurity:
         self.identity: str | None = snapshot.identity
         tls = sidecar.tls
         self._snapshot = snapshot
-        self._mutual_client: ssl.SSLContext | None = None
-        self._simple: dict[str | None, ssl.SSLContext] = {}
+        self._mutual: dict[str, ssl.SSLContext] = {}  # by protocol: each offers its own ALPN list
+        self._simple: dict[str | None, dict[str, ssl.SSLContext]] = {}
         self.inbound: InboundTls | None = None
         if tls is not None:
             cert, key, ca = (snapshot.resolve(p) for p in (tls.cert, tls.key, tls.ca))
-            self._mutual_client = mutual_client_context(cert, key, ca)
+            self._mutual = {
+                protocol: mutual_client_context(cert, key, ca, alpn=alpn) for protocol, alpn in ALPN.items()
+            }
             inbound = sidecar.inbound
             if inbound is not None:
                 context = server_context(cert, key, ca, require_client_cert=inbound.mode == "strict")
@@ -43,11 +48,11 @@ class MeshSecurity:
         if tls.mode == "disabled":
             return None
         if tls.mode == "mutual":
-            if self._mutual_client is None:  # the loader refuses this config; never reached
+            if not self._mutual:  # the loader refuses this config; never reached
                 raise ValueError(f"service {service.name} needs the workload certificate (Sidecar.tls)")
-            return UpstreamTls(self._mutual_client, mutual=True, identity=tls.identity)
-        context = self._simple.get(tls.ca)
-        if context is None:
+            return UpstreamTls(self._mutual, mutual=True, identity=tls.identity)
+        contexts = self._simple.get(tls.ca)
+        if contexts is None:
             ca = self._snapshot.resolve(tls.ca) if tls.ca is not None else None
-            context = self._simple[tls.ca] = simple_client_context(ca)
-        return UpstreamTls(context, mutual=False, server_name=tls.server_name)
+            contexts = self._simple[tls.ca] = {p: simple_client_context(ca, alpn=alpn) for p, alpn in ALPN.items()}
+        return UpstreamTls(contexts, mutual=False, server_name=tls.server_name)

@@ -176,8 +176,8 @@ class InboundConfig(Model):
     """Where the inbound listener binds."""
     app: AddressField = Address("127.0.0.1", 8080)  # noqa: RUF009 (frozen)
     """The local app that inbound requests are forwarded to."""
-    app_protocol: Annotated[Literal["http1"], one_of("http1")] = "http1"
-    """How to speak to the app (only HTTP/1.1 so far)."""
+    app_protocol: Annotated[Literal["http1", "h2c"], one_of("http1", "h2c")] = "http1"
+    """How to speak to the app: HTTP/1.1, or HTTP/2 with prior knowledge (gRPC apps)."""
     app_idle_timeout: Duration = 4 * SECONDS
     """Pooled connections to the app close after this long idle (below common app keep-alives)."""
     mode: Annotated[InboundMode, one_of(*get_args(InboundMode))] = "strict"
@@ -285,6 +285,7 @@ class ServiceTls(Model):
 
 
 LoadBalancer = Literal["round_robin", "least_request", "random"]
+Protocol = Literal["http1", "http2", "auto"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,6 +302,9 @@ class ServiceConfig(Model):
     tls: Annotated[ServiceTls, nested(ServiceTls)] = ServiceTls()
     """How to secure connections to the endpoints; mesh mutual TLS by default."""
     load_balancer: Annotated[LoadBalancer, one_of(*get_args(LoadBalancer))] = "least_request"
+    protocol: Annotated[Protocol, one_of(*get_args(Protocol))] = "http1"
+    """HTTP version to the endpoints: http1, http2, or auto (ALPN decides on TLS; plaintext is http1).
+    The default stays http1 until header-name casing is carried across an HTTP/2 hop (SPEC §4)."""
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
 
     @classmethod

@@ -49,11 +49,21 @@ class UpstreamConnectFailure(ProxyError):
 class UpstreamReset(ProxyError):
     status, reason, default_message = 502, "upstream_reset", "upstream closed the connection"
 
-    def __init__(self, message: str | None = None, *, detail: str | None = None, before_response: bool = False) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        detail: str | None = None,
+        before_response: bool = False,
+        refused: bool = False,
+    ) -> None:
         super().__init__(message, detail=detail)
         # True when the upstream sent not a single response byte: the keep-alive race, where a
         # pooled connection was closed by the peer just as we reused it.
-        self.before_response = before_response
+        self.before_response = before_response or refused
+        # True when the request provably never reached the app (HTTP/2 REFUSED_STREAM, or a stream
+        # beyond a GOAWAY's last stream id): safe to send again, whatever the method.
+        self.refused = refused
 
 
 class UpstreamProtocolError(ProxyError):

@@ -11,7 +11,6 @@ one lock-guarded `flush()`.
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import h2.config
 import h2.connection
@@ -28,6 +27,7 @@ from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, R
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import error_response
 from .h1_server import ServerLimits
+from .h2_body import H2Body
 from .listener import ConnectionTimer, Listener
 from .wire import RECEIVE_SIZE
 
@@ -36,85 +36,6 @@ log = structlog.get_logger("sidecar.h2")
 MAX_CONCURRENT_STREAMS = 128
 _NO_BODY_STATUS = frozenset({204, 304})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-
-class H2RequestBody:
-    """A request body fed by the connection's reader; reading a chunk acknowledges it to the peer."""
-
-    __slots__ = (
-        "_chunks",
-        "_ended",
-        "_error",
-        "_limit",
-        "_received",
-        "_server",
-        "_stream_id",
-        "_wake",
-        "done",
-        "failed",
-        "length",
-        "trailers",
-    )
-
-    def __init__(self, server: H2Server, stream_id: int, length: int | None, limit: int) -> None:
-        self._server = server
-        self._stream_id = stream_id
-        self._chunks: deque[tuple[bytes, int]] = deque()
-        self._wake: trio.Event | None = None
-        self._ended = False
-        self._error: Exception | None = None
-        self._limit = limit
-        self._received = 0
-        self.length = length
-        self.trailers: Headers | None = None
-        self.done = False
-        self.failed = False
-
-    # -- fed by the reader ------------------------------------------------------------------------
-
-    def feed(self, data: bytes, flow_controlled: int) -> None:
-        self._chunks.append((data, flow_controlled))
-        self._notify()
-
-    def end(self, trailers: Headers | None = None) -> None:
-        if trailers is not None:
-            self.trailers = trailers
-        self._ended = True
-        self._notify()
-
-    def fail(self, error: Exception) -> None:
-        self._error = error
-        self._notify()
-
-    def _notify(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
-
-    # -- read by the handler ----------------------------------------------------------------------
-
-    async def read(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                self.done = self.failed = True
-                raise self._error
-            if self._ended or self.done:
-                self.done = True
-                return b""
-            self._wake = trio.Event()
-            await self._wake.wait()
-        data, flow_controlled = self._chunks.popleft()
-        await self._server.acknowledge(self._stream_id, flow_controlled)
-        if self._limit:
-            self._received += len(data)
-            if self._received > self._limit:
-                self.done = self.failed = True
-                raise BodyTooLarge()
-        return data
-
-    async def aclose(self) -> None:
-        if not self.done:
-            self.done = self.failed = True
 
 
 class H2Server:
@@ -136,7 +57,7 @@ class H2Server:
         self.h2 = h2.connection.H2Connection(config=config)
         self.timer = ConnectionTimer()
         self._send_lock = trio.StrictFIFOLock()
-        self._bodies: dict[int, H2RequestBody] = {}
+        self._bodies: dict[int, H2Body] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._windows: dict[int, trio.Event] = {}
         self._goaway_sent = False
@@ -292,7 +213,7 @@ class H2Server:
                 limit = self.limits.max_request_body
                 if limit and length is not None and length > limit:
                     raise BodyTooLarge()
-                h2body = H2RequestBody(self, stream_id, length, limit)
+                h2body = H2Body(self, stream_id, length, limit)
                 self._bodies[stream_id] = h2body
                 body = h2body
             request = Request(

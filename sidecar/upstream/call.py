@@ -13,6 +13,7 @@ import trio
 from ..http.errors import UpstreamConnectFailure, UpstreamReset, UpstreamTimeout
 from ..http.message import Request, Response
 from ..transport.h1_client import H1ClientConnection
+from ..transport.h2_client import H2ClientConnection
 from .pool import ConnectionPool
 from .registry import Cluster
 
@@ -28,14 +29,14 @@ async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Re
     raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
 
 
-async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection:
+async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection | H2ClientConnection:
     with trio.CancelScope(relative_deadline=connect_timeout):
         return await pool.connect()
     raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
 
 
 async def _exchange(pool: ConnectionPool, request: Request, connect_timeout: float) -> Response:
-    conn = pool.take_idle()
+    conn: H1ClientConnection | H2ClientConnection | None = pool.take_h2() or pool.take_idle()
     reused = conn is not None
     if conn is None:
         conn = await _connect(pool, connect_timeout)
@@ -43,8 +44,12 @@ async def _exchange(pool: ConnectionPool, request: Request, connect_timeout: flo
     try:
         return await conn.send(request)
     except UpstreamReset as exc:
-        if not (reused and exc.before_response and request.body.length == 0 and request.method in IDEMPOTENT):
+        # Send once more on another connection when the request provably never reached the app
+        # (an HTTP/2 stream refused), or met the keep-alive race (idempotent only); bodies are not
+        # replayable yet, so only bodiless requests qualify.
+        again = exc.refused or (reused and exc.before_response and request.method in IDEMPOTENT)
+        if not (again and request.body.length == 0):
             raise
-    conn = await _connect(pool, connect_timeout)
+    conn = pool.take_h2() or await _connect(pool, connect_timeout)
     pool.endpoint.active_requests += 1
     return await conn.send(request)

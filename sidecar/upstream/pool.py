@@ -1,8 +1,11 @@
-"""Per-endpoint pool of HTTP/1.1 connections: reuse the most recently idle one, open new ones on
-demand, close those idle past the idle timeout (swept by the registry) or found closed by the peer.
+"""Per-endpoint pool of upstream connections.
 
-The pool never holds a connection whose last exchange was not carried to its end: connections come
-back only through `exchange_done(conn, reuse=True)`.
+HTTP/1.1: reuse the most recently idle connection, open new ones on demand, close those idle past
+the idle timeout (swept by the registry) or found closed by the peer; a connection comes back only
+through `exchange_done(conn, reuse=True)`, after its exchange was carried to the end.
+HTTP/2 (chosen by ALPN on TLS, or by `protocol: http2` / `app_protocol: h2c` in plaintext): a few
+shared connections, each taking streams up to the peer's MAX_CONCURRENT_STREAMS; another opens when
+they are full. Their reader tasks run in the registry's nursery (`background`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import trio
 from ..http.errors import UpstreamConnectFailure
 from ..tls import failure_reason, peer_identity
 from ..transport.h1_client import H1ClientConnection
+from ..transport.h2_client import H2ClientConnection
 from ..transport.tcp import TcpStream, open_tcp
 from ..transport.tls_socket import TlsStream
 
@@ -31,7 +35,18 @@ CHECK_AFTER_IDLE = 1.0
 
 
 class ConnectionPool:
-    __slots__ = ("endpoint", "handshakes", "idle", "idle_timeout", "open_connections", "tls", "tls_session")
+    __slots__ = (
+        "background",
+        "endpoint",
+        "h2_conns",
+        "handshakes",
+        "idle",
+        "idle_timeout",
+        "open_connections",
+        "protocol",
+        "tls",
+        "tls_session",
+    )
 
     def __init__(self, endpoint: Endpoint, idle_timeout: float) -> None:
         self.endpoint = endpoint
@@ -41,6 +56,9 @@ class ConnectionPool:
         self.tls: UpstreamTls | None = None
         self.tls_session: ssl.SSLSession | None = None  # the latest, offered for resumption
         self.handshakes = 0
+        self.protocol = "http1"  # http1 | http2 | auto (ALPN decides; plaintext auto is HTTP/1.1)
+        self.h2_conns: list[H2ClientConnection] = []
+        self.background: trio.Nursery | None = None  # where HTTP/2 reader tasks run
 
     def take_idle(self) -> H1ClientConnection | None:
         """The freshest idle connection that is still usable, or None."""
@@ -57,30 +75,61 @@ class ConnectionPool:
             return conn
         return None
 
-    async def connect(self) -> H1ClientConnection:
-        """Open a new connection (TCP, then TLS when the service says so). The caller bounds the
-        time (connect timeout)."""
+    def take_h2(self) -> H2ClientConnection | None:
+        """A shared HTTP/2 connection with a free stream slot, or None."""
+        for conn in self.h2_conns:
+            if conn.capacity > 0:
+                return conn
+        return None
+
+    async def connect(self) -> H1ClientConnection | H2ClientConnection:
+        """Open a new connection (TCP, then TLS when the service says so; HTTP/2 when ALPN or the
+        config says so). The caller bounds the time (connect timeout)."""
         endpoint = self.endpoint
         try:
             tcp = await open_tcp(endpoint.host, endpoint.port)
         except OSError as exc:
             raise UpstreamConnectFailure(detail=f"{endpoint.address}: {exc.strerror or exc}") from None
         stream: trio.abc.Stream = tcp
+        use_h2 = self.protocol == "http2"
         if self.tls is not None:
             try:
-                stream = await self._handshake(tcp, self.tls)
+                tls_stream = await self._handshake(tcp, self.tls)
             except BaseException:
                 tcp.close_now()
                 raise
+            use_h2 = tls_stream.selected_alpn_protocol() == "h2"
+            stream = tls_stream
         self.open_connections += 1
+        if use_h2 and self.background is not None:
+            conn = H2ClientConnection(stream, self)
+            self.h2_conns.append(conn)
+            try:
+                await conn.start(self.background)
+            except BaseException:
+                conn.close()
+                self.connection_closed(conn)
+                raise
+            return conn
         return H1ClientConnection(stream, self)
+
+    def stream_done(self, conn: H2ClientConnection) -> None:
+        """One HTTP/2 exchange on `conn` ended."""
+        self.endpoint.active_requests -= 1
+        if self.tls is not None and conn.exchanges == 0:
+            self._keep_session(conn.stream)
+        conn.exchanges += 1
+
+    def connection_closed(self, conn: H2ClientConnection) -> None:
+        if conn in self.h2_conns:
+            self.h2_conns.remove(conn)
+            self.open_connections -= 1
 
     async def _handshake(self, tcp: TcpStream, tls: UpstreamTls) -> TlsStream:
         endpoint = self.endpoint
         server_name = None if tls.mutual else (tls.server_name or endpoint.hostname)
-        stream = TlsStream.wrap(
-            tcp, tls.context, server_side=False, server_hostname=server_name, session=self.tls_session
-        )
+        context = tls.contexts[self.protocol]
+        stream = TlsStream.wrap(tcp, context, server_side=False, server_hostname=server_name, session=self.tls_session)
         try:
             await stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -105,7 +154,7 @@ class ConnectionPool:
         """An exchange on `conn` ended; keep the connection for the next one when `reuse`."""
         self.endpoint.active_requests -= 1
         if reuse and self.tls is not None and conn.exchanges == 0:
-            self._keep_session(conn)
+            self._keep_session(conn.wire.stream)
         conn.exchanges += 1
         if reuse and len(self.idle) < MAX_IDLE and not self.endpoint.removed:
             conn.idle_since = trio.current_time()
@@ -113,9 +162,8 @@ class ConnectionPool:
         else:
             self._close(conn)
 
-    def _keep_session(self, conn: H1ClientConnection) -> None:
+    def _keep_session(self, stream: trio.abc.Stream) -> None:
         """After a whole exchange the server's session ticket has arrived: keep it for resumption."""
-        stream = conn.wire.stream
         if isinstance(stream, TlsStream):
             session = stream.session
             if session is not None and session.has_ticket:
@@ -127,6 +175,9 @@ class ConnectionPool:
 
     def sweep(self, now: float) -> None:
         """Close idle connections older than the idle timeout."""
+        for h2conn in list(self.h2_conns):
+            if not h2conn.active and (now - h2conn.idle_since > self.idle_timeout or self.endpoint.removed):
+                h2conn.close()
         if not self.idle:
             return
         keep = []
@@ -138,6 +189,9 @@ class ConnectionPool:
         self.idle = keep
 
     def close_idle(self) -> None:
+        for h2conn in list(self.h2_conns):
+            if not h2conn.active:
+                h2conn.close()
         for conn in self.idle:
             self._close(conn)
         self.idle = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -37,7 +37,7 @@ class UpstreamTls:
     Otherwise `simple`: ordinary HTTPS, verifying `server_name` (default: the endpoint's host name).
     """
 
-    context: ssl.SSLContext
+    contexts: Mapping[str, ssl.SSLContext]  # by protocol (http1 | http2 | auto): each offers its ALPN
     mutual: bool
     identity: str | None = None
     server_name: str | None = None
@@ -54,6 +54,7 @@ class ClusterSettings:
     dns_refresh: float
     targets: tuple[tuple[Address, int], ...]  # configured (address, weight) pairs, before DNS
     tls: UpstreamTls | None = None  # None: plaintext (`tls.mode: disabled`, or the local app)
+    protocol: str = "http1"  # http1 | http2 | auto
 
 
 def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
@@ -66,6 +67,7 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         dns_refresh=service.dns_refresh,
         targets=tuple((e.address, e.weight) for e in service.endpoints),
         tls=tls,
+        protocol=service.protocol,
     )
 
 
@@ -79,6 +81,7 @@ def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
         load_balancer="round_robin",
         dns_refresh=5.0,
         targets=((inbound.app, 1),),
+        protocol="http2" if inbound.app_protocol == "h2c" else "http1",
     )
 
 
@@ -116,6 +119,7 @@ class Cluster:
         self.balancer: Balancer | None = None
         self.needs_dns = False
         self.next_refresh = 0.0
+        self.background: trio.Nursery | None = None
         self.configure(settings)
 
     def configure(self, settings: ClusterSettings) -> None:
@@ -130,8 +134,7 @@ class Cluster:
         else:
             # Keep resolved endpoints until the next resolution replaces them.
             for endpoint in self.endpoints:
-                endpoint.pool.idle_timeout = settings.idle_timeout
-                endpoint.pool.tls = settings.tls
+                self._configure_pool(endpoint)
             self._rebalance()
 
     def pick(self) -> Endpoint:
@@ -150,18 +153,30 @@ class Cluster:
             existing = current.pop(candidate.address, None)
             if existing is not None:
                 existing.weight = weight
-                existing.pool.idle_timeout = self.settings.idle_timeout
-                existing.pool.tls = self.settings.tls
+                self._configure_pool(existing)
                 if existing not in fresh:
                     fresh.append(existing)
             elif all(e.address != candidate.address for e in fresh):
-                candidate.pool.tls = self.settings.tls
+                self._configure_pool(candidate)
                 fresh.append(candidate)
         for gone in current.values():
             gone.removed = True  # in-flight requests finish; the pool keeps nothing more
             gone.pool.close_idle()
         self.endpoints = fresh
         self._rebalance()
+
+    def _configure_pool(self, endpoint: Endpoint) -> None:
+        pool = endpoint.pool
+        pool.idle_timeout = self.settings.idle_timeout
+        pool.tls = self.settings.tls
+        pool.protocol = self.settings.protocol
+        pool.background = self.background
+
+    def set_background(self, nursery: trio.Nursery) -> None:
+        """Where this service's HTTP/2 connections run their reader tasks (the registry's nursery)."""
+        self.background = nursery
+        for endpoint in self.endpoints:
+            endpoint.pool.background = nursery
 
     def _rebalance(self) -> None:
         self.balancer = make_balancer(self.settings.load_balancer, self.endpoints) if self.endpoints else None
@@ -198,6 +213,7 @@ class UpstreamRegistry:
     def __init__(self) -> None:
         self.clusters: dict[str, Cluster] = {}
         self.app: Cluster | None = None
+        self.background: trio.Nursery | None = None
 
     def apply_services(
         self, services: Iterable[ServiceConfig], tls_for: Callable[[ServiceConfig], UpstreamTls | None]
@@ -208,7 +224,9 @@ class UpstreamRegistry:
             settings = settings_for_service(service, tls_for(service))
             cluster = self.clusters.get(service.name)
             if cluster is None:
-                self.clusters[service.name] = Cluster(service.name, settings)
+                cluster = self.clusters[service.name] = Cluster(service.name, settings)
+                if self.background is not None:
+                    cluster.set_background(self.background)
             elif cluster.settings != settings:
                 cluster.configure(settings)
         for name in list(self.clusters):
@@ -224,6 +242,8 @@ class UpstreamRegistry:
         settings = settings_for_app(inbound)
         if self.app is None:
             self.app = Cluster("app", settings)
+            if self.background is not None:
+                self.app.set_background(self.background)
         elif self.app.settings != settings:
             self.app.configure(settings)
 
@@ -246,14 +266,19 @@ class UpstreamRegistry:
                 await cluster.resolve()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Resolve DNS names once, report started, then keep re-resolving and sweeping pools."""
-        with trio.move_on_after(2.0):
-            await self.resolve_due()
-        task_status.started()
-        while True:
-            await trio.sleep(SWEEP_INTERVAL)
-            now = trio.current_time()
+        """Resolve DNS names once, report started, then keep re-resolving and sweeping pools.
+        Its nursery also holds the reader tasks of pooled HTTP/2 connections."""
+        async with trio.open_nursery() as background:
+            self.background = background
             for cluster in self.all_clusters():
-                for endpoint in cluster.endpoints:
-                    endpoint.pool.sweep(now)
-            await self.resolve_due()
+                cluster.set_background(background)
+            with trio.move_on_after(2.0):
+                await self.resolve_due()
+            task_status.started()
+            while True:
+                await trio.sleep(SWEEP_INTERVAL)
+                now = trio.current_time()
+                for cluster in self.all_clusters():
+                    for endpoint in cluster.endpoints:
+                        endpoint.pool.sweep(now)
+                await self.resolve_due()

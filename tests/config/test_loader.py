@@ -380,7 +380,7 @@ SIDECAR_ERRORS = [
         inbound:
           listen: 0.0.0.0:15006
           mode: mtls
-          app_protocol: h2c
+          app_protocol: h3
           app_idle_timeout: soon
         limits:
           max_request_headers: 64KB
@@ -391,7 +391,7 @@ SIDECAR_ERRORS = [
         [
             "1: tls: field required (the inbound listener needs the workload certificate)",
             "5: inbound.mode: invalid value 'mtls' (expected 'strict' or 'permissive')",
-            "6: inbound.app_protocol: invalid value 'h2c' (expected 'http1')",
+            "6: inbound.app_protocol: invalid value 'h3' (expected 'http1' or 'h2c')",
             "7: inbound.app_idle_timeout: invalid duration 'soon' (use e.g. 250ms, 1s, 2m)",
             "9: limits.max_request_headers: invalid size '64KB' (use bytes, or e.g. 64KiB, 1MiB, 2GiB)",
             "10: limits.max_request_body: invalid size -1 (must not be negative)",

@@ -90,3 +90,27 @@ async def test_h2load_thousands_of_requests_without_errors(mesh: Mesh) -> None:
     )
     out = result.stdout.decode()
     assert "2000 succeeded, 0 failed, 0 errored" in out, out
+
+
+async def test_sidecars_multiplex_over_http2_when_the_service_says_auto(mesh: Mesh) -> None:
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol="auto")])
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}, timeout=30) as client:
+        payload = bytes(range(256)) * 1024
+        r = await client.post("/echo", content=payload)
+        assert r.status_code == 200 and r.content == payload
+        statuses: list[int] = []
+
+        async def one(i: int) -> None:
+            statuses.append((await client.get(f"/slow/{20 + i}")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i)
+        assert statuses == [200] * 30
+        r = await client.get("/info")
+        assert header_values(r.json(), "host") == ["orders"]
+    pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
+    assert len(pool.h2_conns) == 1 and pool.idle == []  # all of it on one HTTP/2 connection
+    assert b.runtime.listeners["inbound"].accepted == 1

@@ -1,0 +1,115 @@
+"""`H2Body`: a message body arriving on one HTTP/2 stream, shared by the server and client sides."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from ..http.errors import BodyTooLarge
+from ..http.message import Headers
+
+
+class FlowOwner(Protocol):
+    """The connection a stream belongs to: it returns flow-control credit to the peer."""
+
+    async def acknowledge(self, stream_id: int, flow_controlled: int) -> None: ...
+
+
+class H2Body:
+    """A body arriving on an HTTP/2 stream (a request on the server side, a response on the client
+    side), fed by the connection's reader; reading a chunk acknowledges it to the peer, which is the
+    backpressure: what a stream holds is bounded by its flow-control window."""
+
+    __slots__ = (
+        "_chunks",
+        "_ended",
+        "_error",
+        "_limit",
+        "_on_done",
+        "_owner",
+        "_received",
+        "_stream_id",
+        "_wake",
+        "done",
+        "failed",
+        "length",
+        "trailers",
+    )
+
+    def __init__(
+        self,
+        owner: FlowOwner,
+        stream_id: int,
+        length: int | None,
+        limit: int = 0,
+        on_done: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._owner = owner
+        self._on_done = on_done
+        self._stream_id = stream_id
+        self._chunks: deque[tuple[bytes, int]] = deque()
+        self._wake: trio.Event | None = None
+        self._ended = False
+        self._error: Exception | None = None
+        self._limit = limit
+        self._received = 0
+        self.length = length
+        self.trailers: Headers | None = None
+        self.done = False
+        self.failed = False
+
+    # -- fed by the reader ------------------------------------------------------------------------
+
+    def feed(self, data: bytes, flow_controlled: int) -> None:
+        self._chunks.append((data, flow_controlled))
+        self._notify()
+
+    def end(self, trailers: Headers | None = None) -> None:
+        if trailers is not None:
+            self.trailers = trailers
+        self._ended = True
+        self._notify()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    # -- read by the handler ----------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        while not self._chunks:
+            if self._error is not None:
+                self._finish(failed=True)
+                raise self._error
+            if self._ended or self.done:
+                self._finish(failed=self.failed)
+                return b""
+            self._wake = trio.Event()
+            await self._wake.wait()
+        data, flow_controlled = self._chunks.popleft()
+        await self._owner.acknowledge(self._stream_id, flow_controlled)
+        if self._limit:
+            self._received += len(data)
+            if self._received > self._limit:
+                self._finish(failed=True)
+                raise BodyTooLarge()
+        return data
+
+    def _finish(self, *, failed: bool) -> None:
+        self.done = True
+        self.failed = failed
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(failed)
+
+    async def aclose(self) -> None:
+        if not self.done:
+            self._finish(failed=True)

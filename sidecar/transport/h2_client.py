@@ -1,0 +1,283 @@
+"""HTTP/2 client side of one upstream connection: many requests multiplexed on it at once.
+
+A connection's reader task runs in the registry's nursery (handed over explicitly), because the
+connection outlives any single request. `send()` opens a stream, writes the head and (in the
+request's nursery) the body under flow control, and waits for the response head; the response body
+is an `H2Body` fed by the reader. A stream the peer refused (REFUSED_STREAM, or beyond a GOAWAY's last
+stream id) never reached the app, and says so in the error, so the caller may try elsewhere.
+
+The accounting contract with the pool matches HTTP/1.1's: once `send()` is called,
+`pool.stream_done(conn)` is called exactly once for that request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import structlog
+import trio
+
+from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
+from ..http.h2 import CONNECTION_SPECIFIC
+from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
+from .h2_body import H2Body
+from .wire import RECEIVE_SIZE, close_stream_now
+
+if TYPE_CHECKING:
+    from ..upstream.pool import ConnectionPool
+
+log = structlog.get_logger("sidecar.h2")
+
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class _Exchange:
+    __slots__ = ("body", "error", "headers", "ready", "status")
+
+    def __init__(self) -> None:
+        self.ready = trio.Event()
+        self.status = 0
+        self.headers: Headers | None = None
+        self.body: H2Body | None = None
+        self.error: ProxyError | None = None
+
+
+class H2ClientConnection:
+    def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.stream = stream
+        self.pool = pool
+        self.closed = False
+        self.goaway = False
+        self.idle_since = trio.current_time()
+        self.exchanges = 0  # completed on this connection
+        self._send_lock = trio.StrictFIFOLock()
+        self._exchanges: dict[int, _Exchange] = {}
+        self._windows: dict[int, trio.Event] = {}
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.h2.initiate_connection()
+        await self.flush()
+        nursery.start_soon(self._reader)
+
+    @property
+    def capacity(self) -> int:
+        """How many more streams this connection takes now."""
+        if self.closed or self.goaway:
+            return 0
+        return self.h2.remote_settings.max_concurrent_streams - len(self._exchanges)
+
+    @property
+    def active(self) -> int:
+        """Streams in flight."""
+        return len(self._exchanges)
+
+    def close(self) -> None:
+        self.closed = True
+        close_stream_now(self.stream)
+
+    async def flush(self) -> None:
+        async with self._send_lock:
+            data = self.h2.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+
+    async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(flow_controlled, stream_id)
+            await self.flush()
+        except (h2.exceptions.ProtocolError, *_STREAM_ERRORS):
+            pass
+
+    # -- one request -------------------------------------------------------------------------------
+
+    async def send(self, request: Request) -> Response:
+        h2c = self.h2
+        try:
+            stream_id = h2c.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.goaway = True
+            self.pool.stream_done(self)
+            raise UpstreamReset(detail="connection out of stream ids", refused=True) from None
+        exchange = _Exchange()
+        self._exchanges[stream_id] = exchange
+        body = request.body
+        headers = [
+            (b":method", request.method),
+            (b":scheme", b"https" if self.pool.tls is not None else b"http"),
+            (b":authority", request.authority or b""),
+            (b":path", request.target),
+        ]
+        headers += [(n, v) for n, _, v in request.headers.fields if n not in CONNECTION_SPECIFIC and n != b"host"]
+        try:
+            h2c.send_headers(stream_id, headers, end_stream=body is EMPTY_BODY)
+            await self.flush()
+            if body is not EMPTY_BODY:
+                if request.task_nursery is not None:
+                    request.task_nursery.start_soon(self._pump, stream_id, body)
+                else:
+                    await self._pump(stream_id, body)
+            await exchange.ready.wait()
+        except BaseException:
+            self._forget(stream_id, reset=True)
+            raise
+        if exchange.error is not None:
+            self._forget(stream_id, reset=False)
+            raise exchange.error
+        assert exchange.headers is not None and exchange.body is not None
+        return Response(exchange.status, exchange.headers, exchange.body)
+
+    async def _pump(self, stream_id: int, body: Body) -> None:
+        h2c = self.h2
+        try:
+            while chunk := await body.read():
+                await self._send_data(stream_id, chunk)
+            if body.trailers:
+                h2c.send_headers(stream_id, [(n, v) for n, _, v in body.trailers.fields], end_stream=True)
+            else:
+                h2c.end_stream(stream_id)
+            await self.flush()
+        except (ProxyError, DownstreamGone):
+            self._forget(stream_id, reset=True)
+        except (h2.exceptions.ProtocolError, *_STREAM_ERRORS):
+            pass  # the stream or connection ended: the response side reports it
+
+    async def _send_data(self, stream_id: int, data: bytes) -> None:
+        h2c = self.h2
+        view = memoryview(data)
+        while view:
+            window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+            if window <= 0:
+                waiter = self._windows.get(stream_id)
+                if waiter is None:
+                    waiter = self._windows[stream_id] = trio.Event()
+                await waiter.wait()
+                continue
+            piece, view = view[:window], view[window:]
+            h2c.send_data(stream_id, bytes(piece))
+            await self.flush()
+
+    def _forget(self, stream_id: int, *, reset: bool) -> None:
+        """The exchange on `stream_id` is over (ended, failed or abandoned)."""
+        exchange = self._exchanges.pop(stream_id, None)
+        self._windows.pop(stream_id, None)
+        if exchange is None:
+            return
+        if reset and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        if not self._exchanges:
+            self.idle_since = trio.current_time()
+        self.pool.stream_done(self)
+
+    def _body_done(self, stream_id: int) -> Callable[[bool], None]:
+        def done(failed: bool) -> None:
+            self._forget(stream_id, reset=failed)
+
+        return done
+
+    # -- the reader --------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except _STREAM_ERRORS:
+                    break
+                if not data:
+                    break
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError as exc:
+                    log.info("upstream_h2_protocol_error", error=str(exc))
+                    break
+                for event in events:
+                    self._dispatch(event)
+                try:
+                    await self.flush()
+                except _STREAM_ERRORS:
+                    break
+        finally:
+            self.closed = True
+            for exchange in list(self._exchanges.values()):
+                self._fail(exchange, UpstreamReset(detail="upstream connection closed"))
+            self.pool.connection_closed(self)
+            close_stream_now(self.stream)
+
+    def _fail(self, exchange: _Exchange, error: ProxyError) -> None:
+        if not exchange.ready.is_set():
+            exchange.error = error
+            exchange.ready.set()
+        elif exchange.body is not None:
+            exchange.body.fail(error)
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            exchange = self._exchanges.get(event.stream_id)
+            if exchange is None:
+                return
+            status = 0
+            fields = []
+            for name, value in event.headers:
+                if name == b":status":
+                    status = int(value)
+                elif name[:1] != b":":
+                    fields.append((name, name, value))
+            if 100 <= status < 200:
+                return  # interim
+            if status < 200:
+                self._fail(exchange, UpstreamProtocolError(detail="response without :status"))
+                return
+            headers = Headers(fields)
+            cl = headers.get(b"content-length")
+            length = int(cl) if cl is not None and cl.isdigit() else None
+            exchange.status = status
+            exchange.headers = headers
+            exchange.body = H2Body(self, event.stream_id, length, on_done=self._body_done(event.stream_id))
+            if event.stream_ended is not None:
+                exchange.body.end()
+            exchange.ready.set()
+        elif isinstance(event, h2.events.DataReceived):
+            exchange = self._exchanges.get(event.stream_id)
+            if exchange is not None and exchange.body is not None:
+                exchange.body.feed(event.data, event.flow_controlled_length)
+            else:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            exchange = self._exchanges.get(event.stream_id)
+            if exchange is not None and exchange.body is not None:
+                exchange.body.end(Headers([(n, n, v) for n, v in event.headers]))
+        elif isinstance(event, h2.events.StreamEnded):
+            exchange = self._exchanges.get(event.stream_id)
+            if exchange is not None and exchange.body is not None:
+                exchange.body.end()
+        elif isinstance(event, h2.events.StreamReset):
+            exchange = self._exchanges.get(event.stream_id)
+            if exchange is not None:
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                self._fail(
+                    exchange,
+                    UpstreamReset(detail=f"stream reset ({event.error_code!r})", refused=refused),
+                )
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id == 0:
+                for waiter in self._windows.values():
+                    waiter.set()
+                self._windows.clear()
+            elif event.stream_id in self._windows:
+                self._windows.pop(event.stream_id).set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = True
+            last = event.last_stream_id or 0
+            for stream_id, exchange in list(self._exchanges.items()):
+                if stream_id > last:  # never processed by the peer: safe to try elsewhere
+                    self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
