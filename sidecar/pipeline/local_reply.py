@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import structlog
 
-from ..http.errors import ProxyError
+from ..http.errors import DownstreamGone, ProxyError
 from ..http.message import BytesBody, Headers, Request, Response
 from .handler import Handler
 
@@ -27,6 +27,20 @@ def error_response(error: ProxyError) -> Response:
     if error.reason == "overflow":
         headers.add(b"x-sidecar-overloaded", b"true")
     return Response(error.status, headers, BytesBody(text))
+
+
+async def call_guarded(handler: Handler, request: Request) -> Response:
+    """What a protocol server calls: the handler, with anything that escapes it answered here too
+    (a ProxyError as its SPEC reply, a bug as a plain 500); a vanished client is passed on."""
+    try:
+        return await handler(request)
+    except ProxyError as error:
+        return error_response(error)
+    except DownstreamGone:
+        raise
+    except Exception:
+        log.exception("handler_failed")
+        return error_response(ProxyError())
 
 
 def local_reply(inner: Handler) -> Handler:

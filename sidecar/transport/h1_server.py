@@ -30,7 +30,7 @@ from ..http.h1 import (
 )
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response
 from ..pipeline.handler import Handler
-from ..pipeline.local_reply import error_response
+from ..pipeline.local_reply import call_guarded, error_response
 from .body import WireBody
 from .listener import ConnectionTimer, Listener
 from .wire import Wire
@@ -236,15 +236,7 @@ class H1Server:
             raise DownstreamGone("client went away") from None
 
     async def _call(self, request: Request) -> Response:
-        try:
-            return await self.handler(request)
-        except ProxyError as error:
-            return error_response(error)
-        except DownstreamGone:
-            raise
-        except Exception:
-            log.exception("handler_failed")
-            return error_response(ProxyError())
+        return await call_guarded(self.handler, request)
 
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
         """Write `response`; returns whether the connection stays open."""

@@ -25,7 +25,7 @@ from ..http.errors import BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyEr
 from ..http.h2 import header_list_size, request_from_h2, response_to_h2, trailers_to_h2
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, Response
 from ..pipeline.handler import Handler
-from ..pipeline.local_reply import error_response
+from ..pipeline.local_reply import call_guarded, error_response
 from .h1_server import ServerLimits
 from .h2_body import H2Body
 from .listener import ConnectionTimer, Listener
@@ -263,15 +263,7 @@ class H2Server:
                     pass
 
     async def _call(self, request: Request) -> Response:
-        try:
-            return await self.handler(request)
-        except ProxyError as error:
-            return error_response(error)
-        except DownstreamGone:
-            raise
-        except Exception:
-            log.exception("handler_failed")
-            return error_response(ProxyError())
+        return await call_guarded(self.handler, request)
 
     async def _respond(self, stream_id: int, method: bytes, response: Response) -> None:
         h2c = self.h2
