@@ -4,6 +4,7 @@ processes where the test needs a process: signals, memory), origins served by hy
 from __future__ import annotations
 
 import os
+import random
 import socket
 import ssl
 import subprocess
@@ -30,9 +31,17 @@ SIDECAR_BIN = [sys.executable, "-m", "sidecar"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port to listen on, chosen below the kernel's ephemeral range: a port picked by bind(0) is
+    ephemeral, and an outgoing connection may take it again before the sidecar binds it."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    while True:
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 TRUST_DOMAIN = "mesh.local"
