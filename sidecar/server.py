@@ -35,6 +35,7 @@ from .upstream.registry import UpstreamRegistry
 log = structlog.get_logger("sidecar.server")
 
 H2_PREFACE_START = b"PRI * HTTP/2.0"
+PREFACE_WAIT = 0.005  # seconds between looks at a preface that arrived in pieces (rare)
 
 
 class Runtime:
@@ -93,15 +94,27 @@ class Runtime:
     async def _serve_plaintext(
         self, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener
     ) -> None:
-        with trio.move_on_after(self.limits.header_read_timeout):
-            try:
-                first = await stream.peek(len(H2_PREFACE_START))
-            except trio.BrokenResourceError:
-                return
-            if first == H2_PREFACE_START:  # prior-knowledge h2c (an HTTP/1 request never starts so)
-                await H2Server(stream, conn, handler, self.limits, listener).serve()
-                return
-        await H1Server(stream, conn, handler, self.limits, listener).serve()
+        """HTTP/1.1, or HTTP/2 when the connection opens with the h2c preface (prior knowledge).
+        Only the sniffing is bounded by the header read timeout; the protocol servers bound the rest."""
+        h2 = False
+        with trio.move_on_after(self.limits.header_read_timeout) as deadline:
+            while True:
+                try:
+                    first = await stream.peek(len(H2_PREFACE_START))
+                except trio.BrokenResourceError:
+                    return
+                if not first:
+                    return
+                if first[: len(H2_PREFACE_START)] != H2_PREFACE_START[: len(first)]:
+                    break  # not the preface: HTTP/1.x (no HTTP/1 request starts with "PRI * HTTP/2.0")
+                if len(first) >= len(H2_PREFACE_START):
+                    h2 = True
+                    break
+                await trio.sleep(PREFACE_WAIT)  # a preface split across packets: look again shortly
+        if deadline.cancelled_caught:
+            return
+        server = H2Server if h2 else H1Server
+        await server(stream, conn, handler, self.limits, listener).serve()
 
     def _serve_inbound(self, listener: Listener, handler: Handler) -> ConnectionHandler:
         """Inbound connections: TLS first (strict, or sniffed in permissive mode), then HTTP."""

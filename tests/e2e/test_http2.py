@@ -114,3 +114,43 @@ async def test_sidecars_multiplex_over_http2_when_the_service_says_auto(mesh: Me
     pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
     assert len(pool.h2_conns) == 1 and pool.idle == []  # all of it on one HTTP/2 connection
     assert b.runtime.listeners["inbound"].accepted == 1
+
+
+async def test_an_h2c_connection_outlives_the_header_read_timeout(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin)], limits={"header_read_timeout": "300ms"})
+    async with httpx.AsyncClient(http1=False, http2=True, base_url=sc.outbound_url, headers={"host": "orders"}) as c:
+        r = await c.get("/slow/900")  # longer than the header read timeout: the stream is busy, not idle
+        assert r.status_code == 200
+        r = await c.get("/info")
+        assert r.status_code == 200
+
+
+async def test_h2c_preface_split_across_packets(mesh: Mesh) -> None:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin)])
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(
+        1,
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"orders"), (b":path", b"/info")],
+        end_stream=True,
+    )
+    data = client.data_to_send()
+    stream = await trio.open_tcp_stream("127.0.0.1", sc.outbound)
+    await stream.send_all(data[:6])  # "PRI * " ...
+    await trio.sleep(0.05)
+    await stream.send_all(data[6:])
+    status = None
+    with trio.fail_after(10):
+        while status is None:
+            for event in client.receive_data(await stream.receive_some(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+            await stream.send_all(client.data_to_send())
+    assert status == b"200"
+    await stream.aclose()
