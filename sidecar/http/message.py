@@ -150,7 +150,6 @@ class Request:
     """
 
     __slots__ = (
-        "attempt",
         "authority",
         "body",
         "conn",
@@ -162,7 +161,6 @@ class Request:
         "scheme",
         "target",
         "task_nursery",
-        "timeout",
     )
 
     def __init__(
@@ -189,8 +187,6 @@ class Request:
         self.path: bytes = target if q < 0 else target[:q]
         self.host: str = host_of(authority) if authority else ""
         self.task_nursery: Any = None
-        self.timeout: float | None = None  # a route's override of the service's request timeout
-        self.attempt = 0
 
 
 class Response:

@@ -14,13 +14,26 @@ import contextlib
 import errno
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from .tls_socket import TlsStream
 
 YIELD_EVERY = 8  # consecutive operations that did not wait before we yield anyway (fairness)
 RECEIVE_SIZE = 65536
 
 _BROKEN = (ConnectionError, TimeoutError)
+
+
+async def fair_yield(stream: TcpStream | TlsStream) -> None:
+    """Yield to the scheduler every YIELD_EVERY operations that completed without waiting, so a
+    pair of fast peers never starves the other connections (used as a method by both streams)."""
+    stream._streak += 1
+    if stream._streak >= YIELD_EVERY:
+        stream._streak = 0
+        await trio.lowlevel.checkpoint()
 
 
 class TcpStream(trio.abc.HalfCloseableStream):
@@ -55,11 +68,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
             except _BROKEN as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
 
-    async def _fair(self) -> None:
-        self._streak += 1
-        if self._streak >= YIELD_EVERY:
-            self._streak = 0
-            await trio.lowlevel.checkpoint()
+    _fair = fair_yield
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:

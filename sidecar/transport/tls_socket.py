@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .tcp import RECEIVE_SIZE, YIELD_EVERY, TcpStream
+from .tcp import RECEIVE_SIZE, TcpStream, fair_yield
 
 _BROKEN = (ssl.SSLError, ConnectionError, TimeoutError)
 
@@ -90,11 +90,7 @@ class TlsStream(trio.abc.Stream):
             except OSError as exc:
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
 
-    async def _fair(self) -> None:
-        self._streak += 1
-        if self._streak >= YIELD_EVERY:
-            self._streak = 0
-            await trio.lowlevel.checkpoint()
+    _fair = fair_yield
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
