@@ -1,7 +1,12 @@
-"""HTTP/2 ⇄ the message model, sans-IO: pseudo-headers, connection-specific fields, Host/:authority.
+"""HTTP/2 ⇄ the message model, sans-IO: pseudo-headers, connection-specific fields, Host/:authority,
+and the header-name casing carried across a sidecar-to-sidecar HTTP/2 hop.
 
 h2 (the state machine) does the framing; this module only translates header lists. HTTP/2 field names
-are lower-case by definition, so the raw name equals the lookup name. No trio import here.
+are lower-case by definition. SPEC §4 keeps an HTTP/1.1 client's header-name casing all the way to an
+HTTP/1.1 app, so when both ends of an HTTP/2 hop are sidecars (mutual TLS), the sender lists the
+names whose casing is not lower-case in one internal field, `x-sidecar-header-case`, and the receiver
+puts that casing back and drops the field. From any other peer the field is dropped unread.
+No trio import here.
 """
 
 from __future__ import annotations
@@ -17,6 +22,59 @@ CONNECTION_SPECIFIC = frozenset(
 )
 
 
+# Internal: the HTTP/1.1 casing of the names in this header block (comma-separated), mesh hops only.
+HEADER_CASE = b"x-sidecar-header-case"
+
+
+def case_hint(fields: list[Field]) -> bytes | None:
+    """The `x-sidecar-header-case` value for these fields: their names not in lower case, each once."""
+    cased: list[bytes] = []
+    for lname, raw, _ in fields:
+        if raw != lname and raw not in cased and lname != HEADER_CASE:
+            cased.append(raw)
+    return b",".join(cased) if cased else None
+
+
+def restore_case(fields: list[Field], hint: bytes) -> list[Field]:
+    """The fields with the names listed in `hint` given back their casing."""
+    casing = {raw.lower(): raw for raw in hint.split(b",") if raw}
+    return [(lname, casing.get(lname, raw), value) for lname, raw, value in fields]
+
+
+def fields_from_h2(pairs: Iterable[tuple[bytes, bytes]], *, from_mesh: bool) -> list[Field]:
+    """Regular fields of a received header block (response head or trailers), with the sending
+    sidecar's casing put back when the peer is a sidecar; pseudo-headers are skipped."""
+    fields: list[Field] = []
+    hint = None
+    for name, value in pairs:
+        if name[:1] == b":":
+            continue
+        if name == HEADER_CASE:
+            hint = value
+            continue
+        fields.append((name, name, value))
+    if hint is not None and from_mesh:
+        return restore_case(fields, hint)
+    return fields
+
+
+_NOT_SENT = CONNECTION_SPECIFIC | {HEADER_CASE}
+_NOT_SENT_IN_REQUESTS = _NOT_SENT | {b"host"}  # carried as :authority
+
+
+def fields_to_h2(fields: list[Field], *, to_mesh: bool, request: bool = False) -> list[tuple[bytes, bytes]]:
+    """Regular fields to send: connection-specific ones dropped (and `host` from a request, which
+    travels as :authority), and on a hop to another sidecar the casing hint appended when some name
+    is not lower case."""
+    skip = _NOT_SENT_IN_REQUESTS if request else _NOT_SENT
+    out = [(lname, value) for lname, _, value in fields if lname not in skip]
+    if to_mesh:
+        hint = case_hint(fields)
+        if hint is not None:
+            out.append((HEADER_CASE, hint))
+    return out
+
+
 class RequestHeadH2:
     """The pseudo-headers of a request and its regular fields (with a `host` field guaranteed)."""
 
@@ -30,11 +88,13 @@ class RequestHeadH2:
         self.headers = headers
 
 
-def request_from_h2(pairs: Iterable[tuple[bytes, bytes]]) -> RequestHeadH2:
-    """Split an h2 request header list; raises BadRequest for a malformed one."""
+def request_from_h2(pairs: Iterable[tuple[bytes, bytes]], *, from_mesh: bool = False) -> RequestHeadH2:
+    """Split an h2 request header list; raises BadRequest for a malformed one. `from_mesh`: the peer
+    is a verified sidecar, whose casing hint is honoured."""
     method = path = authority = scheme = None
     fields: list[Field] = []
     host: bytes | None = None
+    hint = None
     for name, value in pairs:
         if name[:1] == b":":
             if fields:
@@ -56,6 +116,9 @@ def request_from_h2(pairs: Iterable[tuple[bytes, bytes]]) -> RequestHeadH2:
             raise BadRequest("te other than trailers in HTTP/2")
         if name == b"host":
             host = value
+        elif name == HEADER_CASE:
+            hint = value
+            continue
         fields.append((name, name, value))
     if method is None or (method != b"CONNECT" and (path is None or scheme is None)):
         raise BadRequest("missing pseudo-header")
@@ -63,20 +126,18 @@ def request_from_h2(pairs: Iterable[tuple[bytes, bytes]]) -> RequestHeadH2:
         authority = host
     if host is None and authority is not None:
         fields.insert(0, (b"host", b"host", authority))  # HTTP/1.1 upstreams need Host
+    if hint is not None and from_mesh:
+        fields = restore_case(fields, hint)
     return RequestHeadH2(method, path or b"/", authority, scheme or b"http", Headers(fields))
 
 
-def response_to_h2(status: int, headers: Headers) -> list[tuple[bytes, bytes]]:
+def response_to_h2(status: int, headers: Headers, *, to_mesh: bool = False) -> list[tuple[bytes, bytes]]:
     """The header list of a response sent over HTTP/2: `:status` first, connection fields dropped."""
-    out = [(b":status", str(status).encode())]
-    for lname, _, value in headers.fields:
-        if lname not in CONNECTION_SPECIFIC:
-            out.append((lname, value))
-    return out
+    return [(b":status", str(status).encode()), *fields_to_h2(headers.fields, to_mesh=to_mesh)]
 
 
-def trailers_to_h2(trailers: Headers) -> list[tuple[bytes, bytes]]:
-    return [(lname, value) for lname, _, value in trailers.fields if lname not in CONNECTION_SPECIFIC]
+def trailers_to_h2(trailers: Headers, *, to_mesh: bool = False) -> list[tuple[bytes, bytes]]:
+    return fields_to_h2(trailers.fields, to_mesh=to_mesh)
 
 
 def header_list_size(pairs: Iterable[tuple[bytes, bytes]]) -> int:

@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
-from ..http.h2 import CONNECTION_SPECIFIC
+from ..http.h2 import fields_from_h2, fields_to_h2
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
 from .h2_body import H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
@@ -55,6 +55,7 @@ class H2ClientConnection:
         self.h2 = h2.connection.H2Connection(config=config)
         self.stream = stream
         self.pool = pool
+        self.mesh_peer = pool.tls is not None and pool.tls.mutual  # a sidecar: header casing is carried
         self.closed = False
         self.goaway = False
         self.idle_since = trio.current_time()
@@ -116,7 +117,7 @@ class H2ClientConnection:
             (b":authority", request.authority or b""),
             (b":path", request.target),
         ]
-        headers += [(n, v) for n, _, v in request.headers.fields if n not in CONNECTION_SPECIFIC and n != b"host"]
+        headers += fields_to_h2(request.headers.fields, to_mesh=self.mesh_peer, request=True)
         try:
             h2c.send_headers(stream_id, headers, end_stream=body is EMPTY_BODY)
             await self.flush()
@@ -141,7 +142,7 @@ class H2ClientConnection:
             while chunk := await body.read():
                 await self._send_data(stream_id, chunk)
             if body.trailers:
-                h2c.send_headers(stream_id, [(n, v) for n, _, v in body.trailers.fields], end_stream=True)
+                h2c.send_headers(stream_id, fields_to_h2(body.trailers.fields, to_mesh=self.mesh_peer), end_stream=True)
             else:
                 h2c.end_stream(stream_id)
             await self.flush()
@@ -226,12 +227,11 @@ class H2ClientConnection:
             if exchange is None:
                 return
             status = 0
-            fields = []
             for name, value in event.headers:
                 if name == b":status":
                     status = int(value)
-                elif name[:1] != b":":
-                    fields.append((name, name, value))
+                    break
+            fields = fields_from_h2(event.headers, from_mesh=self.mesh_peer)
             if 100 <= status < 200:
                 return  # interim
             if status < 200:
@@ -255,7 +255,7 @@ class H2ClientConnection:
         elif isinstance(event, h2.events.TrailersReceived):
             exchange = self._exchanges.get(event.stream_id)
             if exchange is not None and exchange.body is not None:
-                exchange.body.end(Headers([(n, n, v) for n, v in event.headers]))
+                exchange.body.end(Headers(fields_from_h2(event.headers, from_mesh=self.mesh_peer)))
         elif isinstance(event, h2.events.StreamEnded):
             exchange = self._exchanges.get(event.stream_id)
             if exchange is not None and exchange.body is not None:

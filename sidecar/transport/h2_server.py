@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from ..http.errors import BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
-from ..http.h2 import header_list_size, request_from_h2, response_to_h2, trailers_to_h2
+from ..http.h2 import fields_from_h2, header_list_size, request_from_h2, response_to_h2, trailers_to_h2
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, Response
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
@@ -53,6 +53,7 @@ class H2Server:
         self.limits = limits
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
+        self.mesh_peer = conn.peer_identity is not None  # a verified sidecar: header casing is carried
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
         self.h2 = h2.connection.H2Connection(config=config)
         self.timer = ConnectionTimer()
@@ -172,7 +173,7 @@ class H2Server:
         elif isinstance(event, h2.events.TrailersReceived):
             body = self._bodies.get(event.stream_id)
             if body is not None:
-                body.end(Headers([(n, n, v) for n, v in event.headers]))
+                body.end(Headers(fields_from_h2(event.headers, from_mesh=self.mesh_peer)))
         elif isinstance(event, h2.events.StreamReset):
             body = self._bodies.get(event.stream_id)
             if body is not None:
@@ -204,7 +205,7 @@ class H2Server:
         try:
             if header_list_size(pairs) > self.limits.max_request_headers:
                 raise HeadersTooLarge()
-            head = request_from_h2(pairs)
+            head = request_from_h2(pairs, from_mesh=self.mesh_peer)
             ended = event.stream_ended is not None
             body: Body = EMPTY_BODY
             if not ended:
@@ -269,7 +270,7 @@ class H2Server:
         h2c = self.h2
         body = response.body
         try:
-            headers = response_to_h2(response.status, response.headers)
+            headers = response_to_h2(response.status, response.headers, to_mesh=self.mesh_peer)
             if method == b"HEAD" or response.status in _NO_BODY_STATUS:
                 h2c.send_headers(stream_id, headers, end_stream=True)
                 await self.flush()
@@ -297,7 +298,7 @@ class H2Server:
                     await self.flush()
                     return
             if body.trailers:
-                h2c.send_headers(stream_id, trailers_to_h2(body.trailers), end_stream=True)
+                h2c.send_headers(stream_id, trailers_to_h2(body.trailers, to_mesh=self.mesh_peer), end_stream=True)
             else:
                 h2c.end_stream(stream_id)
             await self.flush()

@@ -6,10 +6,17 @@ import hashlib
 import uuid
 
 import httpx
+import pytest
 import trio
 
 from .apps import RawOrigin, header_values
 from .conftest import Mesh, mesh_service
+
+
+@pytest.fixture(params=["http1", "auto"])
+def hop(request: pytest.FixtureRequest) -> str:
+    """The sidecar-to-sidecar protocol: HTTP/1.1, or HTTP/2 chosen by ALPN."""
+    return str(request.param)
 
 
 async def two_sidecars(mesh: Mesh, app_port: int, **service_fields: object) -> tuple[object, object]:
@@ -18,9 +25,9 @@ async def two_sidecars(mesh: Mesh, app_port: int, **service_fields: object) -> t
     return a, b
 
 
-async def test_forwarding_headers_across_both_hops(mesh: Mesh) -> None:
+async def test_forwarding_headers_across_both_hops(hop: str, mesh: Mesh) -> None:
     app = await mesh.origin()
-    a, _ = await two_sidecars(mesh, app)
+    a, _ = await two_sidecars(mesh, app, protocol=hop)
     async with httpx.AsyncClient(base_url=a.outbound_url) as client:
         r = await client.get(
             "/info",
@@ -50,17 +57,17 @@ async def test_forwarding_headers_across_both_hops(mesh: Mesh) -> None:
     assert header_values(info, "host") == ["orders"]
 
 
-async def test_request_id_is_kept_when_present(mesh: Mesh) -> None:
+async def test_request_id_is_kept_when_present(hop: str, mesh: Mesh) -> None:
     app = await mesh.origin()
-    a, _ = await two_sidecars(mesh, app)
+    a, _ = await two_sidecars(mesh, app, protocol=hop)
     async with httpx.AsyncClient(base_url=a.outbound_url) as client:
         r = await client.get("/info", headers={"host": "orders", "x-request-id": "abc-123"})
     assert header_values(r.json(), "x-request-id") == ["abc-123"]
 
 
-async def test_bodies_stream_both_ways(mesh: Mesh) -> None:
+async def test_bodies_stream_both_ways(hop: str, mesh: Mesh) -> None:
     app = await mesh.origin()
-    a, _ = await two_sidecars(mesh, app)
+    a, _ = await two_sidecars(mesh, app, protocol=hop)
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}, timeout=30) as client:
         for size in (0, 1, 65535, 65537, 1024 * 1024):
             payload = bytes(i % 251 for i in range(size))
@@ -78,14 +85,14 @@ async def test_bodies_stream_both_ways(mesh: Mesh) -> None:
         assert r.content == b"x" * 3_000_000
 
 
-async def test_header_name_casing_is_kept_end_to_end(mesh: Mesh, nursery: trio.Nursery) -> None:
+async def test_header_name_casing_is_kept_end_to_end(hop: str, mesh: Mesh, nursery: trio.Nursery) -> None:
     async def respond(stream: trio.SocketStream, head: bytes, origin: RawOrigin) -> bool:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Legacy-Header: Yes\r\ncontent-length: 2\r\n\r\nok")
         return True
 
     origin = RawOrigin(respond)
     port = await nursery.start(origin.serve)
-    a, _ = await two_sidecars(mesh, port)
+    a, _ = await two_sidecars(mesh, port, protocol=hop)
     stream = await trio.open_tcp_stream("127.0.0.1", a.outbound)
     await stream.send_all(b"GET /x HTTP/1.1\r\nHost: orders\r\nX-MiXeD-CaSe: 1\r\nACCEPT: */*\r\n\r\n")
     reply = await _read_until(stream, b"ok")
@@ -105,7 +112,7 @@ async def _read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
     return data
 
 
-async def test_chunked_trailers_pass_through_both_ways(mesh: Mesh, nursery: trio.Nursery) -> None:
+async def test_chunked_trailers_pass_through_both_ways(hop: str, mesh: Mesh, nursery: trio.Nursery) -> None:
     received: list[bytes] = []
 
     async def respond(stream: trio.SocketStream, head: bytes, origin: RawOrigin) -> bool:
@@ -123,7 +130,7 @@ async def test_chunked_trailers_pass_through_both_ways(mesh: Mesh, nursery: trio
 
     origin = RawOrigin(respond)
     port = await nursery.start(origin.serve)
-    a, _ = await two_sidecars(mesh, port)
+    a, _ = await two_sidecars(mesh, port, protocol=hop)
     stream = await trio.open_tcp_stream("127.0.0.1", a.outbound)
     await stream.send_all(
         b"POST /upload HTTP/1.1\r\nHost: orders\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -136,14 +143,14 @@ async def test_chunked_trailers_pass_through_both_ways(mesh: Mesh, nursery: trio
     assert received[0] == b"5\r\nhello\r\n0\r\nX-Request-Sum: 42\r\n\r\n"
 
 
-async def test_keep_alive_is_reused_on_both_sides(mesh: Mesh, nursery: trio.Nursery) -> None:
+async def test_keep_alive_is_reused_on_both_sides(hop: str, mesh: Mesh, nursery: trio.Nursery) -> None:
     async def respond(stream: trio.SocketStream, head: bytes, origin: RawOrigin) -> bool:
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         return True
 
     origin = RawOrigin(respond)
     port = await nursery.start(origin.serve)
-    a, b = await two_sidecars(mesh, port)
+    a, b = await two_sidecars(mesh, port, protocol=hop)
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         for _ in range(25):
             assert (await client.get("/")).text == "ok"
@@ -153,9 +160,9 @@ async def test_keep_alive_is_reused_on_both_sides(mesh: Mesh, nursery: trio.Nurs
     assert len(origin.heads) == 25
 
 
-async def test_head_204_and_304_carry_no_body(mesh: Mesh) -> None:
+async def test_head_204_and_304_carry_no_body(hop: str, mesh: Mesh) -> None:
     app = await mesh.origin()
-    a, _ = await two_sidecars(mesh, app)
+    a, _ = await two_sidecars(mesh, app, protocol=hop)
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         r = await client.head("/bytes/1000")
         assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "1000"
@@ -167,9 +174,9 @@ async def test_head_204_and_304_carry_no_body(mesh: Mesh) -> None:
         assert r.status_code == 200 and r.json()["path"] == "/info"
 
 
-async def test_expect_100_continue_with_curl(mesh: Mesh, tmp_path: object) -> None:
+async def test_expect_100_continue_with_curl(hop: str, mesh: Mesh, tmp_path: object) -> None:
     app = await mesh.origin()
-    a, _ = await two_sidecars(mesh, app)
+    a, _ = await two_sidecars(mesh, app, protocol=hop)
     payload = bytes(range(256)) * 4096  # 1 MiB
     path = trio.Path(str(tmp_path)) / "payload.bin"
     await path.write_bytes(payload)
