@@ -4,6 +4,7 @@
     python bench/run.py --quick         # smoke run, about a minute
     python bench/run.py --duration 5 --setups sidecar-1
     python bench/run.py --profile       # one-sidecar requests/s step under py-spy (or: --profile cprofile)
+    python bench/run.py --profile cprofile --profile-step h2   # the one-sidecar h2load step instead
 
 See bench/README.md for what each figure means. This file only wires the pieces in bench/harness/.
 """
@@ -43,7 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="?",
         const="py-spy",
         choices=["py-spy", "cprofile"],
-        help="only profile the one-sidecar requests/s step (default profiler: py-spy)",
+        help="only profile one load step of one sidecar (default profiler: py-spy)",
+    )
+    parser.add_argument(
+        "--profile-step",
+        choices=["rps", "h2"],
+        default="rps",
+        help="which step --profile runs: wrk requests/s (default) or h2load over HTTP/2",
     )
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv", help="venv with the sidecar installed")
     parser.add_argument("--keep-temp", action="store_true", help="keep configs and logs of the run")
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher = SidecarLauncher.default(args.venv, proxy_core)
             bench = Bench(paths, run_dir, args.venv, origin, launcher, loadgen_core, proxy_core)
             if args.profile:
-                return profiling.run(bench, args.profile, timing, RESULTS, stamp)
+                return profiling.run(bench, args.profile, args.profile_step, timing, RESULTS, stamp)
             estimate = len(setups) * (timing.warmup + STEPS_PER_SETUP * timing.duration + 2)
             print(f"bench: {len(setups)} setups, about {estimate} s; temp dir {run_dir}", flush=True)
             results = run_setups(bench, setups, timing)

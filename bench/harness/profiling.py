@@ -1,4 +1,5 @@
-"""`--profile`: the one-sidecar requests/s step under a profiler, to see where the proxy spends time.
+"""`--profile`: one load step of one sidecar under a profiler, to see where the proxy spends time.
+The step is wrk's requests/s (`--profile-step rps`) or h2load over HTTP/2 (`--profile-step h2`).
 
 Two profilers:
   py-spy    (default) attaches to the running sidecar by PID from the load-generator core, samples
@@ -26,12 +27,12 @@ from harness.setups import Bench, Front, one_sidecar
 from harness.sidecars import SidecarLauncher
 
 
-def run(bench: Bench, tool: str, timing: measure.Timing, out_dir: Path, stamp: str) -> int:
-    """Profile the one-sidecar requests/s step; returns the process exit code."""
+def run(bench: Bench, tool: str, step: str, timing: measure.Timing, out_dir: Path, stamp: str) -> int:
+    """Profile one step ("rps" or "h2") of one sidecar; returns the process exit code."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if tool == "cprofile":
-        return run_cprofile(bench, timing, out_dir / f"profile-{stamp}.pstats")
-    return run_pyspy(bench, timing, out_dir / f"profile-{stamp}.svg")
+        return run_cprofile(bench, step, timing, out_dir / f"profile-{step}-{stamp}.pstats")
+    return run_pyspy(bench, step, timing, out_dir / f"profile-{step}-{stamp}.svg")
 
 
 def start_sidecar(bench: Bench, procs: ProcessSet, timing: measure.Timing) -> Front:
@@ -42,13 +43,17 @@ def start_sidecar(bench: Bench, procs: ProcessSet, timing: measure.Timing) -> Fr
     return front
 
 
-def rps_step(bench: Bench, front: Front, timing: measure.Timing) -> None:
+def load_step(bench: Bench, front: Front, step: str, timing: measure.Timing) -> None:
     result = measure.SetupResult("sidecar-1", "1 sidecar")
-    measure.step_rps(bench, front, timing, result)
-    rps, per_cpu = result.figures["rps"], result.figures["req_per_cpu_s"]
-    print(f"bench: under the profiler: {rps:,.0f} requests/s, {per_cpu or 0:,.0f} requests per proxy CPU-s")
-    if result.notes:
-        print(f"bench: note: {result.notes['rps']}")
+    if step == "h2":
+        measure.step_h2(bench, front, timing, result)
+        print(f"bench: under the profiler: {result.figures['h2_rps'] or 0:,.0f} HTTP/2 requests/s")
+    else:
+        measure.step_rps(bench, front, timing, result)
+        rps, per_cpu = result.figures["rps"], result.figures["req_per_cpu_s"]
+        print(f"bench: under the profiler: {rps:,.0f} requests/s, {per_cpu or 0:,.0f} requests per proxy CPU-s")
+    for note in result.notes.values():
+        print(f"bench: note: {note}")
 
 
 def pyspy_binary(venv: Path) -> str:
@@ -60,7 +65,7 @@ def pyspy_binary(venv: Path) -> str:
     return str(candidate) if candidate.exists() else str(shutil.which("py-spy"))
 
 
-def run_pyspy(bench: Bench, timing: measure.Timing, out: Path) -> int:
+def run_pyspy(bench: Bench, step: str, timing: measure.Timing, out: Path) -> int:
     pyspy = pyspy_binary(bench.venv)
     with ProcessSet(bench.run_dir) as procs:
         try:
@@ -70,7 +75,7 @@ def run_pyspy(bench: Bench, timing: measure.Timing, out: Path) -> int:
         argv = [pyspy, "record", "--nonblocking", "--pid", str(front.proxies[0].pid)]
         argv += ["--duration", str(timing.duration), "--output", str(out)]
         recorder = procs.start("py-spy", pinned(bench.loadgen_core, argv), stop_signal=signal.SIGINT)
-        rps_step(bench, front, timing)
+        load_step(bench, front, step, timing)
         with contextlib.suppress(subprocess.TimeoutExpired):
             recorder.popen.wait(timeout=30)
         if recorder.popen.returncode != 0 or not out.exists():
@@ -80,7 +85,7 @@ def run_pyspy(bench: Bench, timing: measure.Timing, out: Path) -> int:
     return 0
 
 
-def run_cprofile(bench: Bench, timing: measure.Timing, out: Path) -> int:
+def run_cprofile(bench: Bench, step: str, timing: measure.Timing, out: Path) -> int:
     python = str(bench.venv / "bin" / "python")
     command = [python, "-m", "cProfile", "-o", str(out), "-m", "sidecar"]
     launcher = SidecarLauncher(command, bench.proxy_core, stop_signal=signal.SIGINT, stop_timeout=30.0)
@@ -89,7 +94,7 @@ def run_cprofile(bench: Bench, timing: measure.Timing, out: Path) -> int:
             front = start_sidecar(replace(bench, launcher=launcher), procs, timing)
         except StartFailed as exc:
             return report_failure(exc)
-        rps_step(bench, front, timing)
+        load_step(bench, front, step, timing)
         procs.stop(front.proxies[0])  # SIGINT: cProfile writes the file as the sidecar exits
     if not out.exists():
         print(f"bench: the sidecar exited without writing {out}")
