@@ -2,7 +2,8 @@
 
 local_reply   SPEC §5 replies for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
-call          the local app's pooled connections (closed after app_idle_timeout)
+call          the local app's pooled connections (closed after app_idle_timeout), request timeout
+              capped by a gRPC caller's grpc-timeout
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..http.errors import NoHealthyUpstream
+from ..http.grpc import capped_timeout
 from ..http.message import Request, Response
 from ..pipeline.authz import authorize, forward_client_cert
 from ..pipeline.forwarding import forwarding
@@ -26,7 +28,7 @@ def inbound_handler(runtime: Runtime) -> Handler:
         app = runtime.registry.app
         if app is None:
             raise NoHealthyUpstream(detail="no inbound app configured")
-        return await call_cluster(app, request, app.settings.request_timeout)
+        return await call_cluster(app, request, capped_timeout(app.settings.request_timeout, request.headers))
 
     return compose(
         local_reply,

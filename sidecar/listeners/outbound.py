@@ -3,7 +3,7 @@
 local_reply   SPEC §5 replies for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id
 route         host (+ path, headers) -> service, weighted split, route timeout
-call          endpoint pick, pooled connection, request timeout
+call          endpoint pick, pooled connection, request timeout (capped by a gRPC caller's grpc-timeout)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..http.errors import NoRoute
+from ..http.grpc import capped_timeout
 from ..http.message import Request, Response
 from ..pipeline.forwarding import forwarding
 from ..pipeline.handler import Handler, compose
@@ -30,7 +31,7 @@ def outbound_handler(runtime: Runtime) -> Handler:
         if cluster is None:
             raise NoRoute(detail=f"service {destination.service!r} is not configured")
         request.headers.set(b"x-sidecar-attempt", FIRST_ATTEMPT)
-        timeout = destination.timeout or cluster.settings.request_timeout
+        timeout = capped_timeout(destination.timeout or cluster.settings.request_timeout, request.headers)
         return await call_cluster(cluster, request, timeout)
 
     return compose(local_reply, forwarding, terminal=route_and_call)

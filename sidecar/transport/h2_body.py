@@ -74,6 +74,8 @@ class H2Body:
         self._notify()
 
     def fail(self, error: Exception) -> None:
+        if self._ended:  # complete already: a reset after the end (e.g. RST_STREAM NO_ERROR) loses nothing
+            return
         self._error = error
         self._notify()
 

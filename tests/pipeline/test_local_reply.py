@@ -119,3 +119,33 @@ async def test_layer_does_not_swallow_other_exceptions() -> None:
 
     with pytest.raises(RuntimeError):
         await local_reply(inner)(_request())
+
+
+GRPC_CODES = {
+    "bad_request": b"13",
+    "unauthorized": b"7",
+    "no_route": b"12",
+    "too_large": b"8",
+    "upstream_connect_failure": b"14",
+    "upstream_reset": b"14",
+    "upstream_protocol_error": b"13",
+    "no_healthy_upstream": b"14",
+    "upstream_timeout": b"4",
+}
+
+
+@pytest.mark.parametrize(("cls", "status", "reason"), EXPECTED)
+async def test_toward_a_grpc_client_the_reply_is_a_grpc_error(cls: type[ProxyError], status: int, reason: str) -> None:
+    async def inner(request: Request) -> Response:
+        raise cls(detail="secret 10.0.0.1")
+
+    request = _request()
+    request.headers.add(b"Content-Type", b"application/grpc+proto")
+    response = await local_reply(inner)(request)
+    assert response.status == 200  # gRPC clients read the outcome from grpc-status
+    assert response.headers.get(b"content-type") == b"application/grpc"
+    assert response.headers.get(b"grpc-status") == GRPC_CODES[reason]
+    assert response.headers.get(b"grpc-message") == cls.default_message.encode()  # printable ASCII as is
+    assert response.headers.get(b"x-sidecar-reason") == reason.encode()
+    assert await _body_bytes(response) == b""
+    assert all(b"secret" not in value for _, _, value in response.headers.fields)
