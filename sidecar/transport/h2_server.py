@@ -1,16 +1,29 @@
 """HTTP/2 server side of a connection: frames in, one task per stream in the connection's nursery,
-responses streamed back under flow control, GOAWAY on drain.
+responses streamed back under flow control, GOAWAY on drain, and the abuse limits of `h2_guard`.
 
 The reader task feeds h2's state machine and dispatches its events. Request bodies are handed to the
 stream's handler chunk by chunk and acknowledged (WINDOW_UPDATE) only once the handler has read them,
 so a slow consumer stops the peer instead of growing a buffer: what one stream holds is bounded by
 its flow-control window. Responses wait for window before each DATA frame. All bytes go out through
 one lock-guarded `flush()`.
+
+Abuse: the reader counts client resets, PINGs and SETTINGS against the connection's budgets and ends
+the connection with GOAWAY ENHANCE_YOUR_CALM past them; streams past MAX_CONCURRENT_STREAMS are
+refused; header blocks are bounded while buffered and while decoded. The reader reads again only once
+the output of what it read is written, so what a peer that does not read makes us queue (ACKs,
+resets) is bounded by one read. A response that waits for window, or a write that waits for the peer
+to read, with no progress for the stall timeout gives up its stream, or the connection when the whole
+connection is stuck. Each abuse is logged once per connection, with the peer.
+
+A write is never cut half-way by its stream's reset: a stream reset while its task writes is cancelled
+once the write is out. A write cut otherwise (the connection's cancellation, the stall watchdog, a
+failing sibling task) leaves a partial frame on the wire, so the connection ends without a GOAWAY.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import h2.config
 import h2.connection
@@ -28,14 +41,39 @@ from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
 from .h1_server import ServerLimits
 from .h2_body import H2Body
+from .h2_guard import (
+    HEADER_LIMIT_FACTOR,
+    MAX_CONCURRENT_STREAMS,
+    STALL_TIMEOUT_FACTOR,
+    STREAM_HARD_LIMIT,
+    ConnectionGuard,
+    HeaderBlockBuffer,
+    PeerAbuse,
+    abuse_reason,
+)
 from .listener import ConnectionTimer, Listener
 from .wire import RECEIVE_SIZE
 
 log = structlog.get_logger("sidecar.h2")
 
-MAX_CONCURRENT_STREAMS = 128
 _NO_BODY_STATUS = frozenset({204, 304})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+__all__ = ["MAX_CONCURRENT_STREAMS", "STATS", "H2Server"]
+
+
+class H2ServerStats:
+    """Process-wide counters of the HTTP/2 server side (tests and diagnostics read them)."""
+
+    __slots__ = ("abuse", "streams")
+
+    def __init__(self) -> None:
+        self.streams = 0  # stream tasks running now, all connections
+        self.abuse: Counter[str] = Counter()  # connections that met each abuse limit, by reason
+
+
+STATS = H2ServerStats()
 
 
 class H2Server:
@@ -56,6 +94,11 @@ class H2Server:
         self.mesh_peer = conn.peer_identity is not None  # a verified sidecar: header casing is carried
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
         self.h2 = h2.connection.H2Connection(config=config)
+        header_bound = HEADER_LIMIT_FACTOR * limits.max_request_headers
+        self.h2.incoming_buffer = HeaderBlockBuffer(header_bound)
+        self.h2.decoder.max_header_list_size = header_bound
+        self.guard = ConnectionGuard()
+        self.stall_timeout = STALL_TIMEOUT_FACTOR * limits.header_read_timeout
         self.timer = ConnectionTimer()
         self._send_lock = trio.StrictFIFOLock()
         self._bodies: dict[int, H2Body] = {}
@@ -63,37 +106,92 @@ class H2Server:
         self._windows: dict[int, trio.Event] = {}
         self._goaway_sent = False
         self._nursery: trio.Nursery | None = None
+        self._writing: int | None = None  # the stream whose flush is writing now (0: the reader's)
+        self._cancel_after_write: trio.CancelScope | None = None  # its scope, when it was reset meanwhile
+        self._wire_broken = False  # a write was cut half-way: nothing more can be sent
+        self._reported: set[str] | None = None  # abuses logged on this connection
 
     # -- output ------------------------------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self, stream_id: int = 0) -> None:
+        """Write what h2 has queued, for `stream_id`'s task (0: the reader). While the write waits,
+        the connection timer's deadline is the stall timeout: the listener's watchdog ends a
+        connection whose peer stopped reading."""
         async with self._send_lock:
             data = self.h2.data_to_send()
-            if data:
-                try:
-                    await self.stream.send_all(data)
-                except _STREAM_ERRORS:
-                    raise DownstreamGone("client went away") from None
+            if not data:
+                return
+            timer = self.timer
+            timer.deadline = trio.current_time() + self.stall_timeout
+            self._writing = stream_id
+            try:
+                await self.stream.send_all(data)
+            except _STREAM_ERRORS:
+                self._wire_broken = True
+                raise DownstreamGone("client went away") from None
+            except BaseException:
+                self._write_cut()
+                raise
+            self._writing = None
+            self._mark_idle()
+            reset = self._cancel_after_write
+            if reset is not None:
+                self._cancel_after_write = None
+                reset.cancel()
+
+    def _write_cut(self) -> None:
+        """A write ended half-way: the byte stream holds a partial frame, so the connection ends."""
+        self._wire_broken = True
+        if trio.current_time() >= self.timer.deadline:
+            self._report("send_stalled")
+        self.timer.scope.cancel()
 
     async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
         try:
             self.h2.acknowledge_received_data(flow_controlled, stream_id)
         except h2.exceptions.StreamClosedError:
             return
+        await self.flush(stream_id)
+
+    async def _goaway(self, error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        self._goaway_sent = True
+        try:
+            self.h2.close_connection(error_code)
+        except h2.exceptions.ProtocolError:  # the connection is closed already
+            return
         await self.flush()
+
+    def _report(self, reason: str) -> None:
+        """Count an abuse and log it, once per connection and reason."""
+        reported = self._reported
+        if reported is None:
+            reported = self._reported = set()
+        if reason in reported:
+            return
+        reported.add(reason)
+        STATS.abuse[reason] += 1
+        log.warning("h2_abuse", reason=reason, peer=self.conn.peer_host)
 
     # -- the connection ----------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        h2c = self.h2
-        h2c.local_settings = h2.settings.Settings(
+    def _settings(self, max_streams: int) -> h2.settings.Settings:
+        return h2.settings.Settings(
             client=False,
             initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_request_headers,
             },
         )
-        h2c.initiate_connection()
+
+    async def serve(self) -> None:
+        h2c = self.h2
+        h2c.local_settings = self._settings(MAX_CONCURRENT_STREAMS)
+        h2c.initiate_connection()  # advertises MAX_CONCURRENT_STREAMS
+        # h2 answers a stream past its own limit with a connection error; RFC 9113 §5.1.2 allows a
+        # stream error, which spares the streams in flight. So h2 enforces the hard limit (the same
+        # settings otherwise, already in force: the peer's ACK changes nothing) and `_start_stream`
+        # refuses the streams between the two.
+        h2c.local_settings = self._settings(STREAM_HARD_LIMIT)
         timer = self.timer
         timers = self.listener.timers
         timers.add(timer)
@@ -108,7 +206,7 @@ class H2Server:
             pass
         finally:
             timers.discard(timer)
-            if not self._goaway_sent:
+            if not self._goaway_sent and not self._wire_broken:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     self._goaway_sent = True
@@ -119,6 +217,8 @@ class H2Server:
                         pass
 
     def _mark_idle(self) -> None:
+        if self._writing is not None:
+            return  # the write's stall deadline stands; the write calls this when it is done
         timer = self.timer
         if self._scopes:
             timer.idle = False
@@ -132,7 +232,7 @@ class H2Server:
         while True:
             self._mark_idle()
             if self.listener.draining and not self._goaway_sent:
-                await self._send_goaway()
+                await self._goaway()
             if self._goaway_sent and not self._scopes:
                 return
             try:
@@ -144,18 +244,22 @@ class H2Server:
             try:
                 events = h2c.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                log.info("h2_protocol_error", error=str(exc), peer=self.conn.peer_host)
+                reason = abuse_reason(exc)
+                if reason is None:
+                    log.info("h2_protocol_error", error=str(exc), peer=self.conn.peer_host)
+                else:
+                    self._report(reason)
                 self._goaway_sent = True
                 await self.flush()  # h2 queued the GOAWAY
                 return
-            for event in events:
-                self._dispatch(event)
+            try:
+                for event in events:
+                    self._dispatch(event)
+            except PeerAbuse as abuse:
+                self._report(abuse.reason)
+                await self._goaway(abuse.error_code)
+                return
             await self.flush()
-
-    async def _send_goaway(self) -> None:
-        self._goaway_sent = True
-        self.h2.close_connection()
-        await self.flush()
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -175,12 +279,7 @@ class H2Server:
             if body is not None:
                 body.end(Headers(fields_from_h2(event.headers, from_mesh=self.mesh_peer)))
         elif isinstance(event, h2.events.StreamReset):
-            body = self._bodies.get(event.stream_id)
-            if body is not None:
-                body.fail(DownstreamGone("stream reset by the client"))
-            scope = self._scopes.get(event.stream_id)
-            if scope is not None:
-                scope.cancel()
+            self._stream_reset(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:  # the connection window grew: every waiting stream may go on
                 for each in self._windows.values():
@@ -191,6 +290,31 @@ class H2Server:
         elif isinstance(event, h2.events.ConnectionTerminated):
             for body in self._bodies.values():
                 body.fail(DownstreamGone("connection terminated"))
+        elif isinstance(event, h2.events.PingReceived):
+            self.guard.ping(trio.current_time())
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.guard.settings_frame(trio.current_time())
+
+    def _stream_reset(self, stream_id: int) -> None:
+        """The client reset a stream: its work is cancelled (after the write in progress, if it is
+        writing), and a stream we had started work for spends the connection's reset budget."""
+        body = self._bodies.get(stream_id)
+        if body is not None:
+            body.fail(DownstreamGone("stream reset by the client"))
+        scope = self._scopes.get(stream_id)
+        if scope is None:
+            return
+        if self._writing == stream_id:
+            self._cancel_after_write = scope
+        else:
+            scope.cancel()
+        self.guard.stream_cancelled(trio.current_time())
+
+    def _refuse(self, stream_id: int) -> None:
+        """A stream past MAX_CONCURRENT_STREAMS: REFUSED_STREAM tells the client it was not processed."""
+        self._report("too_many_streams")
+        self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.guard.stream_cancelled(trio.current_time(), "refused_stream_flood")
 
     # -- one stream --------------------------------------------------------------------------------
 
@@ -199,11 +323,16 @@ class H2Server:
         if self._goaway_sent:
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
+        # Counting h2's open streams walks them all, so it runs only when the tasks say we are full.
+        if len(self._scopes) >= MAX_CONCURRENT_STREAMS and self.h2.open_inbound_streams > MAX_CONCURRENT_STREAMS:
+            self._refuse(stream_id)
+            return
         pairs = event.headers or []
         error: ProxyError | None = None
         request: Request | None = None
         try:
             if header_list_size(pairs) > self.limits.max_request_headers:
+                self._report("header_list_too_large")
                 raise HeadersTooLarge()
             head = request_from_h2(pairs, from_mesh=self.mesh_peer)
             ended = event.stream_ended is not None
@@ -231,6 +360,7 @@ class H2Server:
             error = exc
         scope = trio.CancelScope()
         self._scopes[stream_id] = scope
+        STATS.streams += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._run_stream, stream_id, request, error, scope)
 
@@ -248,18 +378,21 @@ class H2Server:
                     response = await self._call(request)
                     await self._respond(stream_id, request.method, response)
                     nursery.cancel_scope.cancel()
-            if scope.cancelled_caught:
-                return
+            if not scope.cancelled_caught:
+                self.guard.stream_completed()
         except DownstreamGone:
             pass
         finally:
+            STATS.streams -= 1
             self._scopes.pop(stream_id, None)
             self._bodies.pop(stream_id, None)
             self._windows.pop(stream_id, None)
+            if not self._scopes:
+                self._mark_idle()  # the reader may be waiting for a frame: arm the idle timeout now
             if request is not None and getattr(request.body, "done", True) is False:
                 try:  # the handler never read the whole body: stop the peer sending it
                     self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-                    await self.flush()
+                    await self.flush(stream_id)
                 except (h2.exceptions.ProtocolError, DownstreamGone):
                     pass
 
@@ -273,7 +406,7 @@ class H2Server:
             headers = response_to_h2(response.status, response.headers, to_mesh=self.mesh_peer)
             if method == b"HEAD" or response.status in _NO_BODY_STATUS:
                 h2c.send_headers(stream_id, headers, end_stream=True)
-                await self.flush()
+                await self.flush(stream_id)
                 return
             try:
                 first = await body.read()
@@ -284,7 +417,7 @@ class H2Server:
                 return
             if not first and body.trailers is None:
                 h2c.send_headers(stream_id, headers, end_stream=True)
-                await self.flush()
+                await self.flush(stream_id)
                 return
             h2c.send_headers(stream_id, headers)
             chunk = first
@@ -295,13 +428,13 @@ class H2Server:
                 except ProxyError as error:
                     log.info("response_aborted", reason=error.reason, detail=error.detail)
                     h2c.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                    await self.flush()
+                    await self.flush(stream_id)
                     return
             if body.trailers:
                 h2c.send_headers(stream_id, trailers_to_h2(body.trailers, to_mesh=self.mesh_peer), end_stream=True)
             else:
                 h2c.end_stream(stream_id)
-            await self.flush()
+            await self.flush(stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             raise DownstreamGone("stream closed") from None
         finally:
@@ -313,14 +446,33 @@ class H2Server:
         while view:
             window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
             if window <= 0:
-                waiter = self._windows.get(stream_id)
-                if waiter is None:
-                    waiter = self._windows[stream_id] = trio.Event()
-                await waiter.wait()
+                await self._wait_for_window(stream_id)
                 continue
             piece, view = view[:window], view[window:]
             h2c.send_data(stream_id, bytes(piece), end_stream=end and not view)
-            await self.flush()
+            await self.flush(stream_id)
         if end and not data:
             h2c.end_stream(stream_id)
-            await self.flush()
+            await self.flush(stream_id)
+
+    async def _wait_for_window(self, stream_id: int) -> None:
+        """Wait until the peer gives window. A peer that gives none for the stall timeout loses the
+        stream (RST_STREAM CANCEL), or the connection (GOAWAY ENHANCE_YOUR_CALM) when it is the
+        connection window that stays shut, since then no stream can move."""
+        waiter = self._windows.get(stream_id)
+        if waiter is None:
+            waiter = self._windows[stream_id] = trio.Event()
+        with trio.move_on_after(self.stall_timeout):
+            await waiter.wait()
+            return
+        self._windows.pop(stream_id, None)
+        if self.h2.outbound_flow_control_window <= 0:
+            self._report("connection_window_stalled")
+            await self._goaway(_CALM)
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+        else:
+            self._report("stream_window_stalled")
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            await self.flush(stream_id)
+        raise DownstreamGone("the peer gave no flow-control window")
