@@ -110,6 +110,7 @@ class H2Server:
         self._cancel_after_write: trio.CancelScope | None = None  # its scope, when it was reset meanwhile
         self._wire_broken = False  # a write was cut half-way: nothing more can be sent
         self._reported: set[str] | None = None  # abuses logged on this connection
+        self._last_stream_id = 0  # the last stream handed to a task (GOAWAY's last stream after abuse)
 
     # -- output ------------------------------------------------------------------------------------
 
@@ -153,10 +154,13 @@ class H2Server:
             return
         await self.flush(stream_id)
 
-    async def _goaway(self, error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
+    async def _goaway(
+        self, error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR, last_stream_id: int | None = None
+    ) -> None:
+        """GOAWAY; `last_stream_id` defaults to the highest stream h2 has seen."""
         self._goaway_sent = True
         try:
-            self.h2.close_connection(error_code)
+            self.h2.close_connection(error_code, last_stream_id=last_stream_id)
         except h2.exceptions.ProtocolError:  # the connection is closed already
             return
         await self.flush()
@@ -257,7 +261,7 @@ class H2Server:
                     self._dispatch(event)
             except PeerAbuse as abuse:
                 self._report(abuse.reason)
-                await self._goaway(abuse.error_code)
+                await self._goaway(abuse.error_code, self._last_stream_id)
                 return
             await self.flush()
 
@@ -361,6 +365,7 @@ class H2Server:
         scope = trio.CancelScope()
         self._scopes[stream_id] = scope
         STATS.streams += 1
+        self._last_stream_id = stream_id
         assert self._nursery is not None
         self._nursery.start_soon(self._run_stream, stream_id, request, error, scope)
 
@@ -380,7 +385,7 @@ class H2Server:
                     nursery.cancel_scope.cancel()
             if not scope.cancelled_caught:
                 self.guard.stream_completed()
-        except DownstreamGone:
+        except* DownstreamGone:  # raised inside the stream's nursery, so it comes grouped
             pass
         finally:
             STATS.streams -= 1
