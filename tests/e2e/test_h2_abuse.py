@@ -6,9 +6,11 @@ afterwards."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
@@ -254,3 +256,21 @@ async def test_reset_of_a_stream_whose_write_is_blocked_keeps_the_connection_who
     await peer.send(peer.reset(1), peer.request(3, "/info"))
     await peer.until(lambda: 3 in peer.ended, timeout=30)
     assert peer.status[3] == 200 and peer.goaway is None and not peer.closed
+
+
+# -- no false alarms -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load comes with nghttp2-client")
+async def test_a_client_at_the_full_stream_limit_is_never_refused(mesh: Mesh) -> None:
+    """h2load keeps MAX_CONCURRENT_STREAMS streams open and opens the next one the moment one ends:
+    nothing is refused or counted as abuse (the admin listener answers without an upstream)."""
+    sc = await mesh.sidecar()
+    before = dict(STATS.abuse)
+    result = await trio.run_process(
+        ["h2load", "-n", "5000", "-c", "2", "-m", str(MAX_CONCURRENT_STREAMS), f"{sc.admin_url}/live"],
+        capture_stdout=True,
+    )
+    out = result.stdout.decode()
+    assert "5000 succeeded, 0 failed, 0 errored" in out, out
+    assert dict(STATS.abuse) == before
