@@ -1,0 +1,79 @@
+"""A WebSocket origin for end-to-end tests: an ASGI app served by hypercorn (someone else's
+WebSocket server), and a helper that runs the `websockets` client (someone else's client) from a
+worker thread, since its synchronous API is the one that needs no asyncio loop inside trio."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import trio
+from websockets.sync.client import ClientConnection, connect
+
+from .apps import Receive, Scope, Send, echo_app
+
+NO_STATUS = 1005  # RFC 6455 §7.4.1: the close frame carried no code
+
+
+class WebSocketEcho:
+    """Plain HTTP requests go to `echo_app`; WebSocket sessions by path:
+
+    /echo      echoes every message, text or binary; the text `close:N` makes the app close with code N
+    /headers   first sends the handshake's request headers as a JSON list of pairs, then echoes
+    /refuse    refuses the handshake (hypercorn answers 403)
+
+    `ended` receives, per session, the close code the app saw from the client (or `server:N` when the
+    app closed with N), in the order sessions end: tests wait on it instead of sleeping.
+    """
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self._ended_in, self.ended = trio.open_memory_channel[int | str](64)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await echo_app(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        if scope["path"] == "/refuse":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        self.sessions += 1
+        await send({"type": "websocket.accept"})
+        if scope["path"] == "/headers":
+            pairs = [[k.decode(), v.decode()] for k, v in scope["headers"]]
+            await send({"type": "websocket.send", "text": json.dumps(pairs)})
+        await self._echo(receive, send)
+
+    async def _echo(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                await self._ended_in.send(message.get("code", NO_STATUS))
+                return
+            text = message.get("text")
+            if text is not None and text.startswith("close:"):
+                code = int(text.removeprefix("close:"))
+                await send({"type": "websocket.close", "code": code})
+                await self._ended_in.send(f"server:{code}")
+                return
+            if text is not None:
+                await send({"type": "websocket.send", "text": text})
+            else:
+                await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
+def open_websocket(port: int, path: str = "/echo", host: str = "orders", **options: Any) -> ClientConnection:
+    """Connect the `websockets` client to a sidecar's outbound listener on `port`, with `Host: host`
+    (the sidecar routes on it), blocking: call it through `trio.to_thread.run_sync`."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    options.setdefault("open_timeout", 10)
+    options.setdefault("close_timeout", 10)
+    options.setdefault("max_size", None)
+    return connect(f"ws://{host}{path}", sock=sock, **options)
+
+
+async def in_thread(fn: Any, *args: Any) -> Any:
+    """Run a blocking client step in a worker thread, so the sidecars in this trio loop keep running."""
+    return await trio.to_thread.run_sync(fn, *args)
