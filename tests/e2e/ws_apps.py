@@ -1,15 +1,21 @@
-"""A WebSocket origin for end-to-end tests: an ASGI app served by hypercorn (someone else's
-WebSocket server), and a helper that runs the `websockets` client (someone else's client) from a
-worker thread, since its synchronous API is the one that needs no asyncio loop inside trio."""
+"""WebSocket origins for end-to-end tests: an ASGI echo app served by hypercorn, and the
+`websockets` library's own threaded server; plus a helper that runs the `websockets` client from a
+worker thread (its synchronous API is the one that needs no asyncio loop inside trio)."""
 
 from __future__ import annotations
 
 import json
+import queue
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from websockets.sync.server import ServerConnection, serve
 
 from .apps import Receive, Scope, Send, echo_app
 
@@ -24,7 +30,9 @@ class WebSocketEcho:
     /refuse    refuses the handshake (hypercorn answers 403)
 
     `ended` receives, per session, the close code the app saw from the client (or `server:N` when the
-    app closed with N), in the order sessions end: tests wait on it instead of sleeping.
+    app closed with N), in the order sessions end: tests wait on it instead of sleeping. Hypercorn
+    (0.18) reports every client-initiated close to the app as 1006, whatever code the client sent;
+    `WebSocketsServer` below shows a client's close code arriving.
     """
 
     def __init__(self) -> None:
@@ -77,3 +85,31 @@ def open_websocket(port: int, path: str = "/echo", host: str = "orders", **optio
 async def in_thread(fn: Any, *args: Any) -> Any:
     """Run a blocking client step in a worker thread, so the sidecars in this trio loop keep running."""
     return await trio.to_thread.run_sync(fn, *args)
+
+
+class WebSocketsServer:
+    """The `websockets` library's threaded server, echoing; `closes` receives the close code and
+    reason each session got from its client."""
+
+    def __init__(self) -> None:
+        self.closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+
+    def _session(self, ws: ServerConnection) -> None:
+        try:
+            for message in ws:
+                ws.send(message)
+        except ConnectionClosed:
+            pass
+        self.closes.put((ws.close_code, ws.close_reason))
+
+    @contextmanager
+    def running(self) -> Iterator[int]:
+        """Serve on a free port (yielded) in a thread until the block ends."""
+        with serve(self._session, "127.0.0.1", 0) as server:
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            try:
+                yield int(server.socket.getsockname()[1])
+            finally:
+                server.shutdown()
+                thread.join(10)
