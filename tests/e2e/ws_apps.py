@@ -20,6 +20,7 @@ from websockets.sync.server import ServerConnection, serve
 from .apps import Receive, Scope, Send, echo_app
 
 NO_STATUS = 1005  # RFC 6455 §7.4.1: the close frame carried no code
+REJECTION = b"no websocket for you\n"
 
 
 class WebSocketEcho:
@@ -28,6 +29,7 @@ class WebSocketEcho:
     /echo      echoes every message, text or binary; the text `close:N` makes the app close with code N
     /headers   first sends the handshake's request headers as a JSON list of pairs, then echoes
     /refuse    refuses the handshake (hypercorn answers 403)
+    /reject    refuses it with its own answer: 400 and a text body (the ASGI websocket.http.response extension)
 
     `ended` receives, per session, the close code the app saw from the client (or `server:N` when the
     app closed with N), in the order sessions end: tests wait on it instead of sleeping. Hypercorn
@@ -46,6 +48,11 @@ class WebSocketEcho:
         await receive()  # websocket.connect
         if scope["path"] == "/refuse":
             await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["path"] == "/reject":
+            headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(REJECTION)).encode())]
+            await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": REJECTION})
             return
         self.sessions += 1
         await send({"type": "websocket.accept"})
