@@ -75,7 +75,7 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         targets=tuple((e.address, e.weight) for e in service.endpoints),
         tls=tls,
         protocol=service.protocol,
-        websocket_idle_timeout=t.idle,
+        websocket_idle_timeout=t.idle or NO_TIMEOUT,  # `idle: 0` cannot mean closing a tunnel at once
     )
 
 
