@@ -253,7 +253,7 @@ class Timeouts(Model):
     request: Duration = 15 * SECONDS
     """Bound on a whole request, from sending to the end of the response head."""
     idle: Duration = 60 * SECONDS
-    """Pooled upstream connections close after this long idle."""
+    """Pooled upstream connections close after this long idle; so does a WebSocket with no traffic either way."""
 
 
 ServiceTlsMode = Literal["mutual", "simple", "disabled"]
