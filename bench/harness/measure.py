@@ -22,8 +22,8 @@ from harness.procs import ProcessSet, StartFailed, cpu_seconds, http_get, peak_r
 from harness.setups import Bench, Front, Setup
 
 CONNECTIONS = 50
-H2_CLIENTS = 10
-H2_STREAMS = 10  # concurrent streams per client: 100 requests in flight
+H2_CLIENTS = 1
+H2_STREAMS = 50  # concurrent streams on one connection: 50 requests in flight, as wrk's 50 connections
 
 
 @dataclass

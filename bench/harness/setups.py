@@ -75,13 +75,16 @@ def one_sidecar(bench: Bench, procs: ProcessSet) -> Front:
     return Front(outbound, outbound, [bench.launcher.start(procs, spec)])
 
 
-def two_sidecars(bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | None = None) -> Front:
+def two_sidecars(
+    bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | None = None, protocol: str = "http1"
+) -> Front:
     """Load generator -> sidecar A outbound -> sidecar B inbound -> origin, both on the proxy core.
 
     Without `tls`, the hop between A and B is plaintext: B's inbound runs in permissive mode (an
-    inbound listener always holds a certificate), A calls it with `tls: {mode: disabled}`."""
+    inbound listener always holds a certificate), A calls it with `tls: {mode: disabled}`.
+    `protocol` is the Service's protocol for the hop between A and B (http1, or auto: HTTP/2 by ALPN)."""
     a_out, a_admin, b_in, b_out, b_admin = free_ports(5)
-    prefix = "sidecar-2-mtls" if tls else "sidecar-2"
+    prefix = ("sidecar-2-mtls" if tls else "sidecar-2") + ("-h2" if protocol != "http1" else "")
     b_tls = tls["origin"] if tls else issue_certs(bench.venv, bench.run_dir / "certs-plain", ["origin"])["origin"]
     server = SidecarSpec(
         name=f"{prefix}-b",
@@ -98,7 +101,7 @@ def two_sidecars(bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | Non
         service="bench-client",
         outbound_port=a_out,
         admin_port=a_admin,
-        upstreams=(Upstream("origin", b_in, identity=spiffe_id("origin") if tls else None),),
+        upstreams=(Upstream("origin", b_in, identity=spiffe_id("origin") if tls else None, protocol=protocol),),
         tls=tls["bench-client"] if tls else None,
     )
     proc_b = bench.launcher.start(procs, server)
@@ -112,12 +115,20 @@ def two_sidecars_mtls(bench: Bench, procs: ProcessSet) -> Front:
     return two_sidecars(bench, procs, tls)
 
 
+def two_sidecars_mtls_h2(bench: Bench, procs: ProcessSet) -> Front:
+    """As two_sidecars_mtls, with HTTP/2 between A and B (`protocol: auto`, ALPN h2): every request
+    from the load generator is multiplexed onto one connection between the sidecars."""
+    tls = issue_certs(bench.venv, bench.run_dir / "certs", ["origin", "bench-client"])
+    return two_sidecars(bench, procs, tls, protocol="auto")
+
+
 SETUPS = [
     Setup("direct", "direct", direct),
     Setup("nginx-proxy", "nginx-proxy", nginx_proxy),
     Setup("sidecar-1", "1 sidecar", one_sidecar),
     Setup("sidecar-2", "2 sidecars", two_sidecars),
     Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls),
+    Setup("sidecar-2-mtls-h2", "2 sidecars mTLS h2 hop", two_sidecars_mtls_h2),
 ]
 REFERENCES = ("direct", "nginx-proxy")  # ratios are printed against these two
 

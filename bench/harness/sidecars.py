@@ -35,6 +35,7 @@ class Upstream:
     name: str
     port: int
     identity: str | None = None  # expected peer SPIFFE ID; set means `tls: {mode: mutual}`
+    protocol: str | None = None  # http1 | http2 | auto; None leaves the sidecar's default
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def config_yaml(spec: SidecarSpec) -> str:
             f"hosts: [{upstream.name}]",
             f"endpoints: [{{address: 127.0.0.1:{upstream.port}}}]",
         ]
+        if upstream.protocol:
+            lines.append(f"protocol: {upstream.protocol}")
         if upstream.identity:
             lines.append(f"tls: {{mode: mutual, identity: {upstream.identity}}}")
         else:  # a plain origin, or the plain two-sidecar row

@@ -253,7 +253,7 @@ class Timeouts(Model):
     request: Duration = 15 * SECONDS
     """Bound on a whole request, from sending to the end of the response head."""
     idle: Duration = 60 * SECONDS
-    """Pooled upstream connections close after this long idle."""
+    """Pooled upstream connections close after this long idle; so does a WebSocket with no traffic either way."""
 
 
 ServiceTlsMode = Literal["mutual", "simple", "disabled"]
@@ -302,9 +302,10 @@ class ServiceConfig(Model):
     tls: Annotated[ServiceTls, nested(ServiceTls)] = ServiceTls()
     """How to secure connections to the endpoints; mesh mutual TLS by default."""
     load_balancer: Annotated[LoadBalancer, one_of(*get_args(LoadBalancer))] = "least_request"
-    protocol: Annotated[Protocol, one_of(*get_args(Protocol))] = "http1"
-    """HTTP version to the endpoints: http1, http2, or auto (ALPN decides on TLS; plaintext is http1).
-    The default stays http1 until header-name casing is carried across an HTTP/2 hop (SPEC §4)."""
+    protocol: Annotated[Protocol, one_of(*get_args(Protocol))] = "auto"
+    """HTTP version to the endpoints: http1, http2 (h2c in plaintext), or auto (the default: ALPN
+    decides on TLS, so two sidecars speak HTTP/2 and multiplex; plaintext is http1). WebSockets
+    always take a dedicated HTTP/1.1 connection."""
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
 
     @classmethod

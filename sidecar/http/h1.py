@@ -36,7 +36,7 @@ _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7
 
 _NO_BODY_STATUS = frozenset({204, 304})
 # Fields the codec itself decides on; collected while parsing so nothing rescans the head.
-_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
 _NONE: tuple[bytes, ...] = ()
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -57,7 +57,7 @@ class RequestHead:
     framing: Framing | None = None  # filled by the parser; None means "scan headers"
 
     def values(self, name: bytes) -> list[bytes] | tuple[bytes, ...]:
-        """Values of a framing field (host, content-length, transfer-encoding, connection, expect)."""
+        """Values of a framing field (host, content-length, transfer-encoding, connection, expect, upgrade)."""
         if self.framing is None:
             return self.headers.get_all(name)
         return self.framing.get(name, _NONE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 # One header field: (lower-cased name, name as sent, value). Names and values are bytes.
 Field = tuple[bytes, bytes, bytes]
@@ -147,7 +147,10 @@ class Request:
     `host` is that authority without port, lower-cased, for routing. `task_nursery` is a nursery
     owned by the downstream server that lives until the response is fully written: upstream
     clients start their request-body pump in it (None when the request has no body).
+    `websocket` is a class-level flag (see `WebSocketRequest`), so it costs ordinary requests nothing.
     """
+
+    websocket: ClassVar[bool] = False
 
     __slots__ = (
         "authority",
@@ -187,6 +190,15 @@ class Request:
         self.path: bytes = target if q < 0 else target[:q]
         self.host: str = host_of(authority) if authority else ""
         self.task_nursery: Any = None
+
+
+class WebSocketRequest(Request):
+    """A request to switch its HTTP/1.1 connection to WebSocket (`http/websocket.py` says which
+    requests are). The forwarding layer keeps its Upgrade, the upstream call sends it on a dedicated
+    HTTP/1.1 connection, and a `101` answer turns the two connections into one tunnel."""
+
+    __slots__ = ()
+    websocket: ClassVar[bool] = True
 
 
 class Response:

@@ -6,6 +6,10 @@ a response whose body tells the pool how the exchange ended. The contract with t
 `send()` is called, `pool.exchange_done(conn, reuse)` is called exactly once — at the end of the
 response body, or on any failure or cancellation inside `send()` itself. A connection is reused only
 when both the request and the response were carried to their end and the peer allows keep-alive.
+
+`upgrade()` is the other exchange: a WebSocket upgrade on a dedicated connection that never goes
+back to the pool. A `101` answer hands the connection over in the response body (`UpgradedBody`,
+released when the tunnel ends); any other answer is an ordinary response, after which it closes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..http.h1 import (
 from ..http.message import EMPTY_BODY, Body, Request, Response
 from .body import WireBody
 from .tcp import TcpStream
+from .tunnel import UpgradedBody
 from .wire import Wire
 
 if TYPE_CHECKING:
@@ -122,13 +127,47 @@ class H1ClientConnection:
             )
         return Response(response_head.status, response_head.headers, response_body, response_head.reason)
 
+    async def upgrade(self, request: Request, tunnel_idle_timeout: float) -> Response:
+        """Send a bodiless upgrade request; the connection is released (closed) exactly once, by the
+        end of the response body or of the tunnel, or here on failure."""
+        try:
+            return await self._upgrade(request, tunnel_idle_timeout)
+        except BaseException:
+            self.pool.exchange_done(self, False)
+            raise
+
+    async def _upgrade(self, request: Request, tunnel_idle_timeout: float) -> Response:
+        self._request_error = None
+        try:
+            await self.wire.send(request_head_bytes(request.method, request.target, request.headers, 0))
+        except _STREAM_ERRORS as exc:
+            raise UpstreamReset(detail=f"write failed: {exc!r}", before_response=True) from None
+        head = await self._read_head(upgrade=True)
+        body: Body
+        if head.status == 101:
+            body = UpgradedBody(self.wire, self._on_abort, tunnel_idle_timeout)
+            return Response(101, head.headers, body, head.reason)
+        try:
+            framing = response_body_length(head, request.method)
+        except ProtocolViolation as exc:
+            raise UpstreamProtocolError(detail=str(exc)) from None
+        if framing == 0:
+            body = EMPTY_BODY
+            self.pool.exchange_done(self, False)
+        else:
+            # Never pooled: it was opened for this upgrade alone (HTTP/1.1, whatever the pool speaks).
+            end = self._on_abort
+            body = WireBody(self.wire, framing, truncated=_truncated, violation=_violation, on_end=end, on_abort=end)
+        return Response(head.status, head.headers, body, head.reason)
+
     def _on_end(self) -> None:
         self.pool.exchange_done(self, self._request_sent)
 
     def _on_abort(self) -> None:
         self.pool.exchange_done(self, False)
 
-    async def _read_head(self) -> ResponseHead:
+    async def _read_head(self, *, upgrade: bool = False) -> ResponseHead:
+        """The final response head; with `upgrade`, a 101 is final too (other 1xx are skipped)."""
         wire = self.wire
         buf = wire.buf
         searched = 0
@@ -141,7 +180,8 @@ class H1ClientConnection:
                     head = parse_response_head(block)
                 except ProtocolViolation as exc:
                     raise UpstreamProtocolError(detail=str(exc)) from None
-                if 100 <= head.status < 200:  # interim responses: we answer 100-continue ourselves
+                if 100 <= head.status < 200 and not (upgrade and head.status == 101):
+                    # interim responses: we answer 100-continue ourselves
                     searched = 0
                     continue
                 return head

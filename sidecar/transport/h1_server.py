@@ -5,6 +5,11 @@ One task per connection runs `H1Server.serve`. A request with a body gets its ow
 lives until its response is written, so an upstream client can pump the body while the response
 comes back (full duplex, as a proxy must). Errors found before the pipeline (malformed heads,
 smuggling shapes, limits) are answered here and the connection closes.
+
+A bodiless WebSocket upgrade request becomes a `WebSocketRequest`. When the upstream answers `101`,
+the 101 head goes out and this connection is spliced with the upstream one (`tunnel.py`) until the
+tunnel ends; it never carries HTTP again. While spliced the connection is busy, not idle: drain
+waits for it (up to `drain_timeout`) and the header read deadline does not apply.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
+from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError, UpstreamProtocolError
 from ..http.h1 import (
     CHUNKED,
     UNTIL_CLOSE,
@@ -28,11 +33,13 @@ from ..http.h1 import (
     response_head_bytes,
     wants_keep_alive,
 )
-from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response
+from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response, WebSocketRequest
+from ..http.websocket import is_websocket_upgrade
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
 from .body import WireBody
 from .listener import ConnectionTimer, Listener
+from .tunnel import UpgradedBody, splice
 from .wire import Wire
 
 log = structlog.get_logger("sidecar.h1")
@@ -217,7 +224,15 @@ class H1Server:
             )
         if head.values(b"expect"):
             headers.remove({b"expect"})  # we answer 100-continue ourselves, on first read
-        request = Request(
+        # Usually absent: this one look is all an ordinary request pays. Only a bodiless request may
+        # switch (bytes after its head belong to the new protocol, not to a body).
+        upgrade = head.values(b"upgrade")
+        websocket = (
+            upgrade
+            and framing == 0
+            and is_websocket_upgrade(head.method, head.minor, upgrade, head.values(b"connection"))
+        )
+        request = (WebSocketRequest if websocket else Request)(
             head.method,
             target,
             authority,
@@ -254,6 +269,9 @@ class H1Server:
         send = self.wire.send
         try:
             if request.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200:
+                if status == 101:
+                    await self._switch_protocols(response)
+                    return False
                 head = response_head_bytes(
                     status, response.reason, response.headers, 0, minor=minor, close=close, head_only=True
                 )
@@ -294,6 +312,16 @@ class H1Server:
             raise DownstreamGone("response aborted") from None
         finally:
             await body.aclose()
+
+    async def _switch_protocols(self, response: Response) -> None:
+        """Write the 101 head, then relay bytes between this connection and the upstream one until
+        the tunnel ends (the caller closes the upstream by closing the response body)."""
+        upstream = response.body
+        if not isinstance(upstream, UpgradedBody):  # only an upgrade exchange upstream yields a 101
+            await self._reply_and_close(UpstreamProtocolError(detail="101 without an upgraded connection"))
+            return
+        await self.wire.send(response_head_bytes(101, response.reason, response.headers, 0, head_only=True))
+        await splice(self.wire, upstream.wire, upstream.idle_timeout)
 
     @staticmethod
     async def _next_chunk(body: Body) -> bytes:

@@ -1,10 +1,15 @@
 """HTTP/2 client side of one upstream connection: many requests multiplexed on it at once.
 
-A connection's reader task runs in the registry's nursery (handed over explicitly), because the
-connection outlives any single request. `send()` opens a stream, writes the head and (in the
-request's nursery) the body under flow control, and waits for the response head; the response body
-is an `H2Body` fed by the reader. A stream the peer refused (REFUSED_STREAM, or beyond a GOAWAY's last
-stream id) never reached the app, and says so in the error, so the caller may try elsewhere.
+A connection's reader and writer tasks run in the registry's nursery (handed over explicitly),
+because the connection outlives any single request. Streams never write to the socket themselves:
+they hand frames to h2 and wake the writer, which sends everything queued in one write — many
+streams' frames share one TLS record and one syscall. A stream sending body data waits while more
+than `HIGH_WATER` bytes are queued, so the writer's backlog stays bounded.
+
+`send()` opens a stream, queues the head and (in the request's nursery) the body under flow control,
+and waits for the response head; the response body is an `H2Body` fed by the reader. A stream the
+peer refused (REFUSED_STREAM, or beyond a GOAWAY's last stream id) never reached the app, and says so
+in the error, so the caller may try elsewhere.
 
 The accounting contract with the pool matches HTTP/1.1's: once `send()` is called,
 `pool.stream_done(conn)` is called exactly once for that request.
@@ -26,6 +31,7 @@ import trio
 
 from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
 from ..http.h2 import fields_from_h2, fields_to_h2
+from ..http.hpack_plain import PlainEncoder
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
 from .h2_body import H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("sidecar.h2")
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+HIGH_WATER = 65536  # bytes queued for the writer before body senders wait
 
 
 class _Exchange:
@@ -51,8 +58,17 @@ class _Exchange:
 
 class H2ClientConnection:
     def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
+        # Outbound fields come from messages our parsers already validated and lower-cased: h2 need
+        # not check them again. Responses from the peer are validated by h2.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.encoder = PlainEncoder()
         self.stream = stream
         self.pool = pool
         self.mesh_peer = pool.tls is not None and pool.tls.mutual  # a sidecar: header casing is carried
@@ -60,14 +76,17 @@ class H2ClientConnection:
         self.goaway = False
         self.idle_since = trio.current_time()
         self.exchanges = 0  # completed on this connection
-        self._send_lock = trio.StrictFIFOLock()
         self._exchanges: dict[int, _Exchange] = {}
         self._windows: dict[int, trio.Event] = {}
+        self._queued = 0  # body bytes handed to h2 since the writer last took its output
+        self._writer_wake: trio.Event | None = None
+        self._drained: trio.Event | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.h2.initiate_connection()
-        await self.flush()
+        await self.stream.send_all(self.h2.data_to_send())
         nursery.start_soon(self._reader)
+        nursery.start_soon(self._writer)
 
     @property
     def capacity(self) -> int:
@@ -84,19 +103,48 @@ class H2ClientConnection:
     def close(self) -> None:
         self.closed = True
         close_stream_now(self.stream)
+        self.kick()  # the writer sees `closed` and ends
 
-    async def flush(self) -> None:
-        async with self._send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                await self.stream.send_all(data)
+    def kick(self) -> None:
+        """Something is queued in h2: wake the writer."""
+        wake = self._writer_wake
+        if wake is not None:
+            self._writer_wake = None
+            wake.set()
+
+    async def _writer(self) -> None:
+        h2c = self.h2
+        try:
+            while not self.closed:
+                data = h2c.data_to_send()
+                if data:
+                    self._queued = 0
+                    await self.stream.send_all(data)
+                    continue
+                drained, self._drained = self._drained, None
+                if drained is not None:
+                    drained.set()
+                self._writer_wake = wake = trio.Event()
+                await wake.wait()
+        except _STREAM_ERRORS:
+            self.close()  # the reader sees the closed socket and fails every exchange
+        finally:
+            drained, self._drained = self._drained, None
+            if drained is not None:
+                drained.set()
+
+    async def _wait_drained(self) -> None:
+        """Back off until the writer has sent what is queued."""
+        if self._drained is None:
+            self._drained = trio.Event()
+        await self._drained.wait()
 
     async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
         try:
             self.h2.acknowledge_received_data(flow_controlled, stream_id)
-            await self.flush()
-        except (h2.exceptions.ProtocolError, *_STREAM_ERRORS):
-            pass
+        except h2.exceptions.ProtocolError:
+            return
+        self.kick()
 
     # -- one request -------------------------------------------------------------------------------
 
@@ -120,7 +168,7 @@ class H2ClientConnection:
         headers += fields_to_h2(request.headers.fields, to_mesh=self.mesh_peer, request=True)
         try:
             h2c.send_headers(stream_id, headers, end_stream=body is EMPTY_BODY)
-            await self.flush()
+            self.kick()
             if body is not EMPTY_BODY:
                 if request.task_nursery is not None:
                     request.task_nursery.start_soon(self._pump, stream_id, body)
@@ -145,7 +193,7 @@ class H2ClientConnection:
                 h2c.send_headers(stream_id, fields_to_h2(body.trailers.fields, to_mesh=self.mesh_peer), end_stream=True)
             else:
                 h2c.end_stream(stream_id)
-            await self.flush()
+            self.kick()
         except (ProxyError, DownstreamGone):
             self._forget(stream_id, reset=True)
         except (h2.exceptions.ProtocolError, *_STREAM_ERRORS):
@@ -164,7 +212,12 @@ class H2ClientConnection:
                 continue
             piece, view = view[:window], view[window:]
             h2c.send_data(stream_id, bytes(piece))
-            await self.flush()
+            self._queued += len(piece)
+            self.kick()
+            if self._queued > HIGH_WATER:
+                await self._wait_drained()
+            if self.closed:
+                raise trio.ClosedResourceError("upstream connection closed")
 
     def _forget(self, stream_id: int, *, reset: bool) -> None:
         """The exchange on `stream_id` is over (ended, failed or abandoned)."""
@@ -175,6 +228,7 @@ class H2ClientConnection:
         if reset and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                self.kick()
         if not self._exchanges:
             self.idle_since = trio.current_time()
         self.pool.stream_done(self)
@@ -203,12 +257,10 @@ class H2ClientConnection:
                     break
                 for event in events:
                     self._dispatch(event)
-                try:
-                    await self.flush()
-                except _STREAM_ERRORS:
-                    break
+                self.kick()
         finally:
             self.closed = True
+            self.kick()
             for exchange in list(self._exchanges.values()):
                 self._fail(exchange, UpstreamReset(detail="upstream connection closed"))
             self.pool.connection_closed(self)

@@ -4,6 +4,10 @@ within the connect timeout), send, and wait for the response head within the req
 A request that meets a pooled connection the peer closed just before we reused it (not one response
 byte came back) is re-sent once on a fresh connection when it is idempotent and has no body: the
 keep-alive race never surfaces as a 502.
+
+A WebSocket upgrade always goes on a fresh, dedicated HTTP/1.1 connection (never a pooled or HTTP/2
+one, whatever the service's protocol): after a `101` that connection is the tunnel. The request
+timeout covers only the wait for the `101`; the tunnel is bounded by the service's idle timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from ..http.message import Request, Response
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
 from .pool import ConnectionPool
-from .registry import Cluster
+from .registry import Cluster, ClusterSettings
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -25,6 +29,8 @@ async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Re
     endpoint = cluster.pick()
     # A bare CancelScope rather than move_on_after: same effect, without a generator per request.
     with trio.CancelScope(relative_deadline=timeout):
+        if request.websocket:
+            return await _upgrade(endpoint.pool, request, cluster.settings)
         return await _exchange(endpoint.pool, request, cluster.settings.connect_timeout)
     raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
 
@@ -33,6 +39,18 @@ async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConn
     with trio.CancelScope(relative_deadline=connect_timeout):
         return await pool.connect()
     raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
+
+
+async def _connect_dedicated(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection:
+    with trio.CancelScope(relative_deadline=connect_timeout):
+        return await pool.connect_dedicated_http1()
+    raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
+
+
+async def _upgrade(pool: ConnectionPool, request: Request, settings: ClusterSettings) -> Response:
+    conn = await _connect_dedicated(pool, settings.connect_timeout)
+    pool.endpoint.active_requests += 1
+    return await conn.upgrade(request, settings.websocket_idle_timeout)
 
 
 async def _exchange(pool: ConnectionPool, request: Request, connect_timeout: float) -> Response:

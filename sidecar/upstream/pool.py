@@ -6,6 +6,8 @@ through `exchange_done(conn, reuse=True)`, after its exchange was carried to the
 HTTP/2 (chosen by ALPN on TLS, or by `protocol: http2` / `app_protocol: h2c` in plaintext): a few
 shared connections, each taking streams up to the peer's MAX_CONCURRENT_STREAMS; another opens when
 they are full. Their reader tasks run in the registry's nursery (`background`).
+A WebSocket upgrade takes a dedicated HTTP/1.1 connection (`connect_dedicated_http1`) that is
+counted here but never pooled: it becomes the tunnel, and closes with it.
 """
 
 from __future__ import annotations
@@ -85,21 +87,9 @@ class ConnectionPool:
     async def connect(self) -> H1ClientConnection | H2ClientConnection:
         """Open a new connection (TCP, then TLS when the service says so; HTTP/2 when ALPN or the
         config says so). The caller bounds the time (connect timeout)."""
-        endpoint = self.endpoint
-        try:
-            tcp = await open_tcp(endpoint.host, endpoint.port)
-        except OSError as exc:
-            raise UpstreamConnectFailure(detail=f"{endpoint.address}: {exc.strerror or exc}") from None
-        stream: trio.abc.Stream = tcp
-        use_h2 = self.protocol == "http2"
-        if self.tls is not None:
-            try:
-                tls_stream = await self._handshake(tcp, self.tls)
-            except BaseException:
-                tcp.close_now()
-                raise
-            use_h2 = tls_stream.selected_alpn_protocol() == "h2"
-            stream = tls_stream
+        stream = await self._open(self.protocol)
+        # ALPN decides on TLS; in plaintext only `http2` (h2c to the app) means HTTP/2.
+        use_h2 = stream.selected_alpn_protocol() == "h2" if isinstance(stream, TlsStream) else self.protocol == "http2"
         self.open_connections += 1
         if use_h2 and self.background is not None:
             conn = H2ClientConnection(stream, self)
@@ -113,6 +103,30 @@ class ConnectionPool:
             return conn
         return H1ClientConnection(stream, self)
 
+    async def connect_dedicated_http1(self) -> H1ClientConnection:
+        """A fresh HTTP/1.1 connection for an exchange that keeps it for good (a WebSocket upgrade):
+        TLS offers ALPN http/1.1 only, whatever the service's protocol, and the connection never
+        joins the pool (its exchange ends with `exchange_done(conn, reuse=False)`, which closes it)."""
+        stream = await self._open("http1")
+        self.open_connections += 1
+        return H1ClientConnection(stream, self)
+
+    async def _open(self, protocol: str) -> TcpStream | TlsStream:
+        """TCP, then TLS when the service says so, offering the ALPN of `protocol`. The caller
+        bounds the time (connect timeout)."""
+        endpoint = self.endpoint
+        try:
+            tcp = await open_tcp(endpoint.host, endpoint.port)
+        except OSError as exc:
+            raise UpstreamConnectFailure(detail=f"{endpoint.address}: {exc.strerror or exc}") from None
+        if self.tls is None:
+            return tcp
+        try:
+            return await self._handshake(tcp, self.tls, protocol)
+        except BaseException:
+            tcp.close_now()
+            raise
+
     def stream_done(self, conn: H2ClientConnection) -> None:
         """One HTTP/2 exchange on `conn` ended."""
         self.endpoint.active_requests -= 1
@@ -125,11 +139,13 @@ class ConnectionPool:
             self.h2_conns.remove(conn)
             self.open_connections -= 1
 
-    async def _handshake(self, tcp: TcpStream, tls: UpstreamTls) -> TlsStream:
+    async def _handshake(self, tcp: TcpStream, tls: UpstreamTls, protocol: str) -> TlsStream:
         endpoint = self.endpoint
         server_name = None if tls.mutual else (tls.server_name or endpoint.hostname)
-        context = tls.contexts[self.protocol]
-        stream = TlsStream.wrap(tcp, context, server_side=False, server_hostname=server_name, session=self.tls_session)
+        context = tls.contexts[protocol]
+        # A session resumes only with the context it came from: the one of the pool's own protocol.
+        session = self.tls_session if protocol == self.protocol else None
+        stream = TlsStream.wrap(tcp, context, server_side=False, server_hostname=server_name, session=session)
         try:
             await stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

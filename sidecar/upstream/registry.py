@@ -26,6 +26,12 @@ log = structlog.get_logger("sidecar.upstream")
 
 SWEEP_INTERVAL = 0.5  # how often idle pooled connections past their idle timeout are closed
 NO_TIMEOUT = float("inf")
+# A WebSocket to the local app closes after this long without a byte either way. The app's pooled-
+# connection idle (`inbound.app_idle_timeout`, a few seconds to beat app keep-alives) is far too short
+# for a tunnel, and the calling sidecar enforces its Service's `timeouts.idle` on the same tunnel
+# anyway: this is the default of that setting, so a default mesh closes a silent tunnel at the same time
+# on both hops, and one that allows longer is cut at most this long after its last byte.
+APP_WEBSOCKET_IDLE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,7 @@ class ClusterSettings:
     targets: tuple[tuple[Address, int], ...]  # configured (address, weight) pairs, before DNS
     tls: UpstreamTls | None = None  # None: plaintext (`tls.mode: disabled`, or the local app)
     protocol: str = "http1"  # http1 | http2 | auto
+    websocket_idle_timeout: float = APP_WEBSOCKET_IDLE_TIMEOUT  # an upgraded tunnel with no traffic closes
 
 
 def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
@@ -68,6 +75,7 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         targets=tuple((e.address, e.weight) for e in service.endpoints),
         tls=tls,
         protocol=service.protocol,
+        websocket_idle_timeout=t.idle or NO_TIMEOUT,  # `idle: 0` cannot mean closing a tunnel at once
     )
 
 
@@ -82,6 +90,7 @@ def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
         dns_refresh=5.0,
         targets=((inbound.app, 1),),
         protocol="http2" if inbound.app_protocol == "h2c" else "http1",
+        websocket_idle_timeout=APP_WEBSOCKET_IDLE_TIMEOUT,
     )
 
 

@@ -16,7 +16,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Routes:
-    /info         JSON of method, path, query, headers (lower-case), body length
+    /info         JSON of method, path, query, headers (lower-case), body length, HTTP version
     /echo         streams the request body back
     /bytes/N      N bytes, streamed in 64 KiB pieces
     /slow/MS      answers after MS milliseconds
@@ -91,6 +91,7 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
         "query": scope["query_string"].decode(),
         "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
         "body_length": size,
+        "http_version": scope["http_version"],
         "client": scope["client"][0] if scope.get("client") else None,
         "server_port": scope["server"][1] if scope.get("server") else None,
     }

@@ -154,3 +154,57 @@ async def test_h2c_preface_split_across_packets(mesh: Mesh) -> None:
             await stream.send_all(client.data_to_send())
     assert status == b"200"
     await stream.aclose()
+
+
+async def test_curl_http2_over_mutual_tls_to_the_inbound_listener(mesh: Mesh) -> None:
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    caller = mesh.pki.workload("frontend")
+    result = await trio.run_process(
+        [
+            "curl",
+            "-sS",
+            "--http2",
+            "--cert",
+            str(caller / "cert.pem"),
+            "--key",
+            str(caller / "key.pem"),
+            "-k",  # mesh certificates name a SPIFFE ID, not a host name curl could check
+            "-H",
+            "Host: orders",
+            "-w",
+            "\\n%{http_version}",
+            f"{b.inbound_url}/info",
+        ],
+        capture_stdout=True,
+    )
+    body, _, version = result.stdout.rpartition(b"\n")
+    assert version == b"2"  # ALPN chose h2
+    assert b"URI=spiffe://mesh.local/ns/default/sa/frontend" in body
+
+
+async def test_hypercorn_as_an_h2c_origin(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin, protocol="http2")])
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
+        r = await client.get("/info")  # HTTP/1.1 in, h2c (prior knowledge) out
+        assert r.status_code == 200 and r.json()["http_version"] == "2"
+        payload = bytes(range(256)) * 2048
+        r = await client.post("/echo", content=payload)
+        assert r.status_code == 200 and r.content == payload
+        r = await client.get("/trailers")
+        assert r.content == b"part one,part two"
+    pool = sc.runtime.registry.clusters["orders"].endpoints[0].pool
+    assert len(pool.h2_conns) == 1
+
+
+async def test_inbound_app_protocol_h2c_with_hypercorn(mesh: Mesh) -> None:
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app, inbound={"app_protocol": "h2c"})
+    a = await mesh.sidecar(services=[mesh_service("orders", b)])
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+        r = await client.get("/info")
+    assert r.status_code == 200
+    info = r.json()
+    assert info["http_version"] == "2"  # B spoke h2c to the app
+    assert header_values(info, "host") == ["orders"]

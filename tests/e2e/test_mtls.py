@@ -14,6 +14,7 @@ import hypercorn.config
 import hypercorn.trio
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from sidecar.certs import init_ca, issue_workload
@@ -176,17 +177,19 @@ async def test_pooled_mtls_needs_far_fewer_handshakes_than_requests(mesh: Mesh) 
     assert b.runtime.listeners["inbound"].accepted == 1
 
 
-async def test_new_connections_resume_the_tls_session(mesh: Mesh) -> None:
+@pytest.mark.parametrize("protocol", ["http1", "auto"])
+async def test_new_connections_resume_the_tls_session(mesh: Mesh, protocol: str) -> None:
     b = await inbound_sidecar(mesh)
-    a = await mesh.sidecar(service="frontend", services=[mesh_service("orders", b)])
+    a = await mesh.sidecar(service="frontend", services=[mesh_service("orders", b, protocol=protocol)])
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         assert (await client.get("/info")).status_code == 200
         pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
         assert pool.tls_session is not None
         pool.close_idle()  # the next request needs a new connection
+        await trio.testing.wait_all_tasks_blocked()
         assert (await client.get("/info")).status_code == 200
-    conn = pool.idle[-1]
-    assert conn.wire.stream.session_reused
+    conn = pool.idle[-1].wire.stream if protocol == "http1" else pool.h2_conns[-1].stream
+    assert conn.session_reused
     assert pool.handshakes == 2
 
 

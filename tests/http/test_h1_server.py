@@ -70,8 +70,9 @@ async def serving(
     handler_factory: Callable[[list[Seen]], Handler] = ok_handler,
     limits: ServerLimits | None = None,
     listener: Listener | None = None,
+    pair: Callable[[], tuple[trio.StapledStream, trio.StapledStream]] = trio.testing.memory_stream_pair,
 ) -> AsyncIterator[Harness]:
-    client, server_stream = trio.testing.memory_stream_pair()
+    client, server_stream = pair()
     listener = listener or Listener("test", Address("127.0.0.1", 15001))
     seen: list[Seen] = []
     done = trio.Event()

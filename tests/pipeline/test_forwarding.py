@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from sidecar.http.message import ConnectionInfo, EmptyBody, Headers, Request, Response
+import pytest
+
+from sidecar.http.message import ConnectionInfo, EmptyBody, Headers, Request, Response, WebSocketRequest
 from sidecar.pipeline.forwarding import forwarding
 from sidecar.pipeline.handler import compose
 from sidecar.pipeline.local_reply import local_reply
@@ -124,3 +126,82 @@ async def test_compose_order() -> None:
 
     await compose(layer("a"), layer("b"), terminal=terminal)(_request([]))
     assert calls == ["a>", "b>", "terminal", "<b", "<a"]
+
+
+# --------------------------------------------------------------------------------------------------
+# WebSocket upgrades: "Upgrade except for WebSocket" (SPEC §4)
+# --------------------------------------------------------------------------------------------------
+
+_UPGRADE_REQUEST = [
+    (b"Host", b"orders"),
+    (b"Upgrade", b"websocket"),
+    (b"Connection", b"keep-alive, Upgrade, X-Hop"),
+    (b"X-Hop", b"dropped"),
+    (b"Keep-Alive", b"timeout=5"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+]
+_SWITCHING = [
+    (b"Upgrade", b"websocket"),
+    (b"Connection", b"Upgrade"),
+    (b"Keep-Alive", b"timeout=5"),
+    (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+]
+
+
+def _websocket_request(pairs: list[tuple[bytes, bytes]]) -> WebSocketRequest:
+    return WebSocketRequest(
+        b"GET", b"/chat", b"orders", Headers.of(pairs), EmptyBody(), ConnectionInfo("192.168.1.20", 40000)
+    )
+
+
+async def _forward(request: Request, response: Response) -> tuple[list[tuple[bytes, bytes]], Response]:
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def inner(request: Request) -> Response:
+        seen.extend((raw, value) for _, raw, value in request.headers.fields)
+        return response
+
+    return seen, await forwarding(inner)(request)
+
+
+def _fields(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(raw, value) for _, raw, value in headers.fields]
+
+
+async def test_websocket_upgrade_keeps_upgrade_and_connection_upgrade_only() -> None:
+    seen, response = await _forward(_websocket_request(_UPGRADE_REQUEST), Response(101, Headers.of(_SWITCHING)))
+    names = [name.lower() for name, _ in seen]
+    assert (b"Upgrade", b"websocket") in seen
+    assert (b"Connection", b"Upgrade") in seen
+    assert names.count(b"upgrade") == 1 and names.count(b"connection") == 1
+    assert b"x-hop" not in names and b"keep-alive" not in names  # still hop-by-hop
+    assert (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ==") in seen  # end to end
+    assert b"x-forwarded-for" in names and b"x-request-id" in names
+    assert response.status == 101
+    assert _fields(response.headers) == [
+        (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+    ]
+
+
+async def test_refused_websocket_upgrade_answer_is_stripped_like_any_response() -> None:
+    refused = Response(403, Headers.of([(b"Upgrade", b"websocket"), (b"Connection", b"close"), (b"X-App", b"1")]))
+    _, response = await _forward(_websocket_request(_UPGRADE_REQUEST), refused)
+    assert _fields(response.headers) == [(b"X-App", b"1")]
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        [(b"Upgrade", b"h2c"), (b"Connection", b"Upgrade, HTTP2-Settings"), (b"HTTP2-Settings", b"AAMAAABkAAQAAP__")],
+        [(b"Upgrade", b"foo"), (b"Connection", b"upgrade")],
+        # Upgrade: websocket on a request the server did not classify as an upgrade (a POST, say)
+        [(b"Upgrade", b"websocket"), (b"Connection", b"upgrade")],
+    ],
+)
+async def test_every_other_upgrade_is_stripped(upgrade: list[tuple[bytes, bytes]]) -> None:
+    seen, _ = await _forward(_request([(b"Host", b"orders"), *upgrade]), Response(200, Headers()))
+    names = {name.lower() for name, _ in seen}
+    assert not names & {b"upgrade", b"connection", b"http2-settings"}
