@@ -286,9 +286,7 @@ class H2Server:
             self._stream_reset(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:  # the connection window grew: every waiting stream may go on
-                for each in self._windows.values():
-                    each.set()
-                self._windows.clear()
+                self._wake_windows()
             elif event.stream_id in self._windows:
                 self._windows.pop(event.stream_id).set()
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -298,6 +296,13 @@ class H2Server:
             self.guard.ping(trio.current_time())
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.guard.settings_frame(trio.current_time())
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._wake_windows()  # every stream window moved by the difference
+
+    def _wake_windows(self) -> None:
+        for waiter in self._windows.values():
+            waiter.set()
+        self._windows.clear()
 
     def _stream_reset(self, stream_id: int) -> None:
         """The client reset a stream: its work is cancelled (after the write in progress, if it is
@@ -364,6 +369,7 @@ class H2Server:
             error = exc
         scope = trio.CancelScope()
         self._scopes[stream_id] = scope
+        self.timer.idle = False  # a drain must not take the connection for idle while it writes
         STATS.streams += 1
         self._last_stream_id = stream_id
         assert self._nursery is not None

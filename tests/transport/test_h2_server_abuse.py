@@ -343,6 +343,18 @@ async def test_stream_without_window_is_reset_and_the_others_flow(autojump_clock
         assert peer.body[5] == size and peer.goaway is None
 
 
+async def test_window_opened_by_settings_lets_a_waiting_stream_go_on(autojump_clock: trio.testing.MockClock) -> None:
+    """A larger SETTINGS_INITIAL_WINDOW_SIZE opens every stream's window without a WINDOW_UPDATE."""
+    size = 100_000
+    async with serving(Work(b"x" * size), limits=STALL, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0}) as h:
+        await h.peer.send(h.peer.request(1), h.peer.window_update(0, size))
+        await trio.sleep(1)
+        start = trio.current_time()
+        await h.peer.send(SettingsFrame(0, settings={SettingCodes.INITIAL_WINDOW_SIZE: size}))
+        await h.peer.until(lambda: 1 in h.peer.ended)
+        assert h.peer.body[1] == size and trio.current_time() - start < 1
+
+
 async def test_connection_window_kept_shut_ends_the_connection(autojump_clock: trio.testing.MockClock) -> None:
     async with serving(Work(b"x" * 200_000), limits=STALL) as h:
         start = trio.current_time()
