@@ -7,8 +7,8 @@ What this module owns, and the attack each answers:
   one by one with REFUSED_STREAM (never processed, safe to retry: a client may open streams before
   our SETTINGS reach it). h2 itself is held to `STREAM_HARD_LIMIT`, past which it ends the
   connection with PROTOCOL_ERROR: a client that far over the limit is ignoring it.
-- **Rapid reset** (CVE-2023-44487). Every stream the client resets (or that we refuse) after we
-  started work for it spends a token of the connection's reset budget; every stream completed
+- **Rapid reset** (CVE-2023-44487). Every stream the client resets while we work on it, and every
+  stream we refuse, spends a token of the connection's reset budget; every stream completed
   normally earns one back. The budget refills with time too, so a client may cancel a burst of
   streams, or cancel many over a long life, but cannot churn streams faster than the server serves
   them. Past it: GOAWAY ENHANCE_YOUR_CALM.
@@ -45,7 +45,7 @@ RESET_RATE = 100.0
 
 PING_BURST = 100
 PING_RATE = 20.0
-"""PINGs per second: gRPC's keepalive and BDP pings stay far below it."""
+"""PINGs per second: well above keepalive pings and gRPC's bandwidth-estimation pings."""
 
 SETTINGS_BURST = 32
 SETTINGS_RATE = 10.0
@@ -83,7 +83,7 @@ def abuse_reason(error: h2.exceptions.ProtocolError) -> str | None:
     if isinstance(error, HeaderBlockTooLarge):
         return "continuation_flood"
     if isinstance(error, h2.exceptions.DenialOfServiceError):
-        return "header_list_too_large"  # HPACK decoding stopped at the bound (an HPACK bomb)
+        return "hpack_bomb"  # HPACK decoding stopped at the bound
     if isinstance(error, h2.exceptions.TooManyStreamsError):
         return "too_many_streams"
     if "continuation" in str(error).lower():

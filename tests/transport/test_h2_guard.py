@@ -129,5 +129,5 @@ def test_h2_own_continuation_bound_is_reported_as_a_flood() -> None:
         _frames(buffer, HeadersFrame(1, b""), *(ContinuationFrame(1, b"") for _ in range(100)))
     assert abuse_reason(raised.value) == "continuation_flood"
     assert abuse_reason(h2.exceptions.TooManyStreamsError("x")) == "too_many_streams"
-    assert abuse_reason(h2.exceptions.DenialOfServiceError("Oversized header block")) == "header_list_too_large"
+    assert abuse_reason(h2.exceptions.DenialOfServiceError("Oversized header block")) == "hpack_bomb"
     assert abuse_reason(h2.exceptions.ProtocolError("Invalid frame during header block.")) is None
