@@ -160,6 +160,36 @@ async def test_ping_flood_gets_goaway(mesh: Mesh) -> None:
     await assert_still_serves(sc)
 
 
+async def test_rapid_reset_over_mutual_tls_on_the_inbound_listener(mesh: Mesh) -> None:
+    """The same limits guard HTTP/2 negotiated by ALPN on the inbound (mutual TLS) listener."""
+    origin = CountingOrigin()
+    app = await mesh.origin(origin)
+    sc = await mesh.sidecar(service="orders", inbound_app=app)
+    assert sc.inbound is not None
+
+    async def over_tls() -> RawH2Peer:
+        context = mesh.pki.client_context("frontend")
+        context.set_alpn_protocols(["h2"])
+        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", sc.inbound), context)
+        await stream.do_handshake()
+        assert stream.selected_alpn_protocol() == "h2"
+        peer = RawH2Peer(stream)
+        await peer.start()
+        return peer
+
+    peer = await over_tls()
+    frames: list[Any] = []
+    for stream_id in range(1, 2 * 1000, 2):
+        frames += [peer.request(stream_id, "/hang"), peer.reset(stream_id)]
+    await send_while_open(peer, *frames)
+    assert await peer.goaway_code() == ErrorCodes.ENHANCE_YOUR_CALM
+    assert origin.requests < RESET_BURST
+    fresh = await over_tls()
+    await fresh.send(fresh.request(1))
+    await fresh.until(lambda: 1 in fresh.ended)
+    assert fresh.status[1] == 200
+
+
 async def test_settings_flood_gets_goaway(mesh: Mesh) -> None:
     sc = await sidecar_for(mesh)
     peer = await attack(sc)
@@ -230,7 +260,7 @@ async def test_connection_window_kept_shut_gets_goaway(mesh: Mesh) -> None:
 async def test_peer_that_never_reads_the_socket_is_cut(mesh: Mesh) -> None:
     origin = CountingOrigin()
     sc = await sidecar_for(mesh, origin, limits={"header_read_timeout": f"{int(HEADER_READ_TIMEOUT * 1000)}ms"})
-    streams_before = STATS.streams
+    streams_before, stalls_before = STATS.streams, STATS.abuse["send_stalled"]
     big = 1 << 30
     peer = await attack(sc, {SettingCodes.INITIAL_WINDOW_SIZE: big - 1})
     await peer.send(peer.window_update(0, big), peer.request(1, "/bytes/200000000"))  # then never read
@@ -240,7 +270,7 @@ async def test_peer_that_never_reads_the_socket_is_cut(mesh: Mesh) -> None:
     await wait_for(lambda: listener.connections == 0, timeout=STALL_TIMEOUT + 10)
     assert trio.current_time() - start >= STALL_TIMEOUT - 0.5  # cut by the stall timeout, not before
     await wait_for(lambda: origin.active == 0 and STATS.streams == streams_before)
-    assert STATS.abuse["send_stalled"] >= 1
+    assert STATS.abuse["send_stalled"] == stalls_before + 1
     await peer.stream.aclose()
     await assert_still_serves(sc)
 
