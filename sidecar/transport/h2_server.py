@@ -4,24 +4,29 @@ responses streamed back under flow control, GOAWAY on drain, and the abuse limit
 The reader task feeds h2's state machine and dispatches its events. Request bodies are handed to the
 stream's handler chunk by chunk and acknowledged (WINDOW_UPDATE) only once the handler has read them,
 so a slow consumer stops the peer instead of growing a buffer: what one stream holds is bounded by
-its flow-control window. Responses wait for window before each DATA frame. All bytes go out through
-one lock-guarded `flush()`.
+its flow-control window. Responses wait for window before each DATA frame.
+
+All bytes go out through one writer task: the reader and the stream tasks hand frames to h2, and
+`flush()` moves h2's output to the writer's backlog and wakes it; the writer sends the whole backlog
+in one write, so the frames of many streams share a TLS record and a syscall. `flush()` waits only
+while the backlog is over `HIGH_WATER`, which bounds what the connection holds for a slow reader.
 
 Abuse: the reader counts client resets, PINGs and SETTINGS against the connection's budgets and ends
 the connection with GOAWAY ENHANCE_YOUR_CALM past them; streams past MAX_CONCURRENT_STREAMS are
 refused; header blocks are bounded while buffered and while decoded. The reader reads again only once
-the output of what it read is written, so what a peer that does not read makes us queue (ACKs,
-resets) is bounded by one read. A response that waits for window, or a write that waits for the peer
-to read, with no progress for the stall timeout gives up its stream, or the connection when the whole
-connection is stuck. Each abuse is logged once per connection, with the peer.
+the backlog is under `HIGH_WATER`, so what a peer that does not read makes us queue (ACKs, resets) is
+bounded. A response that waits for window, or a write that waits for the peer to read, with no
+progress for the stall timeout gives up its stream, or the connection when the whole connection is
+stuck. Each abuse is logged once per connection, with the peer.
 
-A write is never cut half-way by its stream's reset: a stream reset while its task writes is cancelled
-once the write is out. A write cut otherwise (the connection's cancellation, the stall watchdog, a
-failing sibling task) leaves a partial frame on the wire, so the connection ends without a GOAWAY.
+A stream's reset never cuts a write half-way, since stream tasks do not write. A write cut otherwise
+(the connection's cancellation, the stall watchdog) leaves a partial frame on the wire, so the
+connection then ends without a GOAWAY.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 
@@ -36,6 +41,7 @@ import trio
 
 from ..http.errors import BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
 from ..http.h2 import fields_from_h2, header_list_size, request_from_h2, response_to_h2, trailers_to_h2
+from ..http.hpack_plain import PlainEncoder
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, Response
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
@@ -59,6 +65,7 @@ log = structlog.get_logger("sidecar.h2")
 _NO_BODY_STATUS = frozenset({204, 304})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+HIGH_WATER = 65536  # bytes in the writer's backlog before flush() waits for it to be sent
 
 __all__ = ["MAX_CONCURRENT_STREAMS", "STATS", "H2Server"]
 
@@ -92,53 +99,97 @@ class H2Server:
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
         self.mesh_peer = conn.peer_identity is not None  # a verified sidecar: header casing is carried
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        # Outbound fields come from messages our parsers already validated and lower-cased (or that we
+        # made): h2 need not check them again. What the client sends is validated by h2.
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.encoder = PlainEncoder()
         header_bound = HEADER_LIMIT_FACTOR * limits.max_request_headers
         self.h2.incoming_buffer = HeaderBlockBuffer(header_bound)
         self.h2.decoder.max_header_list_size = header_bound
         self.guard = ConnectionGuard()
         self.stall_timeout = STALL_TIMEOUT_FACTOR * limits.header_read_timeout
         self.timer = ConnectionTimer()
-        self._send_lock = trio.StrictFIFOLock()
+        self._backlog: list[bytes] = []  # h2 output waiting for the writer
+        self._backlog_size = 0
+        self._writer_wake: trio.Event | None = None
+        self._drained: trio.Event | None = None  # set when the backlog is sent (or can never be)
         self._bodies: dict[int, H2Body] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._windows: dict[int, trio.Event] = {}
         self._goaway_sent = False
         self._nursery: trio.Nursery | None = None
-        self._writing: int | None = None  # the stream whose flush is writing now (0: the reader's)
-        self._cancel_after_write: trio.CancelScope | None = None  # its scope, when it was reset meanwhile
-        self._wire_broken = False  # a write was cut half-way: nothing more can be sent
+        self._writing = False  # the writer is in a write: the timer's deadline is the stall timeout
+        self._wire_broken = False  # a write failed or was cut half-way: nothing more can be sent
         self._reported: set[str] | None = None  # abuses logged on this connection
         self._last_stream_id = 0  # the last stream handed to a task (GOAWAY's last stream after abuse)
 
     # -- output ------------------------------------------------------------------------------------
 
-    async def flush(self, stream_id: int = 0) -> None:
-        """Write what h2 has queued, for `stream_id`'s task (0: the reader). While the write waits,
-        the connection timer's deadline is the stall timeout: the listener's watchdog ends a
-        connection whose peer stopped reading."""
-        async with self._send_lock:
-            data = self.h2.data_to_send()
-            if not data:
-                return
-            timer = self.timer
-            timer.deadline = trio.current_time() + self.stall_timeout
-            self._writing = stream_id
-            try:
-                await self.stream.send_all(data)
-            except _STREAM_ERRORS:
-                self._wire_broken = True
-                raise DownstreamGone("client went away") from None
-            except BaseException:
-                self._write_cut()
-                raise
-            self._writing = None
-            self._mark_idle()
-            reset = self._cancel_after_write
-            if reset is not None:
-                self._cancel_after_write = None
-                reset.cancel()
+    async def flush(self) -> None:
+        """Hand what h2 has queued to the writer; wait while the backlog is over HIGH_WATER."""
+        data = self.h2.data_to_send()
+        if data:
+            self._backlog.append(data)
+            self._backlog_size += len(data)
+            wake = self._writer_wake
+            if wake is not None:
+                self._writer_wake = None
+                wake.set()
+        if self._backlog_size > HIGH_WATER:
+            await self._sent()
+        if self._wire_broken:
+            raise DownstreamGone("client went away")
+
+    async def _sent(self) -> None:
+        """Wait until the writer has sent the backlog (or the connection can send no more)."""
+        if not self._backlog_size or self._wire_broken:
+            return
+        if self._drained is None:
+            self._drained = trio.Event()
+        await self._drained.wait()
+
+    async def _writer(self) -> None:
+        """Send the backlog, all of it in one write, whenever there is one. While a write waits, the
+        connection timer's deadline is the stall timeout: the listener's watchdog ends a connection
+        whose peer stopped reading."""
+        backlog = self._backlog
+        timer = self.timer
+        try:
+            while True:
+                if not backlog:
+                    drained, self._drained = self._drained, None
+                    if drained is not None:
+                        drained.set()
+                    self._writer_wake = wake = trio.Event()
+                    await wake.wait()
+                    continue
+                data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+                backlog.clear()
+                self._backlog_size = 0
+                self._writing = True
+                timer.deadline = trio.current_time() + self.stall_timeout
+                try:
+                    await self.stream.send_all(data)
+                except _STREAM_ERRORS:
+                    self._wire_broken = True
+                    self.timer.scope.cancel()  # the client is gone: so are its streams
+                    return
+                except BaseException:
+                    self._write_cut()
+                    raise
+                self._writing = False
+                self._mark_idle()
+        finally:
+            drained, self._drained = self._drained, None
+            if drained is not None:
+                drained.set()
 
     def _write_cut(self) -> None:
         """A write ended half-way: the byte stream holds a partial frame, so the connection ends."""
@@ -152,7 +203,7 @@ class H2Server:
             self.h2.acknowledge_received_data(flow_controlled, stream_id)
         except h2.exceptions.StreamClosedError:
             return
-        await self.flush(stream_id)
+        await self.flush()
 
     async def _goaway(
         self, error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR, last_stream_id: int | None = None
@@ -201,27 +252,36 @@ class H2Server:
         timers.add(timer)
         try:
             with timer.scope:
-                await self.flush()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    nursery.start_soon(self._writer)
+                    await self.flush()  # our SETTINGS
                     await self._read_frames()
+                    await self._sent()  # the last frames (a GOAWAY, final responses) go out first
                     nursery.cancel_scope.cancel()
         except* DownstreamGone:
             pass
         finally:
             timers.discard(timer)
-            if not self._goaway_sent and not self._wire_broken:
+            if not self._wire_broken:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
-                    self._goaway_sent = True
-                    try:
-                        h2c.close_connection()
-                        await self.flush()
-                    except (DownstreamGone, h2.exceptions.ProtocolError):
-                        pass
+                    await self._last_words()
+
+    async def _last_words(self) -> None:
+        """The writer has stopped: send what is left, with a GOAWAY unless one went out already."""
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+        data = b"".join(self._backlog) + self.h2.data_to_send()
+        self._backlog.clear()
+        if data:
+            with contextlib.suppress(*_STREAM_ERRORS):
+                await self.stream.send_all(data)
 
     def _mark_idle(self) -> None:
-        if self._writing is not None:
+        if self._writing:
             return  # the write's stall deadline stands; the write calls this when it is done
         timer = self.timer
         if self._scopes:
@@ -305,18 +365,15 @@ class H2Server:
         self._windows.clear()
 
     def _stream_reset(self, stream_id: int) -> None:
-        """The client reset a stream: its work is cancelled (after the write in progress, if it is
-        writing), and a stream we had started work for spends the connection's reset budget."""
+        """The client reset a stream: its work is cancelled, and a stream we had started work for
+        spends the connection's reset budget."""
         body = self._bodies.get(stream_id)
         if body is not None:
             body.fail(DownstreamGone("stream reset by the client"))
         scope = self._scopes.get(stream_id)
         if scope is None:
             return
-        if self._writing == stream_id:
-            self._cancel_after_write = scope
-        else:
-            scope.cancel()
+        scope.cancel()
         self.guard.stream_cancelled(trio.current_time())
 
     def _refuse(self, stream_id: int) -> None:
@@ -384,11 +441,15 @@ class H2Server:
                     assert error is not None
                     await self._respond(stream_id, b"GET", error_response(error))
                     return
-                async with trio.open_nursery() as nursery:
-                    request.task_nursery = nursery
+                if request.body is EMPTY_BODY:  # nothing to pump upstream: no nursery needed
                     response = await self._call(request)
                     await self._respond(stream_id, request.method, response)
-                    nursery.cancel_scope.cancel()
+                else:
+                    async with trio.open_nursery() as nursery:
+                        request.task_nursery = nursery
+                        response = await self._call(request)
+                        await self._respond(stream_id, request.method, response)
+                        nursery.cancel_scope.cancel()
             if not scope.cancelled_caught:
                 self.guard.stream_completed()
         except* DownstreamGone:  # raised inside the stream's nursery, so it comes grouped
@@ -403,7 +464,7 @@ class H2Server:
             if request is not None and getattr(request.body, "done", True) is False:
                 try:  # the handler never read the whole body: stop the peer sending it
                     self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-                    await self.flush(stream_id)
+                    await self.flush()
                 except (h2.exceptions.ProtocolError, DownstreamGone):
                     pass
 
@@ -417,7 +478,7 @@ class H2Server:
             headers = response_to_h2(response.status, response.headers, to_mesh=self.mesh_peer)
             if method == b"HEAD" or response.status in _NO_BODY_STATUS:
                 h2c.send_headers(stream_id, headers, end_stream=True)
-                await self.flush(stream_id)
+                await self.flush()
                 return
             try:
                 first = await body.read()
@@ -428,7 +489,7 @@ class H2Server:
                 return
             if not first and body.trailers is None:
                 h2c.send_headers(stream_id, headers, end_stream=True)
-                await self.flush(stream_id)
+                await self.flush()
                 return
             h2c.send_headers(stream_id, headers)
             chunk = first
@@ -439,13 +500,13 @@ class H2Server:
                 except ProxyError as error:
                     log.info("response_aborted", reason=error.reason, detail=error.detail)
                     h2c.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                    await self.flush(stream_id)
+                    await self.flush()
                     return
             if body.trailers:
                 h2c.send_headers(stream_id, trailers_to_h2(body.trailers, to_mesh=self.mesh_peer), end_stream=True)
             else:
                 h2c.end_stream(stream_id)
-            await self.flush(stream_id)
+            await self.flush()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             raise DownstreamGone("stream closed") from None
         finally:
@@ -461,10 +522,10 @@ class H2Server:
                 continue
             piece, view = view[:window], view[window:]
             h2c.send_data(stream_id, bytes(piece), end_stream=end and not view)
-            await self.flush(stream_id)
+            await self.flush()
         if end and not data:
             h2c.end_stream(stream_id)
-            await self.flush(stream_id)
+            await self.flush()
 
     async def _wait_for_window(self, stream_id: int) -> None:
         """Wait until the peer gives window. A peer that gives none for the stall timeout loses the
@@ -480,10 +541,11 @@ class H2Server:
         if self.h2.outbound_flow_control_window <= 0:
             self._report("connection_window_stalled")
             await self._goaway(_CALM)
+            await self._sent()  # the GOAWAY goes out before the streams (the writer too) are cancelled
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
         else:
             self._report("stream_window_stalled")
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-            await self.flush(stream_id)
+            await self.flush()
         raise DownstreamGone("the peer gave no flow-control window")
