@@ -78,7 +78,8 @@ class H2ClientConnection:
         self.exchanges = 0  # completed on this connection
         self._exchanges: dict[int, _Exchange] = {}
         self._windows: dict[int, trio.Event] = {}
-        self._queued = 0  # body bytes handed to h2 since the writer last took its output
+        self._backlog: list[bytes] = []  # h2 output waiting for the writer
+        self._backlog_size = 0
         self._writer_wake: trio.Event | None = None
         self._drained: trio.Event | None = None
 
@@ -106,19 +107,27 @@ class H2ClientConnection:
         self.kick()  # the writer sees `closed` and ends
 
     def kick(self) -> None:
-        """Something is queued in h2: wake the writer."""
+        """Move what h2 has queued to the writer's backlog, and wake the writer when there is some
+        (or when the connection closed, so that it ends)."""
+        data = self.h2.data_to_send()
+        if data:
+            self._backlog.append(data)
+            self._backlog_size += len(data)
+        elif not self.closed:
+            return
         wake = self._writer_wake
         if wake is not None:
             self._writer_wake = None
             wake.set()
 
     async def _writer(self) -> None:
-        h2c = self.h2
+        backlog = self._backlog
         try:
             while not self.closed:
-                data = h2c.data_to_send()
-                if data:
-                    self._queued = 0
+                if backlog:
+                    data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+                    backlog.clear()
+                    self._backlog_size = 0
                     await self.stream.send_all(data)
                     continue
                 drained, self._drained = self._drained, None
@@ -212,9 +221,8 @@ class H2ClientConnection:
                 continue
             piece, view = view[:window], view[window:]
             h2c.send_data(stream_id, bytes(piece))
-            self._queued += len(piece)
             self.kick()
-            if self._queued > HIGH_WATER:
+            if self._backlog_size > HIGH_WATER:
                 await self._wait_drained()
             if self.closed:
                 raise trio.ClosedResourceError("upstream connection closed")
