@@ -395,7 +395,7 @@ class H2Connection:
         if stream is None or stream.local_ended:
             raise H2StateError(f"stream {stream_id} is closed for sending")
         size = len(data)
-        if size > stream.send_window or size > self.send_connection_window:
+        if size and (size > stream.send_window or size > self.send_connection_window):
             raise H2StateError(f"{size} bytes do not fit the flow-control window")
         stream.send_window -= size
         self.send_connection_window -= size
