@@ -48,19 +48,29 @@ from .hpack_codec import CompressionError, HeaderDecoder, HeaderEncoder, HeaderL
 
 __all__ = [
     "CLOSED_MEMORY",
+    "CONTINUATION",
+    "DATA",
     "DATA_RECEIVED",
+    "GOAWAY",
     "GOAWAY_RECEIVED",
+    "HEADERS",
     "HEADERS_RECEIVED",
     "INFORMATIONAL_RECEIVED",
     "MAX_CONTINUATIONS",
+    "PING",
     "PING_ACKED",
     "PING_RECEIVED",
     "PREFACE",
+    "PRIORITY",
+    "PUSH_PROMISE",
+    "RST_STREAM",
+    "SETTINGS",
     "SETTINGS_RECEIVED",
     "STREAM_REFUSED",
     "STREAM_RESET",
     "TRAILERS_RECEIVED",
     "WINDOW_OPENED",
+    "WINDOW_UPDATE",
     "ErrorCode",
     "H2Connection",
     "H2ConnectionError",
@@ -389,7 +399,7 @@ class H2Connection:
         self.open_outbound += 1
         return stream
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> None:
         """Queue DATA (split to the peer's frame size); `data` must fit `send_window(stream_id)`."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.local_ended:
@@ -516,11 +526,13 @@ class H2Connection:
 
     # -- input -------------------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, data: bytes | bytearray) -> list[Event]:
         """Handle the bytes received; the events they made. Raises `H2ConnectionError` (GOAWAY queued)
         when the peer broke the protocol; after that, nothing more is read."""
         if self.closed:
             return []
+        if type(data) is not bytes:
+            data = bytes(data)
         pending = self._pending
         if pending:
             pending += data

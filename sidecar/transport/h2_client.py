@@ -2,9 +2,10 @@
 
 A connection's reader and writer tasks run in the registry's nursery (handed over explicitly),
 because the connection outlives any single request. Streams never write to the socket themselves:
-they hand frames to h2 and wake the writer, which sends everything queued in one write — many
-streams' frames share one TLS record and one syscall. A stream sending body data waits while more
-than `HIGH_WATER` bytes are queued, so the writer's backlog stays bounded.
+they hand frames to the connection codec (`http/h2_conn.py`) and wake the writer, which sends
+everything queued in one write — many streams' frames share one TLS record and one syscall. A stream
+sending body data waits while more than `HIGH_WATER` bytes are queued, so the writer's backlog stays
+bounded.
 
 `send()` opens a stream, queues the head and (in the request's nursery) the body under flow control,
 and waits for the response head; the response body is an `H2Body` fed by the reader. A stream the
@@ -17,22 +18,29 @@ The accounting contract with the pool matches HTTP/1.1's: once `send()` is calle
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
 import structlog
 import trio
 
 from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
 from ..http.h2 import fields_from_h2, fields_to_h2
-from ..http.hpack_plain import PlainEncoder
+from ..http.h2_conn import (
+    DATA_RECEIVED,
+    GOAWAY_RECEIVED,
+    HEADERS_RECEIVED,
+    STREAM_RESET,
+    TRAILERS_RECEIVED,
+    WINDOW_OPENED,
+    ErrorCode,
+    Event,
+    H2Connection,
+    H2ConnectionError,
+    H2StateError,
+)
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
+from .h1_client import MAX_RESPONSE_HEAD
 from .h2_body import H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
 
@@ -58,17 +66,8 @@ class _Exchange:
 
 class H2ClientConnection:
     def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
-        # Outbound fields come from messages our parsers already validated and lower-cased: h2 need
-        # not check them again. Responses from the peer are validated by h2.
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_inbound_headers=True,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.encoder = PlainEncoder()
+        # Responses are bounded like HTTP/1.1 response heads, decoded and while buffered.
+        self.h2 = H2Connection(client=True, max_header_list=MAX_RESPONSE_HEAD, max_header_block=MAX_RESPONSE_HEAD)
         self.stream = stream
         self.pool = pool
         self.mesh_peer = pool.tls is not None and pool.tls.mutual  # a sidecar: header casing is carried
@@ -84,7 +83,7 @@ class H2ClientConnection:
         self._drained: trio.Event | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
-        self.h2.initiate_connection()
+        self.h2.initiate()
         await self.stream.send_all(self.h2.data_to_send())
         nursery.start_soon(self._reader)
         nursery.start_soon(self._writer)
@@ -94,7 +93,7 @@ class H2ClientConnection:
         """How many more streams this connection takes now."""
         if self.closed or self.goaway:
             return 0
-        return self.h2.remote_settings.max_concurrent_streams - len(self._exchanges)
+        return self.h2.peer_max_streams - len(self._exchanges)
 
     @property
     def active(self) -> int:
@@ -149,10 +148,7 @@ class H2ClientConnection:
         await self._drained.wait()
 
     async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(flow_controlled, stream_id)
-        except h2.exceptions.ProtocolError:
-            return
+        self.h2.acknowledge(stream_id, flow_controlled)
         self.kick()
 
     # -- one request -------------------------------------------------------------------------------
@@ -160,11 +156,11 @@ class H2ClientConnection:
     async def send(self, request: Request) -> Response:
         h2c = self.h2
         try:
-            stream_id = h2c.get_next_available_stream_id()
-        except h2.exceptions.NoAvailableStreamIDError:
+            stream_id = h2c.new_stream_id()
+        except H2StateError as exc:  # out of stream ids, or the peer sent GOAWAY
             self.goaway = True
             self.pool.stream_done(self)
-            raise UpstreamReset(detail="connection out of stream ids", refused=True) from None
+            raise UpstreamReset(detail=str(exc), refused=True) from None
         exchange = _Exchange()
         self._exchanges[stream_id] = exchange
         body = request.body
@@ -177,6 +173,11 @@ class H2ClientConnection:
         headers += fields_to_h2(request.headers.fields, to_mesh=self.mesh_peer, request=True)
         try:
             h2c.send_headers(stream_id, headers, end_stream=body is EMPTY_BODY)
+        except H2StateError as exc:  # the peer's stream limit, reached while this request waited
+            self.pool.stream_done(self)
+            self._exchanges.pop(stream_id, None)
+            raise UpstreamReset(detail=str(exc), refused=True) from None
+        try:
             self.kick()
             if body is not EMPTY_BODY:
                 if request.task_nursery is not None:
@@ -205,22 +206,31 @@ class H2ClientConnection:
             self.kick()
         except (ProxyError, DownstreamGone):
             self._forget(stream_id, reset=True)
-        except (h2.exceptions.ProtocolError, *_STREAM_ERRORS):
+        except (H2StateError, *_STREAM_ERRORS):
             pass  # the stream or connection ended: the response side reports it
 
     async def _send_data(self, stream_id: int, data: bytes) -> None:
+        """DATA as the windows allow (the codec cuts it to the peer's frame size)."""
         h2c = self.h2
-        view = memoryview(data)
+        view: bytes | memoryview = data
         while view:
-            window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+            window = h2c.send_window(stream_id)
             if window <= 0:
+                if stream_id not in h2c.streams:
+                    raise H2StateError("stream closed")
                 waiter = self._windows.get(stream_id)
                 if waiter is None:
                     waiter = self._windows[stream_id] = trio.Event()
                 await waiter.wait()
                 continue
-            piece, view = view[:window], view[window:]
-            h2c.send_data(stream_id, bytes(piece))
+            if window >= len(view):
+                h2c.send_data(stream_id, view)
+                view = b""
+            else:
+                if isinstance(view, bytes):
+                    view = memoryview(view)
+                h2c.send_data(stream_id, view[:window])
+                view = view[window:]
             self.kick()
             if self._backlog_size > HIGH_WATER:
                 await self._wait_drained()
@@ -233,10 +243,8 @@ class H2ClientConnection:
         self._windows.pop(stream_id, None)
         if exchange is None:
             return
-        if reset and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                self.kick()
+        if reset and not self.closed and self.h2.reset(stream_id, ErrorCode.CANCEL):
+            self.kick()
         if not self._exchanges:
             self.idle_since = trio.current_time()
         self.pool.stream_done(self)
@@ -259,12 +267,12 @@ class H2ClientConnection:
                 if not data:
                     break
                 try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
+                    events = self.h2.receive(data)
+                except H2ConnectionError as exc:
                     log.info("upstream_h2_protocol_error", error=str(exc))
+                    self.kick()  # the GOAWAY
                     break
-                for event in events:
-                    self._dispatch(event)
+                self._dispatch(events)
                 self.kick()
         finally:
             self.closed = True
@@ -281,63 +289,62 @@ class H2ClientConnection:
         elif exchange.body is not None:
             exchange.body.fail(error)
 
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            exchange = self._exchanges.get(event.stream_id)
-            if exchange is None:
-                return
-            status = 0
-            for name, value in event.headers:
-                if name == b":status":
-                    status = int(value)
-                    break
-            fields = fields_from_h2(event.headers, from_mesh=self.mesh_peer)
-            if 100 <= status < 200:
-                return  # interim
-            if status < 200:
-                self._fail(exchange, UpstreamProtocolError(detail="response without :status"))
-                return
-            headers = Headers(fields)
-            cl = headers.get(b"content-length")
-            length = int(cl) if cl is not None and cl.isdigit() else None
-            exchange.status = status
-            exchange.headers = headers
-            exchange.body = H2Body(self, event.stream_id, length, on_done=self._body_done(event.stream_id))
-            if event.stream_ended is not None:
-                exchange.body.end()
-            exchange.ready.set()
-        elif isinstance(event, h2.events.DataReceived):
-            exchange = self._exchanges.get(event.stream_id)
-            if exchange is not None and exchange.body is not None:
-                exchange.body.feed(event.data, event.flow_controlled_length)
-            else:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.TrailersReceived):
-            exchange = self._exchanges.get(event.stream_id)
-            if exchange is not None and exchange.body is not None:
-                exchange.body.end(Headers(fields_from_h2(event.headers, from_mesh=self.mesh_peer)))
-        elif isinstance(event, h2.events.StreamEnded):
-            exchange = self._exchanges.get(event.stream_id)
-            if exchange is not None and exchange.body is not None:
-                exchange.body.end()
-        elif isinstance(event, h2.events.StreamReset):
-            exchange = self._exchanges.get(event.stream_id)
-            if exchange is not None:
-                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                self._fail(
-                    exchange,
-                    UpstreamReset(detail=f"stream reset ({event.error_code!r})", refused=refused),
-                )
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id == 0:
-                for waiter in self._windows.values():
-                    waiter.set()
-                self._windows.clear()
-            elif event.stream_id in self._windows:
-                self._windows.pop(event.stream_id).set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = True
-            last = event.last_stream_id or 0
-            for stream_id, exchange in list(self._exchanges.items()):
-                if stream_id > last:  # never processed by the peer: safe to try elsewhere
-                    self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
+    def _dispatch(self, events: list[Event]) -> None:
+        exchanges = self._exchanges
+        for event in events:
+            kind = event[0]
+            if kind == DATA_RECEIVED:
+                exchange = exchanges.get(event[1])
+                if exchange is not None and exchange.body is not None:
+                    if event[2]:
+                        exchange.body.feed(event[2], event[3])
+                    if event[4]:
+                        exchange.body.end()
+                else:
+                    self.h2.acknowledge(event[1], event[3])
+            elif kind == HEADERS_RECEIVED:
+                self._response(event[1], event[2], event[3])
+            elif kind == TRAILERS_RECEIVED:
+                exchange = exchanges.get(event[1])
+                if exchange is not None and exchange.body is not None:
+                    exchange.body.end(Headers(fields_from_h2(event[2], from_mesh=self.mesh_peer)))
+            elif kind == STREAM_RESET:
+                exchange = exchanges.get(event[1])
+                if exchange is not None:
+                    self._fail(exchange, self._reset_error(event[2], by_peer=event[3]))
+            elif kind == WINDOW_OPENED:
+                if event[1] == 0:
+                    for waiter in self._windows.values():
+                        waiter.set()
+                    self._windows.clear()
+                elif event[1] in self._windows:
+                    self._windows.pop(event[1]).set()
+            elif kind == GOAWAY_RECEIVED:
+                self.goaway = True
+                last = event[2]
+                for stream_id, exchange in list(exchanges.items()):
+                    if stream_id > last:  # never processed by the peer: safe to try elsewhere
+                        self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
+
+    @staticmethod
+    def _reset_error(code: int, *, by_peer: bool) -> ProxyError:
+        if not by_peer:
+            return UpstreamProtocolError(detail="malformed response")
+        refused = code == ErrorCode.REFUSED_STREAM
+        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
+        return UpstreamReset(detail=f"stream reset ({name})", refused=refused)
+
+    def _response(self, stream_id: int, pairs: list[tuple[bytes, bytes]], ended: bool) -> None:
+        """A final response head (the codec checked it: `:status` first, three digits)."""
+        exchange = self._exchanges.get(stream_id)
+        if exchange is None:
+            return
+        headers = Headers(fields_from_h2(pairs, from_mesh=self.mesh_peer))
+        cl = headers.get(b"content-length")
+        length = int(cl) if cl is not None and cl.isdigit() else None
+        exchange.status = int(pairs[0][1])
+        exchange.headers = headers
+        exchange.body = H2Body(self, stream_id, length, on_done=self._body_done(stream_id))
+        if ended:
+            exchange.body.end()
+        exchange.ready.set()

@@ -1,22 +1,25 @@
 """HTTP/2 abuse limits of the server side: the thresholds, the per-connection budgets that enforce
-them, and h2's frame buffer with a byte bound on a header block still waiting for END_HEADERS.
+them, and the codec configured with the limits it enforces itself.
 
 What this module owns, and the attack each answers:
 
-- **Concurrent streams.** `MAX_CONCURRENT_STREAMS` is advertised; the server refuses streams past it
+- **Concurrent streams.** `MAX_CONCURRENT_STREAMS` is advertised; the codec refuses streams past it
   one by one with REFUSED_STREAM (never processed, safe to retry: a client may open streams before
-  our SETTINGS reach it). h2 itself is held to `STREAM_HARD_LIMIT`, past which it ends the
-  connection with PROTOCOL_ERROR: a client that far over the limit is ignoring it.
-- **Rapid reset** (CVE-2023-44487). Every stream the client resets while we work on it, and every
-  stream we refuse, spends a token of the connection's reset budget; every stream completed
-  normally earns one back. The budget refills with time too, so a client may cancel a burst of
-  streams, or cancel many over a long life, but cannot churn streams faster than the server serves
-  them. Past it: GOAWAY ENHANCE_YOUR_CALM.
-- **SETTINGS and PING floods.** Each costs an ACK frame; both have a budget per connection.
-- **Header blocks.** HPACK decoding stops at `HEADER_LIMIT_FACTOR` times the header limit (an HPACK bomb
-  becomes a connection error), and the encoded block buffered across CONTINUATION frames is bounded
-  by the same number of bytes (h2 alone bounds it to 64 frames, up to 1 MiB). A decoded list between
-  the limit and that bound is answered 431 on its stream by the server.
+  our SETTINGS reach it). Past `STREAM_HARD_LIMIT` streams open or refused since one last closed, it
+  ends the connection with PROTOCOL_ERROR: a client that far over the limit is ignoring it.
+- **Rapid reset** (CVE-2023-44487, and its MadeYouReset variant). Every stream the client resets
+  while we work on it, every stream we reset for the client's protocol error on it, and every stream
+  we refuse, spends a token of the connection's reset budget; every stream completed normally earns
+  one back. The budget refills with time too, so a client may cancel a burst of streams, or cancel
+  many over a long life, but cannot churn streams faster than the server serves them. Past it:
+  GOAWAY ENHANCE_YOUR_CALM.
+- **SETTINGS and PING floods.** Each costs an ACK frame (a SETTINGS frame may also move every
+  stream's window); both have a budget per connection, checked by the codec before it handles the
+  frame (`frame_guard`), so a flood stops in the middle of the read that carries it.
+- **Header blocks.** HPACK decoding stops at `HEADER_LIMIT_FACTOR` times the header limit (an HPACK
+  bomb becomes a connection error), and the encoded block buffered across CONTINUATION frames is
+  bounded by the same number of bytes and by 64 frames. A decoded list between the limit and that
+  bound is answered 431 on its stream by the server.
 - **Stalled peers.** `STALL_TIMEOUT_FACTOR` derives how long a response may wait for flow-control
   window, or a write for the socket, before the stream (or connection) is given up.
 
@@ -27,16 +30,14 @@ so they stay testable without an event loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-import h2.errors
-import h2.exceptions
-import h2.frame_buffer
-from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
+from ..http.h2_conn import PING, SETTINGS, ErrorCode, H2Connection
 
 MAX_CONCURRENT_STREAMS = 128
 """Advertised in SETTINGS; streams past it are refused (REFUSED_STREAM)."""
 STREAM_HARD_LIMIT = 2 * MAX_CONCURRENT_STREAMS
-"""Open streams h2 accepts before it ends the connection (PROTOCOL_ERROR)."""
+"""Streams open or refused at once past which the codec ends the connection (PROTOCOL_ERROR)."""
 
 RESET_BURST = 2 * MAX_CONCURRENT_STREAMS
 """Streams a client may reset at once: cancelling every open stream, twice over."""
@@ -68,27 +69,10 @@ is not."""
 class PeerAbuse(Exception):
     """The peer broke an abuse limit: the connection ends with GOAWAY `error_code`."""
 
-    def __init__(self, reason: str, error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM) -> None:
+    def __init__(self, reason: str, error_code: int = ErrorCode.ENHANCE_YOUR_CALM) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error_code = error_code
-
-
-class HeaderBlockTooLarge(h2.exceptions.DenialOfServiceError):
-    """An encoded header block outgrew its bound while CONTINUATION frames kept coming."""
-
-
-def abuse_reason(error: h2.exceptions.ProtocolError) -> str | None:
-    """The abuse h2 (or `HeaderBlockBuffer`) detected, when the protocol error is one."""
-    if isinstance(error, HeaderBlockTooLarge):
-        return "continuation_flood"
-    if isinstance(error, h2.exceptions.DenialOfServiceError):
-        return "hpack_bomb"  # HPACK decoding stopped at the bound
-    if isinstance(error, h2.exceptions.TooManyStreamsError):
-        return "too_many_streams"
-    if "continuation" in str(error).lower():
-        return "continuation_flood"  # h2's own bound: 64 CONTINUATION frames
-    return None
 
 
 class RateBudget:
@@ -146,23 +130,26 @@ class ConnectionGuard:
         if not self.settings.spend(now):
             raise PeerAbuse("settings_flood")
 
+    def frame_guard(self, clock: Callable[[], float]) -> Callable[[int], None]:
+        """The codec's `frame_guard`: SETTINGS and PING frames spend their budgets, at `clock()`."""
 
-class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
-    """h2's frame buffer (server side) with the encoded header block that is still waiting for
-    END_HEADERS bounded to `max_block` bytes (ENHANCE_YOUR_CALM past it). h2 counts CONTINUATION
-    frames only; this counts their bytes. It hooks `_update_header_buffer`, the one place every
-    received frame passes through; a frame outside a multi-frame block costs one type check."""
+        def spend(frame_type: int) -> None:
+            if frame_type == PING:
+                self.ping(clock())
+            elif frame_type == SETTINGS:
+                self.settings_frame(clock())
 
-    def __init__(self, max_block: int) -> None:
-        super().__init__(server=True)
-        self.max_block = max_block
-        self._block = 0
+        return spend
 
-    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
-        if isinstance(f, (HeadersFrame, ContinuationFrame)) and (self._block or "END_HEADERS" not in f.flags):
-            self._block += len(f.data)
-            if self._block > self.max_block:
-                raise HeaderBlockTooLarge(f"header block over {self.max_block} bytes")
-            if "END_HEADERS" in f.flags:
-                self._block = 0
-        return super()._update_header_buffer(f)
+
+def guarded_connection(max_request_headers: int) -> H2Connection:
+    """The server side's codec, with the limits above that the codec enforces itself."""
+    bound = HEADER_LIMIT_FACTOR * max_request_headers
+    return H2Connection(
+        client=False,
+        max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+        stream_hard_limit=STREAM_HARD_LIMIT,
+        advertised_header_list=max_request_headers,
+        max_header_list=bound,
+        max_header_block=bound,
+    )

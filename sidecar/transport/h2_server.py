@@ -1,19 +1,20 @@
 """HTTP/2 server side of a connection: frames in, one task per stream in the connection's nursery,
 responses streamed back under flow control, GOAWAY on drain, and the abuse limits of `h2_guard`.
 
-The reader task feeds h2's state machine and dispatches its events. Request bodies are handed to the
-stream's handler chunk by chunk and acknowledged (WINDOW_UPDATE) only once the handler has read them,
-so a slow consumer stops the peer instead of growing a buffer: what one stream holds is bounded by
-its flow-control window. Responses wait for window before each DATA frame.
+The reader task feeds the connection codec (`http/h2_conn.py`) and dispatches its events. Request
+bodies are handed to the stream's handler chunk by chunk and acknowledged (WINDOW_UPDATE) only once
+the handler has read them, so a slow consumer stops the peer instead of growing a buffer: what one
+stream holds is bounded by its flow-control window. Responses wait for window before each DATA frame.
 
-All bytes go out through one writer task: the reader and the stream tasks hand frames to h2, and
-`flush()` moves h2's output to the writer's backlog and wakes it; the writer sends the whole backlog
+All bytes go out through one writer task: the reader and the stream tasks hand frames to the codec,
+and `flush()` moves its output to the writer's backlog and wakes it; the writer sends the whole backlog
 in one write, so the frames of many streams share a TLS record and a syscall. `flush()` waits only
 while the backlog is over `HIGH_WATER`, which bounds what the connection holds for a slow reader.
 
-Abuse: the reader counts client resets, PINGs and SETTINGS against the connection's budgets and ends
-the connection with GOAWAY ENHANCE_YOUR_CALM past them; streams past MAX_CONCURRENT_STREAMS are
-refused; header blocks are bounded while buffered and while decoded. The reader reads again only once
+Abuse: client resets (and our resets for a client's protocol error on a stream), refused streams,
+PINGs and SETTINGS spend the connection's budgets, and past them the connection ends with GOAWAY
+ENHANCE_YOUR_CALM; streams past MAX_CONCURRENT_STREAMS are refused; header blocks are bounded while
+buffered and while decoded. The reader reads again only once
 the backlog is under `HIGH_WATER`, so what a peer that does not read makes us queue (ACKs, resets) is
 bounded. A response that waits for window, or a write that waits for the peer to read, with no
 progress for the stall timeout gives up its stream, or the connection when the whole connection is
@@ -30,32 +31,35 @@ import contextlib
 import math
 from collections import Counter
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import structlog
 import trio
 
-from ..http.errors import BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
+from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
 from ..http.h2 import fields_from_h2, header_list_size, request_from_h2, response_to_h2, trailers_to_h2
-from ..http.hpack_plain import PlainEncoder
+from ..http.h2_conn import (
+    DATA_RECEIVED,
+    GOAWAY_RECEIVED,
+    HEADERS_RECEIVED,
+    STREAM_REFUSED,
+    STREAM_RESET,
+    TRAILERS_RECEIVED,
+    WINDOW_OPENED,
+    ErrorCode,
+    Event,
+    H2ConnectionError,
+    H2StateError,
+)
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, Response
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
 from .h1_server import ServerLimits
 from .h2_body import H2Body
 from .h2_guard import (
-    HEADER_LIMIT_FACTOR,
     MAX_CONCURRENT_STREAMS,
     STALL_TIMEOUT_FACTOR,
-    STREAM_HARD_LIMIT,
     ConnectionGuard,
-    HeaderBlockBuffer,
     PeerAbuse,
-    abuse_reason,
+    guarded_connection,
 )
 from .listener import ConnectionTimer, Listener
 from .wire import RECEIVE_SIZE
@@ -64,7 +68,7 @@ log = structlog.get_logger("sidecar.h2")
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+_CALM = ErrorCode.ENHANCE_YOUR_CALM
 HIGH_WATER = 65536  # bytes in the writer's backlog before flush() waits for it to be sent
 
 __all__ = ["MAX_CONCURRENT_STREAMS", "STATS", "H2Server"]
@@ -99,21 +103,9 @@ class H2Server:
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
         self.mesh_peer = conn.peer_identity is not None  # a verified sidecar: header casing is carried
-        # Outbound fields come from messages our parsers already validated and lower-cased (or that we
-        # made): h2 need not check them again. What the client sends is validated by h2.
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=True,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.encoder = PlainEncoder()
-        header_bound = HEADER_LIMIT_FACTOR * limits.max_request_headers
-        self.h2.incoming_buffer = HeaderBlockBuffer(header_bound)
-        self.h2.decoder.max_header_list_size = header_bound
+        self.h2 = guarded_connection(limits.max_request_headers)
         self.guard = ConnectionGuard()
+        self.h2.frame_guard = self.guard.frame_guard(trio.current_time)
         self.stall_timeout = STALL_TIMEOUT_FACTOR * limits.header_read_timeout
         self.timer = ConnectionTimer()
         self._backlog: list[bytes] = []  # h2 output waiting for the writer
@@ -199,21 +191,15 @@ class H2Server:
         self.timer.scope.cancel()
 
     async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(flow_controlled, stream_id)
-        except h2.exceptions.StreamClosedError:
-            return
+        self.h2.acknowledge(stream_id, flow_controlled)
         await self.flush()
 
-    async def _goaway(
-        self, error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR, last_stream_id: int | None = None
-    ) -> None:
-        """GOAWAY; `last_stream_id` defaults to the highest stream h2 has seen."""
+    async def _goaway(self, error_code: int = ErrorCode.NO_ERROR, last_stream_id: int | None = None) -> None:
+        """GOAWAY; `last_stream_id` defaults to the highest stream the client opened."""
         self._goaway_sent = True
-        try:
-            self.h2.close_connection(error_code, last_stream_id=last_stream_id)
-        except h2.exceptions.ProtocolError:  # the connection is closed already
+        if self.h2.closed:  # a connection error sent its GOAWAY already
             return
+        self.h2.goaway(error_code, last_stream_id)
         await self.flush()
 
     def _report(self, reason: str) -> None:
@@ -229,24 +215,8 @@ class H2Server:
 
     # -- the connection ----------------------------------------------------------------------------
 
-    def _settings(self, max_streams: int) -> h2.settings.Settings:
-        return h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_request_headers,
-            },
-        )
-
     async def serve(self) -> None:
-        h2c = self.h2
-        h2c.local_settings = self._settings(MAX_CONCURRENT_STREAMS)
-        h2c.initiate_connection()  # advertises MAX_CONCURRENT_STREAMS
-        # h2 answers a stream past its own limit with a connection error; RFC 9113 §5.1.2 allows a
-        # stream error, which spares the streams in flight. So h2 enforces the hard limit (the same
-        # settings otherwise, already in force: the peer's ACK changes nothing) and `_start_stream`
-        # refuses the streams between the two.
-        h2c.local_settings = self._settings(STREAM_HARD_LIMIT)
+        self.h2.initiate()  # our SETTINGS: MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE
         timer = self.timer
         timers = self.listener.timers
         timers.add(timer)
@@ -270,10 +240,9 @@ class H2Server:
 
     async def _last_words(self) -> None:
         """The writer has stopped: send what is left, with a GOAWAY unless one went out already."""
-        if not self._goaway_sent:
+        if not self._goaway_sent and not self.h2.closed:
             self._goaway_sent = True
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.close_connection()
+            self.h2.goaway()
         data = b"".join(self._backlog) + self.h2.data_to_send()
         self._backlog.clear()
         if data:
@@ -306,94 +275,81 @@ class H2Server:
             if not data:
                 return
             try:
-                events = h2c.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                reason = abuse_reason(exc)
-                if reason is None:
+                self._dispatch(h2c.receive(data))
+            except H2ConnectionError as exc:
+                if exc.reason is None:
                     log.info("h2_protocol_error", error=str(exc), peer=self.conn.peer_host)
                 else:
-                    self._report(reason)
+                    self._report(exc.reason)
                 self._goaway_sent = True
-                await self.flush()  # h2 queued the GOAWAY
+                await self.flush()  # the codec queued the GOAWAY
                 return
-            try:
-                for event in events:
-                    self._dispatch(event)
             except PeerAbuse as abuse:
                 self._report(abuse.reason)
                 await self._goaway(abuse.error_code, self._last_stream_id)
                 return
             await self.flush()
 
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._start_stream(event)
-        elif isinstance(event, h2.events.DataReceived):
-            body = self._bodies.get(event.stream_id)
-            if body is not None:
-                body.feed(event.data, event.flow_controlled_length)
-            else:  # nobody reads it: give the window back at once
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded):
-            body = self._bodies.get(event.stream_id)
-            if body is not None:
-                body.end()
-        elif isinstance(event, h2.events.TrailersReceived):
-            body = self._bodies.get(event.stream_id)
-            if body is not None:
-                body.end(Headers(fields_from_h2(event.headers, from_mesh=self.mesh_peer)))
-        elif isinstance(event, h2.events.StreamReset):
-            self._stream_reset(event.stream_id)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id == 0:  # the connection window grew: every waiting stream may go on
-                self._wake_windows()
-            elif event.stream_id in self._windows:
-                self._windows.pop(event.stream_id).set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            for body in self._bodies.values():
-                body.fail(DownstreamGone("connection terminated"))
-        elif isinstance(event, h2.events.PingReceived):
-            self.guard.ping(trio.current_time())
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.guard.settings_frame(trio.current_time())
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                self._wake_windows()  # every stream window moved by the difference
+    def _dispatch(self, events: list[Event]) -> None:
+        bodies = self._bodies
+        for event in events:
+            kind = event[0]
+            if kind == DATA_RECEIVED:
+                body = bodies.get(event[1])
+                if body is not None:
+                    if event[2]:
+                        body.feed(event[2], event[3])
+                    if event[4]:
+                        body.end()
+                else:  # nobody reads it: give the window back at once
+                    self.h2.acknowledge(event[1], event[3])
+            elif kind == HEADERS_RECEIVED:
+                self._start_stream(event[1], event[2], event[3])
+            elif kind == TRAILERS_RECEIVED:
+                body = bodies.get(event[1])
+                if body is not None:
+                    body.end(Headers(fields_from_h2(event[2], from_mesh=self.mesh_peer)))
+            elif kind == STREAM_RESET:
+                self._stream_reset(event[1], by_client=event[3])
+            elif kind == WINDOW_OPENED:
+                if event[1] == 0:  # the connection window grew, or every stream's: all may go on
+                    self._wake_windows()
+                elif event[1] in self._windows:
+                    self._windows.pop(event[1]).set()
+            elif kind == STREAM_REFUSED:
+                self._refused()
+            elif kind == GOAWAY_RECEIVED:
+                for body in bodies.values():
+                    body.fail(DownstreamGone("connection terminated"))
 
     def _wake_windows(self) -> None:
         for waiter in self._windows.values():
             waiter.set()
         self._windows.clear()
 
-    def _stream_reset(self, stream_id: int) -> None:
-        """The client reset a stream: its work is cancelled, and a stream we had started work for
-        spends the connection's reset budget."""
+    def _stream_reset(self, stream_id: int, *, by_client: bool) -> None:
+        """The stream was reset, by the client or by the codec for the client's protocol error on it:
+        its work is cancelled, and a stream we had started work for spends the reset budget."""
         body = self._bodies.get(stream_id)
         if body is not None:
-            body.fail(DownstreamGone("stream reset by the client"))
+            body.fail(DownstreamGone("stream reset by the client") if by_client else BadRequest("stream error"))
         scope = self._scopes.get(stream_id)
         if scope is None:
             return
         scope.cancel()
         self.guard.stream_cancelled(trio.current_time())
 
-    def _refuse(self, stream_id: int) -> None:
-        """A stream past MAX_CONCURRENT_STREAMS: REFUSED_STREAM tells the client it was not processed."""
+    def _refused(self) -> None:
+        """The codec refused a stream past MAX_CONCURRENT_STREAMS (REFUSED_STREAM: not processed)."""
         self._report("too_many_streams")
-        self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
         self.guard.stream_cancelled(trio.current_time(), "refused_stream_flood")
 
     # -- one stream --------------------------------------------------------------------------------
 
-    def _start_stream(self, event: h2.events.RequestReceived) -> None:
-        stream_id = event.stream_id
+    def _start_stream(self, stream_id: int, pairs: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self._goaway_sent:
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.h2.reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        # Counting h2's open streams walks them all, so it runs only when the tasks say we are full.
-        if len(self._scopes) >= MAX_CONCURRENT_STREAMS and self.h2.open_inbound_streams > MAX_CONCURRENT_STREAMS:
-            self._refuse(stream_id)
-            return
-        pairs = event.headers or []
         error: ProxyError | None = None
         request: Request | None = None
         try:
@@ -401,7 +357,6 @@ class H2Server:
                 self._report("header_list_too_large")
                 raise HeadersTooLarge()
             head = request_from_h2(pairs, from_mesh=self.mesh_peer)
-            ended = event.stream_ended is not None
             body: Body = EMPTY_BODY
             if not ended:
                 cl = head.headers.get(b"content-length")
@@ -461,12 +416,10 @@ class H2Server:
             self._windows.pop(stream_id, None)
             if not self._scopes:
                 self._mark_idle()  # the reader may be waiting for a frame: arm the idle timeout now
-            if request is not None and getattr(request.body, "done", True) is False:
-                try:  # the handler never read the whole body: stop the peer sending it
-                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            unread = request is not None and getattr(request.body, "done", True) is False
+            if unread and self.h2.reset(stream_id, ErrorCode.NO_ERROR):  # stop the peer sending the rest
+                with contextlib.suppress(DownstreamGone):
                     await self.flush()
-                except (h2.exceptions.ProtocolError, DownstreamGone):
-                    pass
 
     async def _call(self, request: Request) -> Response:
         return await call_guarded(self.handler, request)
@@ -499,7 +452,7 @@ class H2Server:
                     chunk = await body.read()
                 except ProxyError as error:
                     log.info("response_aborted", reason=error.reason, detail=error.detail)
-                    h2c.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    h2c.reset(stream_id, ErrorCode.INTERNAL_ERROR)
                     await self.flush()
                     return
             if body.trailers:
@@ -507,24 +460,35 @@ class H2Server:
             else:
                 h2c.end_stream(stream_id)
             await self.flush()
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except H2StateError:
             raise DownstreamGone("stream closed") from None
         finally:
             await body.aclose()
 
     async def _send_data(self, stream_id: int, data: bytes, *, end: bool) -> None:
+        """DATA as the windows allow (the codec cuts it to the peer's frame size)."""
         h2c = self.h2
-        view = memoryview(data)
+        if not data:
+            if end:
+                h2c.end_stream(stream_id)
+                await self.flush()
+            return
+        view: bytes | memoryview = data
         while view:
-            window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+            window = h2c.send_window(stream_id)
             if window <= 0:
+                if stream_id not in h2c.streams:
+                    raise DownstreamGone("stream closed")
                 await self._wait_for_window(stream_id)
                 continue
-            piece, view = view[:window], view[window:]
-            h2c.send_data(stream_id, bytes(piece), end_stream=end and not view)
-            await self.flush()
-        if end and not data:
-            h2c.end_stream(stream_id)
+            if window >= len(view):
+                h2c.send_data(stream_id, view, end_stream=end)
+                await self.flush()
+                return
+            if isinstance(view, bytes):
+                view = memoryview(view)
+            h2c.send_data(stream_id, view[:window])
+            view = view[window:]
             await self.flush()
 
     async def _wait_for_window(self, stream_id: int) -> None:
@@ -538,7 +502,7 @@ class H2Server:
             await waiter.wait()
             return
         self._windows.pop(stream_id, None)
-        if self.h2.outbound_flow_control_window <= 0:
+        if self.h2.send_connection_window <= 0:
             self._report("connection_window_stalled")
             await self._goaway(_CALM)
             await self._sent()  # the GOAWAY goes out before the streams (the writer too) are cancelled
@@ -546,6 +510,6 @@ class H2Server:
             self._nursery.cancel_scope.cancel()
         else:
             self._report("stream_window_stalled")
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.h2.reset(stream_id, ErrorCode.CANCEL)
             await self.flush()
         raise DownstreamGone("the peer gave no flow-control window")

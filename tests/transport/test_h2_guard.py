@@ -1,24 +1,26 @@
 """sidecar.transport.h2_guard without an event loop: the token bucket, the connection's budgets, and
-the byte bound on a header block buffered across CONTINUATION frames."""
+the limits of the guarded codec (the byte bound on a header block buffered across CONTINUATION
+frames, the frame bound, and the abuse reasons its errors carry)."""
 
 from __future__ import annotations
 
-import h2.exceptions
 import pytest
-from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame
 
+from sidecar.http.h2_conn import PREFACE, ErrorCode, H2Connection, H2ConnectionError
+from sidecar.http.hpack_codec import HeaderEncoder
 from sidecar.transport.h2_guard import (
+    MAX_CONCURRENT_STREAMS,
     PING_BURST,
     RESET_BURST,
     RESET_RATE,
+    SETTINGS_BURST,
+    STREAM_HARD_LIMIT,
     ConnectionGuard,
-    HeaderBlockBuffer,
-    HeaderBlockTooLarge,
     PeerAbuse,
     RateBudget,
-    abuse_reason,
+    guarded_connection,
 )
-from tests.h2_peer import PREFACE
+from tests.http.h2_frames import CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, Frames, frame, ping, settings
 
 
 def test_budget_allows_a_burst_then_refuses() -> None:
@@ -67,7 +69,7 @@ def test_guard_rapid_reset_past_the_burst() -> None:
     with pytest.raises(PeerAbuse) as raised:
         guard.stream_cancelled(0.0)
     assert raised.value.reason == "rapid_reset"
-    assert raised.value.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert raised.value.error_code == ErrorCode.ENHANCE_YOUR_CALM
     guard.stream_cancelled(1.0 / RESET_RATE)  # the budget refills with time
 
 
@@ -86,48 +88,90 @@ def test_guard_settings_flood() -> None:
             guard.settings_frame(0.0)
 
 
-def _frames(buffer: HeaderBlockBuffer, *frames: object) -> list[object]:
-    buffer.max_frame_size = 16384
-    buffer.add_data(b"".join(f.serialize() for f in frames))  # type: ignore[attr-defined]
-    return list(buffer)
+def test_the_codec_spends_the_ping_and_settings_budgets_as_frames_arrive() -> None:
+    guard = ConnectionGuard()
+    conn = guarded_connection(64 * 1024)
+    conn.frame_guard = guard.frame_guard(lambda: 0.0)
+    conn.receive(PREFACE + settings())
+    with pytest.raises(PeerAbuse, match="ping_flood"):
+        conn.receive(ping() * (PING_BURST + 10))
+    assert len(conn.data_to_send()) < 17 * (PING_BURST + 1)  # the ACKs stop where the budget did
+    conn = guarded_connection(64 * 1024)
+    conn.frame_guard = ConnectionGuard().frame_guard(lambda: 0.0)
+    with pytest.raises(PeerAbuse, match="settings_flood"):
+        conn.receive(PREFACE + settings() * (SETTINGS_BURST + 1))
+
+
+def _opened(conn: H2Connection) -> H2Connection:
+    conn.receive(PREFACE + settings())
+    conn.data_to_send()
+    return conn
+
+
+def _connection_error(conn: H2Connection, data: bytes) -> H2ConnectionError:
+    with pytest.raises(H2ConnectionError) as raised:
+        conn.receive(data)
+    return raised.value
 
 
 def test_header_block_bounded_in_bytes_across_continuation_frames() -> None:
-    buffer = HeaderBlockBuffer(40_000)
-    buffer.add_data(PREFACE)
-    assert _frames(buffer, HeadersFrame(1, b"\x82" * 16000), ContinuationFrame(1, b"\x82" * 16000)) == []
-    with pytest.raises(HeaderBlockTooLarge) as raised:
-        _frames(buffer, ContinuationFrame(1, b"\x82" * 16000))
-    assert abuse_reason(raised.value) == "continuation_flood"
+    conn = _opened(guarded_connection(20_000))  # 40 000 bytes buffered at most
+    piece = b"\x82" * 16000  # never decoded
+    assert conn.receive(frame(HEADERS, 0, 1, piece) + frame(CONTINUATION, 0, 1, piece)) == []
+    error = _connection_error(conn, frame(CONTINUATION, 0, 1, piece))
+    assert (error.code, error.reason) == (ErrorCode.ENHANCE_YOUR_CALM, "continuation_flood")
 
 
 def test_header_block_counter_restarts_after_each_block() -> None:
-    buffer = HeaderBlockBuffer(40_000)
-    buffer.add_data(PREFACE)
+    conn = _opened(guarded_connection(20_000))
+    peer = Frames()
     for stream_id in range(1, 40, 2):  # many blocks of 30 000 bytes each: none over the bound
-        frames = _frames(
-            buffer,
-            HeadersFrame(stream_id, b"\x82" * 15000),
-            ContinuationFrame(stream_id, b"\x82" * 15000, flags=["END_HEADERS"]),
-            DataFrame(stream_id, b"x" * 16000),
+        block = peer.block(
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":authority", b"a"),
+                (b":path", b"/"),
+                (b"x-filler", b"f" * 29_900),
+            ]
         )
-        assert [type(f) for f in frames] == [HeadersFrame, DataFrame]
-        assert len(frames[0].data) == 30000  # type: ignore[attr-defined]
+        half = len(block) // 2
+        events = conn.receive(
+            frame(HEADERS, 0, stream_id, block[:half])
+            + frame(CONTINUATION, END_HEADERS, stream_id, block[half:])
+            + frame(DATA, END_STREAM, stream_id, b"x" * 16000)
+        )
+        assert [e[1] for e in events] == [stream_id, stream_id]
+        conn.acknowledge(stream_id, 16000)
+        conn.reset(stream_id)
 
 
 def test_single_frame_header_blocks_are_not_counted() -> None:
-    buffer = HeaderBlockBuffer(100)
-    buffer.add_data(PREFACE)
-    frames = _frames(buffer, *(HeadersFrame(i, b"\x82" * 16000, flags=["END_HEADERS"]) for i in range(1, 9, 2)))
-    assert len(frames) == 4
+    conn = _opened(H2Connection(client=False, max_header_block=100, max_header_list=1 << 20))
+    peer = HeaderEncoder()  # no Huffman coding: the block is as long as its fields
+    for stream_id in range(1, 9, 2):
+        fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/" + b"p" * 15000)]
+        block = peer.encode(fields)
+        assert len(block) > 15000
+        assert conn.receive(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))[0][:2] == (1, stream_id)
 
 
-def test_h2_own_continuation_bound_is_reported_as_a_flood() -> None:
-    buffer = HeaderBlockBuffer(1 << 30)
-    buffer.add_data(PREFACE)
-    with pytest.raises(h2.exceptions.ProtocolError) as raised:
-        _frames(buffer, HeadersFrame(1, b""), *(ContinuationFrame(1, b"") for _ in range(100)))
-    assert abuse_reason(raised.value) == "continuation_flood"
-    assert abuse_reason(h2.exceptions.TooManyStreamsError("x")) == "too_many_streams"
-    assert abuse_reason(h2.exceptions.DenialOfServiceError("Oversized header block")) == "hpack_bomb"
-    assert abuse_reason(h2.exceptions.ProtocolError("Invalid frame during header block.")) is None
+def test_the_codec_errors_carry_their_abuse_reason() -> None:
+    empty = _connection_error(
+        _opened(guarded_connection(1 << 20)),
+        Frames().headers(1, [], end_headers=False) + frame(CONTINUATION, 0, 1) * 100,
+    )
+    assert (empty.code, empty.reason) == (ErrorCode.PROTOCOL_ERROR, "continuation_flood")
+    bomb = Frames().headers(1, [(b"x-bomb", b"a" * 4000)] * 100)
+    assert _connection_error(_opened(guarded_connection(16 * 1024)), bomb).reason == "hpack_bomb"
+    peer = Frames()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    flood = b"".join(peer.headers(2 * i + 1, request) for i in range(STREAM_HARD_LIMIT + 1))
+    too_many = _connection_error(_opened(guarded_connection(16 * 1024)), flood)
+    assert (too_many.code, too_many.reason) == (ErrorCode.PROTOCOL_ERROR, "too_many_streams")
+    assert _connection_error(_opened(guarded_connection(16 * 1024)), frame(DATA, 0, 0, b"x")).reason is None
+
+
+def test_the_guarded_codec_advertises_the_stream_limit() -> None:
+    conn = guarded_connection(16 * 1024)
+    assert conn.local_max_streams == MAX_CONCURRENT_STREAMS and conn.stream_hard_limit == STREAM_HARD_LIMIT
