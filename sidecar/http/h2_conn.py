@@ -285,7 +285,6 @@ class H2Connection:
         self.peer_max_streams = MAX_STREAM_ID
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = DEFAULT_FRAME_SIZE
-        self._peer_table_size = 4096
         # Windows.
         self.send_connection_window = DEFAULT_WINDOW
         self.recv_connection_window = connection_window  # counted from initiate(), which grows it
@@ -849,9 +848,7 @@ class H2Connection:
     def _apply_setting(self, code: int, value: int) -> bool:
         """Apply one of the peer's settings; True when it moved the streams' send windows."""
         if code == Setting.HEADER_TABLE_SIZE:
-            if value != self._peer_table_size:
-                self._peer_table_size = value
-                self.encoder.table_size_changed()
+            self.encoder.peer_table_size(value)
         elif code == Setting.ENABLE_PUSH:
             if value > 1 or (self.client and value):
                 raise self._connection_error(_PROTOCOL_ERROR, "invalid SETTINGS_ENABLE_PUSH")

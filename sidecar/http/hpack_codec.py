@@ -8,12 +8,11 @@ expands (an HPACK bomb: one byte naming a large table entry, again and again) co
 much. Errors are `CompressionError` (the connection's COMPRESSION_ERROR) or `HeaderListTooLarge`.
 The common cases (an indexed field, a literal with a short plain string) are decoded inline.
 
-`HeaderEncoder` keeps no dynamic table and codes no string with Huffman: a field found whole in the
-static table is sent as its index, any other as a literal without indexing (its name indexed when the
-static table has it). A few bytes more per block on the wire, in exchange for encoding (and, at the
-peer, decoding) that is a table lookup and two slices per field. Its first block, and the first after
-the peer changes SETTINGS_HEADER_TABLE_SIZE, starts with a dynamic table size update to 0 (§4.2,
-§6.3), so the peer's decoder knows for certain the table is unused.
+`HeaderEncoder` indexes what repeats: a field found whole in the static table, or in its dynamic
+table, goes out as one index (decoding it, at the peer, is one lookup); any other as a literal, added
+to the table unless it is a secret (never indexed, §7.1.3), a field that changes with every message
+(request ids, trace context, :path, content-length: they would only churn the table) or long. No
+string is Huffman-coded: that would cost more CPU than the bytes it saves between sidecars.
 """
 
 from __future__ import annotations
@@ -99,6 +98,7 @@ STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = (
 )
 _STATIC_LAST = len(STATIC_TABLE) - 1  # 61
 _STATIC_NAMES = tuple(name for name, _ in STATIC_TABLE)
+_STATIC_SIZES = tuple(len(name) + len(value) + 32 for name, value in STATIC_TABLE)
 ENTRY_OVERHEAD = 32  # RFC 7541 §4.1, and the per-field overhead of a header list (RFC 9113 §6.5.2)
 DEFAULT_TABLE_SIZE = 4096
 _MAX_INTEGER = 1 << 32
@@ -213,6 +213,7 @@ class HeaderDecoder:
         out: list[tuple[bytes, bytes]] = []
         append = out.append
         static = STATIC_TABLE
+        static_sizes = _STATIC_SIZES
         entries = self._entries
         budget = self.max_list_size
         end = len(block)
@@ -224,13 +225,17 @@ class HeaderDecoder:
                 pos += 1
                 if index == 0x7F:
                     index, pos = _integer_tail(block, pos, index)
-                if 0 < index <= _STATIC_LAST:
+                if index <= 61:  # the static table (_STATIC_LAST)
+                    if not index:
+                        raise CompressionError("index 0")
                     field = static[index]
-                elif index > _STATIC_LAST and index - _STATIC_LAST <= len(entries):
-                    field = entries[index - _STATIC_LAST - 1]
+                    budget -= static_sizes[index]
                 else:
-                    raise CompressionError(f"index {index} not in the table")
-                budget -= len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+                    try:
+                        field = entries[index - 62]
+                    except IndexError:
+                        raise CompressionError(f"index {index} not in the table") from None
+                    budget -= len(field[0]) + len(field[1]) + 32
                 if budget < 0:
                     raise HeaderListTooLarge(f"header list over {self.max_list_size} bytes")
                 append(field)
@@ -255,8 +260,13 @@ class HeaderDecoder:
                 index, pos = _integer_tail(block, pos, index)
             if index:
                 name = _STATIC_NAMES[index] if index <= _STATIC_LAST else self._name(index)
-            else:
-                name, pos = _string(block, pos)
+            else:  # a literal name: a short plain string inline, anything else through _string
+                length = block[pos] if pos < end else 0xFF
+                if length < 0x7F and pos + 1 + length <= end:
+                    name = block[pos + 1 : pos + 1 + length]
+                    pos += 1 + length
+                else:
+                    name, pos = _string(block, pos)
             # The value: a short plain string inline, anything else through _string.
             length = block[pos] if pos < end else 0xFF
             if length < 0x7F and pos + 1 + length <= end:
@@ -279,8 +289,6 @@ for _index in range(_STATIC_LAST, 0, -1):  # the lowest index wins
     _STATIC_FIELD[STATIC_TABLE[_index]] = _index
     _STATIC_NAME[STATIC_TABLE[_index][0]] = _index
 
-_TABLE_SIZE_ZERO = 0x20  # dynamic table size update (001xxxxx) to 0
-
 
 def encode_integer(value: int, prefix_bits: int, first_byte_flags: int) -> bytes:
     """RFC 7541 §5.1: `value` in an N-bit prefix, the first byte's high bits set to the flags."""
@@ -302,38 +310,143 @@ def _plain_string(data: bytes) -> bytes:
     return (bytes((length,)) if length < 127 else encode_integer(length, 7, 0)) + data
 
 
+NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+"""Secrets: sent as never-indexed literals (RFC 7541 §7.1.3), kept out of every table on the way."""
+NOT_INDEXED = frozenset(
+    {
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"b3",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+        b"x-b3-sampled",
+        b"x-amzn-trace-id",
+        b"x-cloud-trace-context",
+        b"grpc-trace-bin",
+        b"content-length",
+        b":path",
+    }
+)
+"""Fields whose values change with every message: indexing them would only churn the table."""
+MAX_INDEXED_VALUE = 256
+"""Longer values are sent as literals: one would take a large share of the table."""
+
+
+def _literal_prefixes(name: bytes) -> tuple[bytes, bytes, bytes]:
+    """The start of a literal field with this name, in the three representations: with incremental
+    indexing, without indexing, never indexed (the name as its static index, or as a string)."""
+    index = _STATIC_NAME.get(name)
+    if index is None:
+        literal = _plain_string(name)
+        return b"\x40" + literal, b"\x00" + literal, b"\x10" + literal
+    return encode_integer(index, 6, 0x40), encode_integer(index, 4, 0x00), encode_integer(index, 4, 0x10)
+
+
+_MAX_NAME_CACHE = 512
+
+
 class HeaderEncoder:
-    """The encoding side of one connection's HPACK context (see the module docstring)."""
+    """The encoding side of one connection's HPACK context (see the module docstring).
 
-    __slots__ = ("_announce",)
+    A field seen before goes out as the index of its entry in the dynamic table; a new one as a
+    literal that the decoder adds to its table, unless the field is a secret (`NEVER_INDEXED`), one
+    of the fields that change with every message (`NOT_INDEXED`), or long. The table mirrors the
+    decoder's exactly: entries are numbered as they are inserted, a dict maps a field to its number
+    (O(1) per field), and the oldest entries are evicted first, by RFC 7541's size rule.
+    """
 
-    def __init__(self) -> None:
-        self._announce = True  # the next block starts with a table size update to 0
+    __slots__ = ("_announce", "_entries", "_index", "_inserted", "_lowest", "_names", "_size", "max_size")
 
-    def table_size_changed(self) -> None:
-        """The peer changed SETTINGS_HEADER_TABLE_SIZE: announce our (empty) table again."""
-        self._announce = True
+    def __init__(self, max_size: int = DEFAULT_TABLE_SIZE) -> None:
+        self.max_size = max_size  # never more than the peer's SETTINGS_HEADER_TABLE_SIZE
+        self._announce = max_size != DEFAULT_TABLE_SIZE  # the next block starts with a size update
+        self._lowest = max_size  # the smallest size since the last update sent
+        self._entries: deque[tuple[tuple[bytes, bytes], int]] = deque()  # (field, its size), oldest first
+        self._index: dict[tuple[bytes, bytes], int] = {}  # field -> insertion number
+        self._inserted = 0
+        self._size = 0
+        self._names: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+
+    def peer_table_size(self, size: int) -> None:
+        """The peer's SETTINGS_HEADER_TABLE_SIZE changed: the table fits in it, from the next block."""
+        size = min(size, DEFAULT_TABLE_SIZE)
+        if size != self.max_size:
+            self.max_size = size
+            self._lowest = min(self._lowest, size)
+            self._announce = True
+            self._evict(0)
+
+    @property
+    def table(self) -> list[tuple[bytes, bytes]]:
+        """The dynamic table, newest first (for tests and diagnostics)."""
+        return [field for field, _ in reversed(self._entries)]
+
+    def _evict(self, room: int) -> None:
+        entries = self._entries
+        index = self._index
+        limit = self.max_size - room
+        size = self._size
+        first = self._inserted - len(entries)  # the number of the oldest entry
+        while size > limit:
+            field, entry_size = entries.popleft()
+            size -= entry_size
+            if index.get(field) == first:
+                del index[field]
+            first += 1
+        self._size = size
 
     def encode(self, headers: Iterable[Sequence[bytes]]) -> bytes:
         out = bytearray()
-        if self._announce:
-            out.append(_TABLE_SIZE_ZERO)
+        if self._announce:  # the smallest size the table went down to, then its size now (§4.2)
+            if self._lowest < self.max_size:
+                out += encode_integer(self._lowest, 5, 0x20)
+            out += encode_integer(self.max_size, 5, 0x20)
             self._announce = False
-        field_index = _STATIC_FIELD.get
-        name_index = _STATIC_NAME.get
+            self._lowest = self.max_size
+        static = _STATIC_FIELD
+        index = self._index
+        names = self._names
         for header in headers:
-            name, value = header[0], header[1]
-            index = field_index((name, value))
-            if index is not None:  # indexed field (1xxxxxxx); every static index fits 7 bits
-                out.append(0x80 | index)
+            field = (header[0], header[1])
+            position = static.get(field)
+            if position is not None:  # indexed field (1xxxxxxx); every static index fits 7 bits
+                out.append(0x80 | position)
                 continue
-            index = name_index(name)
-            if index is None:  # literal without indexing, new name (0000 0000)
-                out.append(0)
-                out += _plain_string(name)
-            elif index < 15:  # literal without indexing, indexed name (0000xxxx)
-                out.append(index)
+            number = index.get(field)
+            if number is not None:
+                position = _STATIC_LAST + self._inserted - number
+                if position < 127:
+                    out.append(0x80 | position)
+                else:
+                    out += encode_integer(position, 7, 0x80)
+                continue
+            name, value = field
+            prefixes = names.get(name)
+            if prefixes is None:
+                if len(names) >= _MAX_NAME_CACHE:
+                    names.clear()
+                prefixes = names[name] = _literal_prefixes(name)
+            if name in NEVER_INDEXED:
+                out += prefixes[2]
+            elif name in NOT_INDEXED or len(value) > MAX_INDEXED_VALUE:
+                out += prefixes[1]
             else:
-                out += encode_integer(index, 4, 0)
-            out += _plain_string(value)
+                size = len(name) + len(value) + ENTRY_OVERHEAD
+                if size > self.max_size:
+                    out += prefixes[1]
+                else:
+                    out += prefixes[0]
+                    self._evict(size)
+                    self._entries.append((field, size))
+                    self._size += size
+                    index[field] = self._inserted
+                    self._inserted += 1
+            length = len(value)
+            if length < 127:
+                out.append(length)
+            else:
+                out += encode_integer(length, 7, 0)
+            out += value
         return bytes(out)

@@ -182,23 +182,64 @@ def test_decodes_whatever_hpacks_encoder_writes(blocks: list) -> None:
         assert decoder.decode(encoder.encode(marked, huffman=huffman)) == fields
 
 
-@given(field_lists, st.integers(min_value=1, max_value=4))
-def test_what_we_encode_hpacks_decoder_reads(fields: list[tuple[bytes, bytes]], blocks: int) -> None:
-    encoder, decoder = HeaderEncoder(), hpack.Decoder()
-    ours = HeaderDecoder(1 << 24)
-    for _ in range(blocks):  # several blocks on one connection: no state may leak between them
+@given(
+    st.lists(
+        st.tuples(field_lists, st.sampled_from([None, None, None, 0, 100, 1000, 4096, 8192])),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_what_we_encode_hpacks_decoder_reads_with_the_same_table(blocks: list) -> None:
+    """Block after block, with the peer's SETTINGS_HEADER_TABLE_SIZE changing now and then: both
+    decoders read the fields, and their tables are exactly the encoder's."""
+    encoder, theirs, ours = HeaderEncoder(), hpack.Decoder(), HeaderDecoder(1 << 24)
+    for fields, table_size in blocks:
+        if table_size is not None:  # the peer's SETTINGS, acknowledged before our next block
+            theirs.max_allowed_table_size = table_size
+            ours.settings_size = table_size
+            encoder.peer_table_size(table_size)
         block = encoder.encode(fields)
-        assert [(bytes(n), bytes(v)) for n, v in decoder.decode(block, raw=True)] == fields
+        assert [(bytes(n), bytes(v)) for n, v in theirs.decode(block, raw=True)] == fields
         assert ours.decode(block) == fields
-    assert len(decoder.header_table.dynamic_entries) == 0 and ours.table == []
+        assert ours.table == encoder.table == [(bytes(n), bytes(v)) for n, v in theirs.header_table.dynamic_entries]
 
 
-def test_static_fields_are_one_byte_and_the_first_block_announces_an_empty_table() -> None:
+def test_repeated_fields_become_one_byte() -> None:
     encoder = HeaderEncoder()
-    assert encoder.encode([(b":method", b"GET"), (b":path", b"/")]) == bytes([0x20, 0x82, 0x84])
-    assert encoder.encode([(b":method", b"GET")]) == bytes([0x82])  # announced once only
-    encoder.table_size_changed()
-    assert encoder.encode([(b":method", b"GET")]) == bytes([0x20, 0x82])
+    fields = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"orders"), (b"user-agent", b"curl/8")]
+    first = encoder.encode(fields)
+    assert first[:2] == bytes([0x82, 0x84])  # static fields: their index, no table size update first
+    assert encoder.encode(fields) == bytes([0x82, 0x84, 0xBF, 0xBE])  # both now in the dynamic table
+
+
+def test_secrets_are_never_indexed_and_per_message_fields_are_not_indexed() -> None:
+    encoder = HeaderEncoder()
+    block = encoder.encode([(b"authorization", b"Bearer x"), (b"x-request-id", b"1"), (b"x-long", b"v" * 300)])
+    assert block[:2] == bytes([0x1F, 23 - 15])  # never indexed, name index 23 (authorization)
+    assert encoder.table == []
+    assert hpack.Decoder().decode(block, raw=True)[0] == (b"authorization", b"Bearer x")
+
+
+def test_a_smaller_peer_table_is_announced_with_its_lowest_size() -> None:
+    encoder = HeaderEncoder()
+    encoder.encode([(b"x-a", b"1")])
+    encoder.peer_table_size(0)
+    encoder.peer_table_size(100)
+    block = encoder.encode([(b"x-b", b"2")])
+    assert block[:3] == bytes([0x20, 0x3F, 100 - 31])  # to 0 (all evicted), then to 100
+    assert encoder.table == [(b"x-b", b"2")]
+    assert encoder.encode([(b"x-b", b"2")]) == bytes([0xBE])
+    encoder.peer_table_size(1 << 20)  # larger than our 4096: we keep 4096
+    assert encoder.max_size == 4096
+
+
+def test_an_entry_that_fills_the_table_evicts_the_oldest() -> None:
+    encoder, decoder = HeaderEncoder(), HeaderDecoder(1 << 20)
+    for i in range(200):  # 200 entries of 42 bytes: far more than 4096 bytes
+        field = [(b"x-n", b"%07d" % i)]
+        assert decoder.decode(encoder.encode(field)) == field
+    assert encoder.table == decoder.table and len(encoder.table) == 4096 // 42
+    assert decoder.decode(encoder.encode([(b"x-n", b"0000199")])) == [(b"x-n", b"0000199")]
 
 
 # -- errors and bounds ---------------------------------------------------------------------------
