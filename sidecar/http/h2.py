@@ -88,6 +88,48 @@ class RequestHeadH2:
         self.headers = headers
 
 
+def request_from_codec(pairs: list[tuple[bytes, bytes]], *, from_mesh: bool = False) -> RequestHeadH2:
+    """Split a request header list that `h2_conn` has validated already (pseudo-headers first, each
+    once, the required ones present; no connection-specific field; a TE of "trailers" only): what
+    `request_from_h2` does without checking again (but for HTTP2-Settings, which HTTP/2 does not call
+    connection-specific). `from_mesh`: the peer is a verified sidecar, whose casing hint is honoured."""
+    method = path = authority = scheme = None
+    i = 0
+    count = len(pairs)
+    while i < count:
+        name, value = pairs[i]
+        if name[:1] != b":":
+            break
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b":authority":
+            authority = value
+        else:
+            scheme = value
+        i += 1
+    if method is None:
+        raise BadRequest("missing pseudo-header")
+    regular = pairs[i:] if i else pairs
+    names = [pair[0] for pair in regular]
+    fields: list[Field] = [(name, name, value) for name, value in regular]
+    hint = None
+    if b"http2-settings" in names:
+        raise BadRequest("connection-specific header in HTTP/2")
+    if HEADER_CASE in names:
+        hint = regular[len(names) - 1 - names[::-1].index(HEADER_CASE)][1]  # the last one, as a loop would
+        fields = [field for field in fields if field[0] != HEADER_CASE]
+    if b"host" in names:
+        if authority is None:
+            authority = regular[names.index(b"host")][1]
+    elif authority is not None:
+        fields.insert(0, (b"host", b"host", authority))  # HTTP/1.1 upstreams need Host
+    if hint is not None and from_mesh:
+        fields = restore_case(fields, hint)
+    return RequestHeadH2(method, path or b"/", authority, scheme or b"http", Headers(fields))
+
+
 def request_from_h2(pairs: Iterable[tuple[bytes, bytes]], *, from_mesh: bool = False) -> RequestHeadH2:
     """Split an h2 request header list; raises BadRequest for a malformed one. `from_mesh`: the peer
     is a verified sidecar, whose casing hint is honoured."""

@@ -15,7 +15,7 @@ What it owns:
   errors §5.1 prescribes: a stream error resets that stream (RST_STREAM), a connection error raises
   `H2ConnectionError` after queuing GOAWAY. A stream's state is the two flags `local_ended` and
   `remote_ended`; it leaves `streams` once both are set or it is reset, and the way it closed is
-  remembered for the last `CLOSED_MEMORY` streams, to tell frames still in flight (ignored) from a
+  remembered for the last `CLOSED_MEMORY` streams or so, to tell frames still in flight (ignored) from a
   peer's mistake (STREAM_CLOSED).
 - **Flow control**, both directions, for the connection and each stream: the peer's WINDOW_UPDATE and
   SETTINGS_INITIAL_WINDOW_SIZE (applied to open streams) on the send side, overflow checks; on the
@@ -138,7 +138,8 @@ _STREAM_CLOSED = ErrorCode.STREAM_CLOSED
 
 # Events: the first item of each event tuple; the second is always the stream id (0: the connection).
 HEADERS_RECEIVED = 1
-"""(kind, stream_id, headers, end_stream): a request (server side) or a final response (client side)."""
+"""(kind, stream_id, headers, end_stream, list_size): a request (server side) or a final response
+(client side); `list_size` is the decoded header list's size as RFC 9113 §6.5.2 counts it."""
 INFORMATIONAL_RECEIVED = 2
 """(kind, stream_id, headers): a 1xx response (client side)."""
 TRAILERS_RECEIVED = 3
@@ -174,7 +175,8 @@ MAX_STREAM_ID = 2**31 - 1
 MAX_CONTINUATIONS = 64
 """CONTINUATION frames one header block may take (an empty-frame flood costs no bytes)."""
 CLOSED_MEMORY = 256
-"""Closed streams remembered, to tell a frame in flight when a stream closed from a peer's error."""
+"""Closed streams remembered (at least this many, at most twice), to tell a frame in flight when a
+stream closed from a peer's error."""
 
 _FRAME_HEADER = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, stream id
 _pack_header = _FRAME_HEADER.pack
@@ -257,7 +259,8 @@ class H2Connection:
             raise ValueError("windows below the protocol default are not supported")
         self.client = client
         self.streams: dict[int, Stream] = {}
-        self._closed: dict[int, int] = {}
+        self._closed: dict[int, int] = {}  # how recent streams closed, in two generations of
+        self._closed_before: dict[int, int] = {}  # up to CLOSED_MEMORY each: no per-close eviction
         self._out: list[bytes | memoryview] = []
         self._events: list[Event] = []
         self._pending = bytearray()  # an incomplete frame (or preface), waiting for more bytes
@@ -498,8 +501,13 @@ class H2Connection:
     def _remember(self, stream_id: int, how: int) -> None:
         closed = self._closed
         closed[stream_id] = how
-        if len(closed) > CLOSED_MEMORY:
-            del closed[next(iter(closed))]
+        if len(closed) >= CLOSED_MEMORY:
+            self._closed_before = closed
+            self._closed = {}
+
+    def _how_closed(self, stream_id: int) -> int | None:
+        how = self._closed.get(stream_id)
+        return self._closed_before.get(stream_id) if how is None else how
 
     def _is_idle(self, stream_id: int) -> bool:
         """Never opened (by either side): higher than the last stream of its parity."""
@@ -640,7 +648,7 @@ class H2Connection:
             return
         if self._is_idle(stream_id):
             raise self._connection_error(_PROTOCOL_ERROR, f"frame type {frame_type} on idle stream {stream_id}")
-        how = self._closed.get(stream_id)
+        how = self._how_closed(stream_id)
         if how == _ENDED:
             raise self._connection_error(_STREAM_CLOSED, f"frame type {frame_type} on ended stream {stream_id}")
         if how == _RESET_BY_PEER:
@@ -761,7 +769,7 @@ class H2Connection:
             stream.expected_length = length
         self.streams[stream_id] = stream
         self.open_inbound += 1
-        self._events.append((HEADERS_RECEIVED, stream_id, headers, end_stream))
+        self._events.append((HEADERS_RECEIVED, stream_id, headers, end_stream, self.decoder.list_size))
 
     def _request_trailers(self, stream_id: int, stream: Stream, headers: list[Header], end_stream: bool) -> None:
         """A second header block on a request stream: trailers (server side)."""
@@ -797,7 +805,7 @@ class H2Connection:
             stream.expected_length = length
         if end_stream:
             self._end_remote(stream_id, stream)
-        self._events.append((HEADERS_RECEIVED, stream_id, headers, end_stream))
+        self._events.append((HEADERS_RECEIVED, stream_id, headers, end_stream, self.decoder.list_size))
 
     def _on_priority(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id == 0:

@@ -154,9 +154,10 @@ def _string(block: bytes, pos: int) -> tuple[bytes, int]:
 class HeaderDecoder:
     """The decoding side of one connection's HPACK context (see the module docstring)."""
 
-    __slots__ = ("_entries", "_size", "max_list_size", "max_size", "settings_size")
+    __slots__ = ("_entries", "_size", "list_size", "max_list_size", "max_size", "settings_size")
 
     def __init__(self, max_list_size: int, settings_size: int = DEFAULT_TABLE_SIZE) -> None:
+        self.list_size = 0  # of the last block decoded (RFC 9113 §6.5.2)
         self._entries: deque[tuple[bytes, bytes]] = deque()  # newest first
         self._size = 0
         self.max_list_size = max_list_size
@@ -280,6 +281,7 @@ class HeaderDecoder:
             if first & 0x40:
                 self._insert(name, value)
             append((name, value))
+        self.list_size = self.max_list_size - budget
         return out
 
 

@@ -198,6 +198,9 @@ class H2ClientConnection:
         h2c = self.h2
         try:
             while chunk := await body.read():
+                if getattr(body, "done", False) and body.trailers is None:  # the last chunk: it ends the stream
+                    await self._send_data(stream_id, chunk, end=True)
+                    return
                 await self._send_data(stream_id, chunk)
             if body.trailers:
                 h2c.send_headers(stream_id, fields_to_h2(body.trailers.fields, to_mesh=self.mesh_peer), end_stream=True)
@@ -209,8 +212,8 @@ class H2ClientConnection:
         except (H2StateError, *_STREAM_ERRORS):
             pass  # the stream or connection ended: the response side reports it
 
-    async def _send_data(self, stream_id: int, data: bytes) -> None:
-        """DATA as the windows allow (the codec cuts it to the peer's frame size)."""
+    async def _send_data(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
+        """DATA as the windows allow (the codec cuts it to the peer's frame size); `end`: the last."""
         h2c = self.h2
         view: bytes | memoryview = data
         while view:
@@ -224,7 +227,7 @@ class H2ClientConnection:
                 await waiter.wait()
                 continue
             if window >= len(view):
-                h2c.send_data(stream_id, view)
+                h2c.send_data(stream_id, view, end_stream=end)
                 view = b""
             else:
                 if isinstance(view, bytes):

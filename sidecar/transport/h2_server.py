@@ -35,7 +35,7 @@ import structlog
 import trio
 
 from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
-from ..http.h2 import fields_from_h2, header_list_size, request_from_h2, response_to_h2, trailers_to_h2
+from ..http.h2 import fields_from_h2, request_from_codec, response_to_h2, trailers_to_h2
 from ..http.h2_conn import (
     DATA_RECEIVED,
     GOAWAY_RECEIVED,
@@ -304,7 +304,7 @@ class H2Server:
                 else:  # nobody reads it: give the window back at once
                     self.h2.acknowledge(event[1], event[3])
             elif kind == HEADERS_RECEIVED:
-                self._start_stream(event[1], event[2], event[3])
+                self._start_stream(event[1], event[2], event[3], event[4])
             elif kind == TRAILERS_RECEIVED:
                 body = bodies.get(event[1])
                 if body is not None:
@@ -346,17 +346,17 @@ class H2Server:
 
     # -- one stream --------------------------------------------------------------------------------
 
-    def _start_stream(self, stream_id: int, pairs: list[tuple[bytes, bytes]], ended: bool) -> None:
+    def _start_stream(self, stream_id: int, pairs: list[tuple[bytes, bytes]], ended: bool, list_size: int) -> None:
         if self._goaway_sent:
             self.h2.reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
         error: ProxyError | None = None
         request: Request | None = None
         try:
-            if header_list_size(pairs) > self.limits.max_request_headers:
+            if list_size > self.limits.max_request_headers:
                 self._report("header_list_too_large")
                 raise HeadersTooLarge()
-            head = request_from_h2(pairs, from_mesh=self.mesh_peer)
+            head = request_from_codec(pairs, from_mesh=self.mesh_peer)
             body: Body = EMPTY_BODY
             if not ended:
                 cl = head.headers.get(b"content-length")
@@ -447,6 +447,9 @@ class H2Server:
             h2c.send_headers(stream_id, headers)
             chunk = first
             while chunk:
+                if getattr(body, "done", False) and body.trailers is None:  # the last chunk: it ends the stream
+                    await self._send_data(stream_id, chunk, end=True)
+                    return
                 await self._send_data(stream_id, chunk, end=False)
                 try:
                     chunk = await body.read()

@@ -61,6 +61,11 @@ from tests.http.h2_frames import (
 )
 
 
+def heads(events: list) -> list:
+    """The events, with the list size of HEADERS_RECEIVED left out."""
+    return [e[:4] if e[0] == HEADERS_RECEIVED else e for e in events]
+
+
 def connection_error(conn: H2Connection, data: bytes) -> H2ConnectionError:
     """Feed `data`, expecting a connection error; checks the GOAWAY queued carries its code."""
     with pytest.raises(H2ConnectionError) as raised:
@@ -203,6 +208,7 @@ def test_frames_split_anywhere_give_the_same_events() -> None:
     head = peer.headers(1, [*REQUEST, (b"content-length", b"5")], end_stream=False)
     wire = head + data(1, b"hel") + data(1, b"lo", end=True)
     whole = server().receive(wire)
+    assert whole[0][4] == len(b"".join(n + v for n, v in [*REQUEST, (b"content-length", b"5")])) + 5 * 32
     for cut in range(1, len(wire)):
         conn = server()
         peer.encoder = Frames().encoder
@@ -233,7 +239,7 @@ def test_priority_in_headers_and_padding() -> None:
     block = peer.block(REQUEST)
     payload = bytes([3]) + struct.pack(">LB", 0x80000003, 15) + block + b"\0\0\0"
     events = conn.receive(frame(HEADERS, PADDED | PRIORITY_FLAG | END_HEADERS | END_STREAM, 1, payload))
-    assert events == [(HEADERS_RECEIVED, 1, REQUEST, True)]
+    assert heads(events) == [(HEADERS_RECEIVED, 1, REQUEST, True)]
     conn = server()
     self_dependent = struct.pack(">LB", 1, 15) + Frames().block(REQUEST)
     wire = frame(HEADERS, PRIORITY_FLAG | END_HEADERS, 1, self_dependent)
@@ -296,7 +302,7 @@ def test_a_request_and_its_response() -> None:
     conn = server()
     peer = Frames()
     head = peer.headers(1, [*REQUEST, (b"te", b"trailers")], end_stream=False)
-    events = conn.receive(head + data(1, b"body", end=True))
+    events = heads(conn.receive(head + data(1, b"body", end=True)))
     assert events == [
         (HEADERS_RECEIVED, 1, [*REQUEST, (b"te", b"trailers")], False),
         (DATA_RECEIVED, 1, b"body", 4, True),
@@ -404,7 +410,7 @@ def test_closed_streams_are_remembered_within_bounds() -> None:
     for stream_id in range(1, 4 * CLOSED_MEMORY, 2):
         conn.receive(peer.headers(stream_id, REQUEST))
         conn.send_headers(stream_id, RESPONSE, end_stream=True)
-    assert len(conn._closed) <= CLOSED_MEMORY
+    assert len(conn._closed) + len(conn._closed_before) <= 2 * CLOSED_MEMORY
     assert conn.receive(data(1, b"x")) == []  # forgotten: ignored
     assert resets(conn.data_to_send()) == {}
 
@@ -430,7 +436,7 @@ def test_refused_streams_keep_the_hpack_context() -> None:
     fields = [*REQUEST, (b"x-indexed", b"a value the encoder puts in its table")]
     conn.receive(peer.headers(1, fields) + peer.headers(3, fields))  # 3 is refused, its block decoded
     conn.send_headers(1, RESPONSE, end_stream=True)
-    assert conn.receive(peer.headers(5, fields)) == [(HEADERS_RECEIVED, 5, fields, True)]
+    assert heads(conn.receive(peer.headers(5, fields))) == [(HEADERS_RECEIVED, 5, fields, True)]
 
 
 def test_streams_far_past_the_limit_end_the_connection() -> None:
@@ -567,7 +573,7 @@ def test_header_block_across_continuation_frames() -> None:
     for i, piece in enumerate(pieces[1:], 2):
         wire += frame(CONTINUATION, END_HEADERS if i == len(pieces) else 0, 1, piece)
     conn = server(max_header_list=100000)
-    assert conn.receive(wire) == [(HEADERS_RECEIVED, 1, fields, True)]
+    assert heads(conn.receive(wire)) == [(HEADERS_RECEIVED, 1, fields, True)]
 
 
 def test_continuation_rules() -> None:
@@ -669,7 +675,7 @@ WELL_FORMED_REQUESTS = {
 @pytest.mark.parametrize("fields", WELL_FORMED_REQUESTS.values(), ids=WELL_FORMED_REQUESTS.keys())
 def test_well_formed_requests(fields: list[tuple[bytes, bytes]]) -> None:
     conn = server()
-    assert conn.receive(Frames().headers(1, fields)) == [(HEADERS_RECEIVED, 1, fields, True)]
+    assert heads(conn.receive(Frames().headers(1, fields))) == [(HEADERS_RECEIVED, 1, fields, True)]
 
 
 def test_cookies_are_joined() -> None:
@@ -727,11 +733,13 @@ def test_client_request_and_response() -> None:
     conn.send_headers(stream_id, [*REQUEST[:1], *REQUEST[1:]], end_stream=True)
     assert conn.new_stream_id() == 3
     peer = Frames()
-    events = conn.receive(
-        peer.headers(1, [(b":status", b"100")], end_stream=False)
-        + peer.headers(1, [(b":status", b"200"), (b"content-length", b"2")], end_stream=False)
-        + data(1, b"ok")
-        + peer.headers(1, [(b"grpc-status", b"0")])
+    events = heads(
+        conn.receive(
+            peer.headers(1, [(b":status", b"100")], end_stream=False)
+            + peer.headers(1, [(b":status", b"200"), (b"content-length", b"2")], end_stream=False)
+            + data(1, b"ok")
+            + peer.headers(1, [(b"grpc-status", b"0")])
+        )
     )
     assert events == [
         (INFORMATIONAL_RECEIVED, 1, [(b":status", b"100")]),
@@ -783,7 +791,7 @@ def test_head_and_304_responses_carry_a_length_without_data() -> None:
         conn = client()
         conn.send_headers(1, [(b":method", method), *REQUEST[1:]], end_stream=True)
         fields = [(b":status", status), (b"content-length", b"1234")]
-        assert conn.receive(Frames().headers(1, fields)) == [(HEADERS_RECEIVED, 1, fields, True)]
+        assert heads(conn.receive(Frames().headers(1, fields))) == [(HEADERS_RECEIVED, 1, fields, True)]
 
 
 def test_the_server_may_not_open_streams() -> None:
@@ -807,7 +815,9 @@ def test_large_header_blocks_go_out_in_continuation_frames() -> None:
     frames = parse(conn.data_to_send())
     assert [(t, f) for t, f, _, _ in frames] == [(HEADERS, END_STREAM), (CONTINUATION, 0), (CONTINUATION, END_HEADERS)]
     peer = server(max_header_list=100000)
-    assert peer.receive(b"".join(frame(t, f, s, p) for t, f, s, p in frames)) == [(HEADERS_RECEIVED, 1, fields, True)]
+    assert heads(peer.receive(b"".join(frame(t, f, s, p) for t, f, s, p in frames))) == [
+        (HEADERS_RECEIVED, 1, fields, True)
+    ]
 
 
 def test_the_pending_buffer_holds_at_most_one_frame() -> None:

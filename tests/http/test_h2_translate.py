@@ -11,6 +11,7 @@ from sidecar.http.h2 import (
     case_hint,
     fields_from_h2,
     fields_to_h2,
+    request_from_codec,
     request_from_h2,
     response_to_h2,
     trailers_to_h2,
@@ -76,3 +77,31 @@ def test_response_and_trailer_casing_round_trip() -> None:
     trailers = trailers_to_h2(Headers.of([(b"X-Checksum", b"abc")]), to_mesh=True)
     assert fields_from_h2(trailers, from_mesh=True) == [(b"x-checksum", b"X-Checksum", b"abc")]
     assert fields_from_h2(trailers, from_mesh=False) == [(b"x-checksum", b"x-checksum", b"abc")]
+
+
+VALIDATED = [
+    REQUEST,
+    [*REQUEST, (b"accept", b"*/*"), (b"x-b", b"2")],
+    [*REQUEST, (b"host", b"orders:8080"), (b"x-a", b"1")],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")],  # Host alone
+    [(b":method", b"CONNECT"), (b":authority", b"db:5432")],
+    [*REQUEST, (b"x-a", b"1"), (HEADER_CASE, b"X-A"), (b"x-b", b"2"), (HEADER_CASE, b"X-B")],
+]
+
+
+@pytest.mark.parametrize("pairs", VALIDATED)
+@pytest.mark.parametrize("from_mesh", [False, True])
+def test_the_validated_path_splits_as_the_checking_one(pairs: list[tuple[bytes, bytes]], from_mesh: bool) -> None:
+    fast, checked = request_from_codec(pairs, from_mesh=from_mesh), request_from_h2(pairs, from_mesh=from_mesh)
+    assert (fast.method, fast.path, fast.authority, fast.scheme) == (
+        checked.method,
+        checked.path,
+        checked.authority,
+        checked.scheme,
+    )
+    assert fast.headers.fields == checked.headers.fields
+
+
+def test_the_validated_path_still_refuses_http2_settings() -> None:
+    with pytest.raises(BadRequest):
+        request_from_codec([*REQUEST, (b"http2-settings", b"AAMAAABkAAQAAP__")])
