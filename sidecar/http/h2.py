@@ -35,27 +35,34 @@ def case_hint(fields: list[Field]) -> bytes | None:
     return b",".join(cased) if cased else None
 
 
+_CASINGS: dict[bytes, dict[bytes, bytes]] = {}  # hint -> {lower-case name: its casing}
+_MAX_CASINGS = 256  # a peer's messages carry a handful of distinct hints; past this, start afresh
+
+
+def _casing(hint: bytes) -> dict[bytes, bytes]:
+    casing = _CASINGS.get(hint)
+    if casing is None:
+        if len(_CASINGS) >= _MAX_CASINGS:
+            _CASINGS.clear()
+        casing = _CASINGS[hint] = {raw.lower(): raw for raw in hint.split(b",") if raw}
+    return casing
+
+
 def restore_case(fields: list[Field], hint: bytes) -> list[Field]:
     """The fields with the names listed in `hint` given back their casing."""
-    casing = {raw.lower(): raw for raw in hint.split(b",") if raw}
+    casing = _casing(hint)
     return [(lname, casing.get(lname, raw), value) for lname, raw, value in fields]
 
 
-def fields_from_h2(pairs: Iterable[tuple[bytes, bytes]], *, from_mesh: bool) -> list[Field]:
+def fields_from_h2(pairs: list[tuple[bytes, bytes]], *, from_mesh: bool) -> list[Field]:
     """Regular fields of a received header block (response head or trailers), with the sending
     sidecar's casing put back when the peer is a sidecar; pseudo-headers are skipped."""
-    fields: list[Field] = []
-    hint = None
-    for name, value in pairs:
-        if name[:1] == b":":
-            continue
-        if name == HEADER_CASE:
-            hint = value
-            continue
-        fields.append((name, name, value))
-    if hint is not None and from_mesh:
-        return restore_case(fields, hint)
-    return fields
+    names = [pair[0] for pair in pairs]
+    if HEADER_CASE not in names:
+        return [(name, name, value) for name, value in pairs if name[:1] != b":"]
+    hint = pairs[len(names) - 1 - names[::-1].index(HEADER_CASE)][1]  # the last one
+    fields: list[Field] = [(name, name, value) for name, value in pairs if name[:1] != b":" and name != HEADER_CASE]
+    return restore_case(fields, hint) if from_mesh else fields
 
 
 _NOT_SENT = CONNECTION_SPECIFIC | {HEADER_CASE}

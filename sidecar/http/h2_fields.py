@@ -18,7 +18,8 @@ A block that breaks these rules is malformed: the connection answers with a stre
 
 Several Cookie fields are joined with "; " (RFC 9113 §8.2.3), since the request may go on over
 HTTP/1.1. The checks run over whole blocks at a time (a join and a `bytes.translate` for all names,
-another for all values) rather than field by field: that is most of what makes them cheap.
+another for all values) rather than field by field, and names already seen valid (a bounded set of
+short ones, shared by all connections) are not checked again: that is most of what makes them cheap.
 """
 
 from __future__ import annotations
@@ -54,13 +55,22 @@ _SPECIAL = CONNECTION_SPECIFIC | {b"te", b"content-length", b"host", b"cookie"}
 _MAX_LENGTH_DIGITS = 18
 
 
+_known_names: set[bytes] = set()  # names seen valid before: most blocks repeat the same few
+_MAX_KNOWN_NAMES = 1024  # past this (a peer inventing names), start afresh
+_MAX_KNOWN_NAME = 64  # longer names are checked every time: the set stays under 64 KiB
+
+
 def _check_names_and_values(names: list[bytes], headers: list[Header]) -> None:
     """Every regular name (`names`) and every value (of all `headers`) is well formed."""
-    if b"".join(names).translate(None, _NAME_CHARS) or not all(names):
-        bad = next(n for n in names if not n or n.translate(None, _NAME_CHARS))
-        if bad[:1] == b":":
-            raise Malformed(f"pseudo-header {bad!r} after a regular field, or repeated")
-        raise Malformed(f"invalid field name {bad!r}")
+    if not _known_names.issuperset(names):
+        if b"".join(names).translate(None, _NAME_CHARS) or not all(names):
+            bad = next(n for n in names if not n or n.translate(None, _NAME_CHARS))
+            if bad[:1] == b":":
+                raise Malformed(f"pseudo-header {bad!r} after a regular field, or repeated")
+            raise Malformed(f"invalid field name {bad!r}")
+        if len(_known_names) >= _MAX_KNOWN_NAMES:
+            _known_names.clear()
+        _known_names.update(name for name in names if len(name) <= _MAX_KNOWN_NAME)
     values = b"\n".join([h[1] for h in headers])
     if (
         len(values.translate(None, _VALUE_CHARS)) != len(headers) - 1  # only the separators are left
@@ -79,39 +89,35 @@ def _check_names_and_values(names: list[bytes], headers: list[Header]) -> None:
         raise Malformed(f"invalid field value {bad[:40]!r}")
 
 
-def _content_length(values: list[bytes]) -> int:
-    first = values[0]
-    if not first.isdigit() or len(first) > _MAX_LENGTH_DIGITS:
-        raise Malformed("invalid content-length")
-    for other in values[1:]:
-        if other != first:
-            raise Malformed("differing content-length values")
-    return int(first)
+def _values(regular: list[Header], names: list[bytes], name: bytes) -> list[bytes]:
+    """The values of the fields called `name` (present at least once)."""
+    if names.count(name) == 1:
+        return [regular[names.index(name)][1]]
+    return [value for other, value in regular if other == name]
 
 
-def _special_fields(regular: list[Header], special: frozenset[bytes]) -> tuple[int, list[bytes] | None, bool]:
+def _special_fields(
+    regular: list[Header], names: list[bytes], special: frozenset[bytes]
+) -> tuple[int, list[bytes] | None, bool]:
     """The checks of the fields with a role in HTTP/2 itself: the content length (-1 when absent),
     the Host values (None when absent), and whether Cookie appears more than once."""
     if not special.isdisjoint(CONNECTION_SPECIFIC):
         raise Malformed(f"connection-specific field {sorted(special & CONNECTION_SPECIFIC)[0]!r}")
     length = -1
-    hosts: list[bytes] | None = None
-    cookies = 0
-    lengths: list[bytes] = []
-    for name, value in regular:
-        if name in _SPECIAL:
-            if name == b"te":
-                if value.lower() != b"trailers":
-                    raise Malformed("te other than trailers")
-            elif name == b"content-length":
-                lengths.append(value)
-            elif name == b"host":
-                hosts = [*(hosts or ()), value]
-            else:
-                cookies += 1
-    if lengths:
-        length = _content_length(lengths)
-    return length, hosts, cookies > 1
+    if b"content-length" in special:
+        lengths = _values(regular, names, b"content-length")
+        first = lengths[0]
+        if not first.isdigit() or len(first) > _MAX_LENGTH_DIGITS:
+            raise Malformed("invalid content-length")
+        if lengths.count(first) != len(lengths):
+            raise Malformed("differing content-length values")
+        length = int(first)
+    if b"te" in special:
+        for value in _values(regular, names, b"te"):
+            if value.lower() != b"trailers":
+                raise Malformed("te other than trailers")
+    hosts = _values(regular, names, b"host") if b"host" in special else None
+    return length, hosts, b"cookie" in special and names.count(b"cookie") > 1
 
 
 def _join_cookies(headers: list[Header]) -> list[Header]:
@@ -168,7 +174,7 @@ def check_request(headers: list[Header]) -> tuple[list[Header], bytes, int]:
     length = -1
     special = _SPECIAL.intersection(names)
     if special:
-        length, hosts, join = _special_fields(regular, special)
+        length, hosts, join = _special_fields(regular, names, special)
         if hosts is not None:
             if len(hosts) > 1:
                 raise Malformed("more than one host")
@@ -197,7 +203,7 @@ def check_response(headers: list[Header]) -> tuple[int, int]:
     length = -1
     special = _SPECIAL.intersection(names)
     if special:
-        length, _, _ = _special_fields(regular, special)
+        length, _, _ = _special_fields(regular, names, special)
     return int(status), length
 
 
@@ -207,7 +213,7 @@ def check_trailers(headers: list[Header]) -> list[Header]:
     _check_names_and_values(names, headers)
     special = _SPECIAL.intersection(names)
     if special:
-        _, _, join = _special_fields(headers, special)
+        _, _, join = _special_fields(headers, names, special)
         if join:
             return _join_cookies(headers)
     return headers
