@@ -26,6 +26,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import structlog
 import trio
 
@@ -33,7 +34,7 @@ from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, Ups
 from ..http.h2 import fields_from_h2, fields_to_h2
 from ..http.hpack_plain import PlainEncoder
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
-from .h2_body import H2Body
+from .h2_body import CONNECTION_WINDOW, DEFAULT_WINDOW, STREAM_WINDOW, H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
 
 if TYPE_CHECKING:
@@ -84,7 +85,16 @@ class H2ClientConnection:
         self._drained: trio.Event | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
-        self.h2.initiate_connection()
+        h2c = self.h2
+        h2c.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            },
+        )
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
         await self.stream.send_all(self.h2.data_to_send())
         nursery.start_soon(self._reader)
         nursery.start_soon(self._writer)

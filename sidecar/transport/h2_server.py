@@ -46,7 +46,7 @@ from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, R
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
 from .h1_server import ServerLimits
-from .h2_body import H2Body
+from .h2_body import CONNECTION_WINDOW, DEFAULT_WINDOW, STREAM_WINDOW, H2Body
 from .h2_guard import (
     HEADER_LIMIT_FACTOR,
     MAX_CONCURRENT_STREAMS,
@@ -235,6 +235,7 @@ class H2Server:
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_request_headers,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             },
         )
 
@@ -242,6 +243,7 @@ class H2Server:
         h2c = self.h2
         h2c.local_settings = self._settings(MAX_CONCURRENT_STREAMS)
         h2c.initiate_connection()  # advertises MAX_CONCURRENT_STREAMS
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
         # h2 answers a stream past its own limit with a connection error; RFC 9113 §5.1.2 allows a
         # stream error, which spares the streams in flight. So h2 enforces the hard limit (the same
         # settings otherwise, already in force: the peer's ACK changes nothing) and `_start_stream`
