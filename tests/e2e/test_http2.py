@@ -208,3 +208,27 @@ async def test_inbound_app_protocol_h2c_with_hypercorn(mesh: Mesh) -> None:
     info = r.json()
     assert info["http_version"] == "2"  # B spoke h2c to the app
     assert header_values(info, "host") == ["orders"]
+
+
+async def test_drain_sends_goaway_at_once_and_lets_streams_in_flight_finish(mesh: Mesh) -> None:
+    from tests.h2_peer import RawH2Peer
+
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    context = mesh.pki.client_context("frontend")
+    context.set_alpn_protocols(["h2"])
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", b.inbound), context)
+    await stream.do_handshake()
+    peer = RawH2Peer(stream)
+    await peer.start()
+    await peer.send(peer.request(1, "/slow/600"), peer.request(3, "/info"))
+    await peer.until(lambda: 3 in peer.ended)
+    b.runtime.start_drain("test")
+    await peer.until(lambda: peer.goaway is not None)  # at once, while stream 1 is still running
+    assert peer.goaway is not None and peer.goaway.last_stream_id == 3 and 1 not in peer.ended
+    await peer.send(peer.request(5, "/info"))  # a stream opened after the GOAWAY is refused, unprocessed
+    await peer.until(lambda: 5 in peer.resets)
+    assert peer.resets[5] == 0x7 and 5 not in peer.status  # REFUSED_STREAM
+    await peer.until(lambda: 1 in peer.ended)  # the stream in flight finishes
+    assert peer.status[1] == 200
+    await peer.until_closed()  # and the connection closes after its last stream
