@@ -32,6 +32,7 @@ import trio
 
 from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
 from ..http.h2 import fields_from_h2, fields_to_h2
+from ..http.h2_goaway import GoawayTap
 from ..http.hpack_plain import PlainEncoder
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
 from .h2_body import CONNECTION_WINDOW, DEFAULT_WINDOW, STREAM_WINDOW, H2Body
@@ -78,6 +79,7 @@ class H2ClientConnection:
         self.idle_since = trio.current_time()
         self.exchanges = 0  # completed on this connection
         self._exchanges: dict[int, _Exchange] = {}
+        self._goaway_tap = GoawayTap()  # GOAWAY is handled here, not by h2 (see http/h2_goaway.py)
         self._windows: dict[int, trio.Event] = {}
         self._backlog: list[bytes] = []  # h2 output waiting for the writer
         self._backlog_size = 0
@@ -249,6 +251,8 @@ class H2ClientConnection:
                 self.kick()
         if not self._exchanges:
             self.idle_since = trio.current_time()
+            if self.goaway and not self.closed:
+                self.close()  # the peer sent GOAWAY and its last stream is done
         self.pool.stream_done(self)
 
     def _body_done(self, stream_id: int) -> Callable[[bool], None]:
@@ -268,14 +272,19 @@ class H2ClientConnection:
                     break
                 if not data:
                     break
+                data, goaways = self._goaway_tap.feed(data)
                 try:
-                    events = self.h2.receive_data(data)
+                    events = self.h2.receive_data(data) if data else []
                 except h2.exceptions.ProtocolError as exc:
                     log.info("upstream_h2_protocol_error", error=str(exc))
                     break
                 for event in events:
                     self._dispatch(event)
+                for goaway in goaways:
+                    self._peer_goaway(goaway.last_stream_id)
                 self.kick()
+                if self.goaway and not self._exchanges:
+                    break  # nothing left to wait for on a connection the peer is closing
         finally:
             self.closed = True
             self.kick()
@@ -345,9 +354,13 @@ class H2ClientConnection:
                 self._windows.clear()
             elif event.stream_id in self._windows:
                 self._windows.pop(event.stream_id).set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = True
-            last = event.last_stream_id or 0
-            for stream_id, exchange in list(self._exchanges.items()):
-                if stream_id > last:  # never processed by the peer: safe to try elsewhere
-                    self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
+        elif isinstance(event, h2.events.ConnectionTerminated):  # a GOAWAY h2 saw: the tap let it through
+            self._peer_goaway(event.last_stream_id or 0)
+
+    def _peer_goaway(self, last_stream_id: int) -> None:
+        """The peer is closing the connection: no new streams here; those above `last_stream_id`
+        were never processed and fail as refused (safe to send elsewhere); the others finish."""
+        self.goaway = True
+        for stream_id, exchange in list(self._exchanges.items()):
+            if stream_id > last_stream_id:
+                self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
