@@ -30,7 +30,7 @@ import h2.settings
 import structlog
 import trio
 
-from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
+from ..http.errors import DownstreamGone, ProxyError, UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset
 from ..http.h2 import fields_from_h2, fields_to_h2
 from ..http.h2_goaway import GoawayTap
 from ..http.hpack_plain import PlainEncoder
@@ -79,6 +79,7 @@ class H2ClientConnection:
         self.idle_since = trio.current_time()
         self.exchanges = 0  # completed on this connection
         self._exchanges: dict[int, _Exchange] = {}
+        self._peer_settings = trio.Event()  # the peer's first SETTINGS arrived (or the connection ended)
         self._goaway_tap = GoawayTap()  # GOAWAY is handled here, not by h2 (see http/h2_goaway.py)
         self._windows: dict[int, trio.Event] = {}
         self._backlog: list[bytes] = []  # h2 output waiting for the writer
@@ -100,6 +101,9 @@ class H2ClientConnection:
         await self.stream.send_all(self.h2.data_to_send())
         nursery.start_soon(self._reader)
         nursery.start_soon(self._writer)
+        await self._peer_settings.wait()  # from now on `capacity` holds the peer's stream limit
+        if self.closed:
+            raise UpstreamConnectFailure(detail="HTTP/2 connection closed before the peer's SETTINGS")
 
     @property
     def capacity(self) -> int:
@@ -287,6 +291,7 @@ class H2ClientConnection:
                     break  # nothing left to wait for on a connection the peer is closing
         finally:
             self.closed = True
+            self._peer_settings.set()
             self.kick()
             for exchange in list(self._exchanges.values()):
                 self._fail(exchange, UpstreamReset(detail="upstream connection closed"))
@@ -354,6 +359,8 @@ class H2ClientConnection:
                 self._windows.clear()
             elif event.stream_id in self._windows:
                 self._windows.pop(event.stream_id).set()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._peer_settings.set()
         elif isinstance(event, h2.events.ConnectionTerminated):  # a GOAWAY h2 saw: the tap let it through
             self._peer_goaway(event.last_stream_id or 0)
 

@@ -55,6 +55,8 @@ async def _upgrade(pool: ConnectionPool, request: Request, settings: ClusterSett
 
 async def _exchange(pool: ConnectionPool, request: Request, connect_timeout: float) -> Response:
     conn: H1ClientConnection | H2ClientConnection | None = pool.take_h2() or pool.take_idle()
+    if conn is None and pool.h2_connecting is not None:
+        conn = await pool.take_h2_waiting()
     reused = conn is not None
     if conn is None:
         conn = await _connect(pool, connect_timeout)

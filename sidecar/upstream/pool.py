@@ -40,7 +40,9 @@ class ConnectionPool:
     __slots__ = (
         "background",
         "endpoint",
+        "h2_connecting",
         "h2_conns",
+        "h2_seen",
         "handshakes",
         "idle",
         "idle_timeout",
@@ -60,6 +62,8 @@ class ConnectionPool:
         self.handshakes = 0
         self.protocol = "http1"  # http1 | http2 | auto (ALPN decides; plaintext auto is HTTP/1.1)
         self.h2_conns: list[H2ClientConnection] = []
+        self.h2_seen = False  # the endpoint chose h2 by ALPN before: the next connection will be HTTP/2
+        self.h2_connecting: trio.Event | None = None  # set when the HTTP/2 connection being opened is up
         self.background: trio.Nursery | None = None  # where HTTP/2 reader tasks run
 
     def take_idle(self) -> H1ClientConnection | None:
@@ -84,22 +88,47 @@ class ConnectionPool:
                 return conn
         return None
 
+    async def take_h2_waiting(self) -> H2ClientConnection | None:
+        """As take_h2, but while an HTTP/2 connection is being opened, wait for it rather than open
+        another: a burst of requests to a new endpoint shares one connection instead of each
+        opening its own."""
+        while True:
+            conn = self.take_h2()
+            pending = self.h2_connecting
+            if conn is not None or pending is None:
+                return conn
+            await pending.wait()
+
     async def connect(self) -> H1ClientConnection | H2ClientConnection:
         """Open a new connection (TCP, then TLS when the service says so; HTTP/2 when ALPN or the
-        config says so). The caller bounds the time (connect timeout)."""
+        config says so). An HTTP/2 connection is handed out once the peer's SETTINGS are in, so its
+        stream limit is known. The caller bounds the time (connect timeout)."""
+        pending = None
+        expects_h2 = self.protocol == "http2" or (self.protocol == "auto" and self.tls is not None and self.h2_seen)
+        if expects_h2 and self.h2_connecting is None:
+            pending = self.h2_connecting = trio.Event()
+        try:
+            return await self._connect()
+        finally:
+            if pending is not None:
+                self.h2_connecting = None
+                pending.set()
+
+    async def _connect(self) -> H1ClientConnection | H2ClientConnection:
         stream = await self._open(self.protocol)
         # ALPN decides on TLS; in plaintext only `http2` (h2c to the app) means HTTP/2.
         use_h2 = stream.selected_alpn_protocol() == "h2" if isinstance(stream, TlsStream) else self.protocol == "http2"
+        self.h2_seen = use_h2
         self.open_connections += 1
         if use_h2 and self.background is not None:
             conn = H2ClientConnection(stream, self)
-            self.h2_conns.append(conn)
             try:
                 await conn.start(self.background)
             except BaseException:
                 conn.close()
-                self.connection_closed(conn)
+                self.open_connections -= 1
                 raise
+            self.h2_conns.append(conn)
             return conn
         return H1ClientConnection(stream, self)
 

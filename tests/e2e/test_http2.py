@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from typing import Any
 
 import httpx
 import pytest
@@ -253,3 +254,83 @@ async def test_requests_in_flight_over_an_http2_hop_survive_the_peer_sidecars_dr
     assert statuses == [200] * 10  # none was lost: B answered the streams below its GOAWAY
     pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
     assert all(conn.goaway for conn in pool.h2_conns)  # and A takes no new stream there
+
+
+class RawH2Origin:
+    """An h2c origin built on h2's server side, for what a well-behaved server rarely does: it refuses
+    the first `refuse` streams (REFUSED_STREAM), or answers the first request on its first connection
+    with GOAWAY naming an earlier last stream (`goaway_first`). Counts what it actually served."""
+
+    def __init__(self, refuse: int = 0, goaway_first: bool = False) -> None:
+        self.refuse = refuse
+        self.goaway_first = goaway_first
+        self.served = 0
+        self.connections = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        import h2.config
+        import h2.connection
+        import h2.errors
+        import h2.events
+
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        first = True
+        while data := await stream.receive_some(65536):
+            for event in conn.receive_data(data):
+                if not isinstance(event, h2.events.RequestReceived):
+                    continue
+                if self.goaway_first and first:
+                    self.goaway_first = False  # on the first connection only
+                    conn.close_connection(last_stream_id=max(0, event.stream_id - 2))  # "never processed"
+                    await stream.send_all(conn.data_to_send())
+                    await stream.aclose()
+                    return
+                first = False
+                if self.refuse:
+                    self.refuse -= 1
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    continue
+                self.served += 1
+                conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", b"2")])
+                conn.send_data(event.stream_id, b"ok", end_stream=True)
+            await stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.parametrize("behaviour", [{"refuse": 1}, {"goaway_first": True}])
+async def test_a_request_the_upstream_never_processed_is_sent_again(
+    mesh: Mesh, nursery: trio.Nursery, behaviour: dict[str, Any]
+) -> None:
+    origin = RawH2Origin(**behaviour)
+    port = await nursery.start(origin.serve)
+    sc = await mesh.sidecar(services=[service("orders", port, protocol="http2")])
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
+        r = await client.get("/x")
+    assert r.status_code == 200 and r.text == "ok"
+    assert origin.served == 1  # processed once, never twice
+    if behaviour.get("goaway_first"):
+        assert origin.connections == 2  # sent again on a new connection
+
+
+async def test_more_connections_open_when_one_is_full(mesh: Mesh) -> None:
+    origin = await mesh.origin(h2_max_concurrent_streams=2)
+    sc = await mesh.sidecar(services=[service("orders", origin, protocol="http2")])
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+
+        async def one() -> None:
+            statuses.append((await client.get("/slow/300")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one)
+    assert statuses == [200] * 6
+    pool = sc.runtime.registry.clusters["orders"].endpoints[0].pool
+    assert len(pool.h2_conns) == 3  # two streams each, as the origin allows
