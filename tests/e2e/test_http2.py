@@ -334,3 +334,20 @@ async def test_more_connections_open_when_one_is_full(mesh: Mesh) -> None:
     assert statuses == [200] * 6
     pool = sc.runtime.registry.clusters["orders"].endpoints[0].pool
     assert len(pool.h2_conns) == 3  # two streams each, as the origin allows
+
+
+async def test_an_h2_body_over_the_limit_gets_413(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin)], limits={"max_request_body": "64KiB"})
+    async with httpx.AsyncClient(http1=False, http2=True, base_url=sc.outbound_url, headers={"host": "orders"}) as c:
+        r = await c.post("/echo", content=b"x" * 200_000)  # declared length over the limit
+        assert r.status_code == 413 and r.headers["x-sidecar-reason"] == "too_large"
+
+        async def chunks() -> Any:
+            for _ in range(20):
+                yield b"y" * 16384  # no content-length: the limit is found while streaming
+
+        r = await c.post("/info", content=chunks())
+        assert r.status_code == 413 and r.headers["x-sidecar-reason"] == "too_large"
+        r = await c.get("/info")  # the connection goes on
+        assert r.status_code == 200
