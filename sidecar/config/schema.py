@@ -60,9 +60,12 @@ __all__ = [
     "Address",
     "AdminConfig",
     "EndpointConfig",
+    "HashOn",
+    "HealthCheck",
     "InboundConfig",
     "Limits",
     "OutboundConfig",
+    "OutlierDetection",
     "RouteConfig",
     "RouteMatch",
     "RouteRule",
@@ -85,6 +88,8 @@ FILE_CONTEXT: Mapping[str, bool] = MappingProxyType({"from_file": True})
 """Validation context for data read from a config file: durations there must be strings with a unit."""
 
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, e.g. a cookie name
+_REQUEST_PATH_RE = re.compile(r"/[\x21-\x7e]*")  # what may follow GET in a request line
 
 
 def _address(value: object) -> Address:
@@ -112,6 +117,34 @@ def _path(value: object) -> str:
     return value
 
 
+def _request_path(value: object) -> str:
+    """A path this sidecar sends itself (health checks): visible ASCII only, no spaces."""
+    path = _path(value)
+    if not _REQUEST_PATH_RE.fullmatch(path):
+        raise ValueError(f"invalid path {show(value)} (visible ASCII only, no spaces)")
+    return path
+
+
+def _header_name(value: object) -> str:
+    """A header field name, stored lower-case."""
+    if not isinstance(value, str) or not _HEADER_NAME_RE.fullmatch(value.lower()):
+        raise ValueError(f"invalid header name {show(value)}")
+    return value.lower()
+
+
+def _cookie_name(value: object) -> str:
+    """A cookie name, kept as written (cookie names are case-sensitive)."""
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"invalid cookie name {show(value)}")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {show(value)}")
+    return value
+
+
 def _file_path(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a file path, got {show(value)}")
@@ -133,6 +166,10 @@ Size = Annotated[int, plain(parse_size, dump=format_size)]
 Name = Annotated[str, plain(parse_name)]
 Host = Annotated[str, HOST]
 HTTP_PATH = plain(_path)
+REQUEST_PATH = plain(_request_path)
+HEADER_NAME = plain(_header_name)
+COOKIE_NAME = plain(_cookie_name)
+BOOLEAN = plain(_boolean)
 FILE_PATH = plain(_file_path)
 FilePath = Annotated[str, FILE_PATH]
 """A file path as written: absolute, or relative to the config directory (``Snapshot.resolve``)."""
@@ -284,7 +321,64 @@ class ServiceTls(Model):
             raise ValidationError(errors)
 
 
-LoadBalancer = Literal["round_robin", "least_request", "random"]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection(Model):
+    """Passive health: ejection of endpoints whose answers keep failing (SPEC §11 "Outlier detection").
+
+    A try that ends without a response counts as a 5xx and as a gateway error; a 502, 503 or 504 counts
+    as both; another 5xx counts as a 5xx and breaks a run of gateway errors; any other status ends both
+    runs. Reaching either threshold ejects the endpoint at once, for ``base_ejection * times ejected``
+    (at most 300 s), unless that would eject more than ``max_ejection_percent`` of the endpoints.
+    """
+
+    consecutive_5xx: Annotated[int, bounded(INTEGER, ge=1)] = 5
+    """Consecutive 5xx answers (or tries without an answer) that eject an endpoint."""
+    consecutive_gateway_errors: Annotated[int, bounded(INTEGER, ge=1)] = 5
+    """Consecutive 502/503/504 answers (or tries without an answer) that eject an endpoint."""
+    interval: Annotated[float, bounded(DURATION, gt=0)] = 10 * SECONDS
+    """How often ejections are reviewed: an ejected endpoint returns at the first review after its time is up."""
+    base_ejection: Annotated[float, bounded(DURATION, gt=0)] = 30 * SECONDS
+    """The first ejection's length; the n-th lasts n times this, capped at 300 s."""
+    max_ejection_percent: Annotated[int, bounded(INTEGER, ge=0, le=100)] = 50
+    """No ejection takes the share of ejected endpoints above this percentage (a hard cap: a service
+    with a single endpoint is ejected only at 100)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck(Model):
+    """Active health checks: ``GET path`` to every endpoint each ``interval`` (through the peer sidecar,
+    over mutual TLS with this sidecar's identity, for a mesh service). A 2xx answer within ``timeout``
+    is a success; anything else, or nothing, is a failure. Endpoints start healthy."""
+
+    path: Annotated[str, REQUEST_PATH] = "/healthz"
+    interval: Annotated[float, bounded(DURATION, gt=0)] = 5 * SECONDS
+    timeout: Annotated[float, bounded(DURATION, gt=0)] = 1 * SECONDS
+    """Bound on one check: connecting (TCP and TLS), sending, and the answer's status line and headers."""
+    healthy_threshold: Annotated[int, bounded(INTEGER, ge=1)] = 1
+    """Consecutive successes that make an unhealthy endpoint healthy again."""
+    unhealthy_threshold: Annotated[int, bounded(INTEGER, ge=1)] = 3
+    """Consecutive failures that make a healthy endpoint unhealthy (it then takes no traffic)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HashOn(Model):
+    """What ``ring_hash`` hashes: exactly one of a header, a cookie, or the caller's IP address."""
+
+    header: Annotated[str | None, HEADER_NAME] = None
+    """The value of this request header (its first field); stored lower-case."""
+    cookie: Annotated[str | None, COOKIE_NAME] = None
+    """The value of this cookie (case-sensitive name)."""
+    source_ip: Annotated[bool, BOOLEAN] = False
+    """The address of the connection the request came in on."""
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        chosen = [name for name in ("header", "cookie") if getattr(self, name) is not None]
+        chosen += ["source_ip"] if self.source_ip else []
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of header, cookie, source_ip: true")
+
+
+LoadBalancer = Literal["round_robin", "least_request", "random", "ring_hash"]
 Protocol = Literal["http1", "http2", "auto"]
 
 
@@ -302,11 +396,18 @@ class ServiceConfig(Model):
     tls: Annotated[ServiceTls, nested(ServiceTls)] = ServiceTls()
     """How to secure connections to the endpoints; mesh mutual TLS by default."""
     load_balancer: Annotated[LoadBalancer, one_of(*get_args(LoadBalancer))] = "least_request"
+    """How an endpoint is chosen among the available ones (healthy and not ejected)."""
+    hash_on: Annotated[HashOn | None, nested(HashOn)] = None
+    """``ring_hash`` only, and required by it: the request key hashed onto the ring."""
     protocol: Annotated[Protocol, one_of(*get_args(Protocol))] = "auto"
     """HTTP version to the endpoints: http1, http2 (h2c in plaintext), or auto (the default: ALPN
     decides on TLS, so two sidecars speak HTTP/2 and multiplex; plaintext is http1). WebSockets
     always take a dedicated HTTP/1.1 connection."""
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
+    outlier_detection: Annotated[OutlierDetection, nested(OutlierDetection)] = OutlierDetection()
+    """Passive health, always on: endpoints that keep failing are ejected for a while."""
+    health_check: Annotated[HealthCheck | None, nested(HealthCheck)] = None
+    """Active health checks; ``None`` (the default): none, outlier detection alone judges endpoints."""
 
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -316,6 +417,12 @@ class ServiceConfig(Model):
             except ValueError:
                 pass
         return data
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        if self.load_balancer == "ring_hash" and self.hash_on is None:
+            raise ValidationError([FieldError(("hash_on",), "ring_hash needs hash_on (header, cookie or source_ip)")])
+        if self.hash_on is not None and self.load_balancer != "ring_hash":
+            raise ValidationError([FieldError(("hash_on",), "hash_on applies to load_balancer ring_hash only")])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,19 +14,30 @@ from __future__ import annotations
 
 import trio
 
-from ..http.errors import UpstreamConnectFailure, UpstreamReset, UpstreamTimeout
+from ..http.errors import UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from ..http.message import Request, Response
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
 from .pool import ConnectionPool
-from .registry import Cluster, ClusterSettings
+from .registry import Cluster, ClusterSettings, Endpoint
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Response:
-    """Send `request` to one endpoint of `cluster`; the response body streams afterwards."""
-    endpoint = cluster.pick()
+    """Send `request` to one endpoint of `cluster`; the response body streams afterwards. The
+    outcome (the status, or None without a response) goes to the cluster's outlier detection."""
+    endpoint = cluster.pick(request)
+    try:
+        response = await _call_endpoint(cluster, endpoint, request, timeout)
+    except (UpstreamConnectFailure, UpstreamReset, UpstreamProtocolError, UpstreamTimeout):
+        cluster.record(endpoint, None)
+        raise
+    cluster.record(endpoint, response.status)
+    return response
+
+
+async def _call_endpoint(cluster: Cluster, endpoint: Endpoint, request: Request, timeout: float) -> Response:
     # A bare CancelScope rather than move_on_after: same effect, without a generator per request.
     with trio.CancelScope(relative_deadline=timeout):
         if request.websocket:

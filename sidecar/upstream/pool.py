@@ -140,6 +140,11 @@ class ConnectionPool:
         self.open_connections += 1
         return H1ClientConnection(stream, self)
 
+    async def open_stream(self) -> TcpStream | TlsStream:
+        """A fresh HTTP/1.1 stream to the endpoint (TLS as the service says, ALPN http/1.1) that the
+        pool neither counts nor keeps: health checks. The caller bounds the time and closes it."""
+        return await self._open("http1")
+
     async def _open(self, protocol: str) -> TcpStream | TlsStream:
         """TCP, then TLS when the service says so, offering the ALPN of `protocol`. The caller
         bounds the time (connect timeout)."""
