@@ -68,14 +68,14 @@ async def _read_status(stream: trio.abc.Stream) -> int | None:
     buf = bytearray()
     while True:
         end = buf.find(b"\r\n\r\n")
+        if end > MAX_HEAD or (end < 0 and len(buf) > MAX_HEAD):
+            return None
         if end >= 0:
             head = parse_response_head(bytes(buf[:end]))
             del buf[: end + 4]
             if head.status >= 200:
                 return head.status
             continue
-        if len(buf) > MAX_HEAD:
-            return None
         data = await stream.receive_some(_READ_SIZE)
         if not data:
             return None

@@ -16,10 +16,10 @@ from sidecar.config import (
     HealthCheck,
     InboundConfig,
     Limits,
+    OutlierDetection,
     RouteConfig,
     RouteMatch,
     RouteRule,
-    OutlierDetection,
     RouteTarget,
     ServiceConfig,
     ServiceTls,
@@ -539,9 +539,9 @@ def test_hash_on_one_key() -> None:
     assert HashOn(header="X-User").header == "x-user"  # header names are matched lower-case
     assert HashOn(cookie="Session").cookie == "Session"  # cookie names are case-sensitive
     assert HashOn(source_ip=True).to_json() == {"header": None, "cookie": None, "source_ip": True}
-    for given in ({}, {"source_ip": False}, {"header": "a", "cookie": "b"}):
+    for data in ({}, {"source_ip": False}, {"header": "a", "cookie": "b"}):
         with pytest.raises(ValidationError, match="set exactly one of header, cookie, source_ip"):
-            HashOn.model_validate(given)
+            HashOn.model_validate(data)
     service = ServiceConfig.model_validate(
         {"name": "a", "endpoints": [{"address": "a:1"}], "load_balancer": "ring_hash", "hash_on": {"cookie": "sid"}}
     )
