@@ -19,9 +19,11 @@ from ..http.message import Request, Response
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
 from .pool import ConnectionPool
-from .registry import Cluster, ClusterSettings, Endpoint
+from .registry import Cluster, ClusterSettings
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+# Failures of a try that got no response head: outlier detection counts them as gateway errors.
+NO_RESPONSE = (UpstreamConnectFailure, UpstreamReset, UpstreamProtocolError, UpstreamTimeout)
 
 
 async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Response:
@@ -29,21 +31,18 @@ async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Re
     outcome (the status, or None without a response) goes to the cluster's outlier detection."""
     endpoint = cluster.pick(request)
     try:
-        response = await _call_endpoint(cluster, endpoint, request, timeout)
-    except (UpstreamConnectFailure, UpstreamReset, UpstreamProtocolError, UpstreamTimeout):
+        # A bare CancelScope rather than move_on_after: same effect, without a generator per request.
+        with trio.CancelScope(relative_deadline=timeout):
+            if request.websocket:
+                response = await _upgrade(endpoint.pool, request, cluster.settings)
+            else:
+                response = await _exchange(endpoint.pool, request, cluster.settings.connect_timeout)
+            cluster.record(endpoint, response.status)
+            return response
+        raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
+    except NO_RESPONSE:
         cluster.record(endpoint, None)
         raise
-    cluster.record(endpoint, response.status)
-    return response
-
-
-async def _call_endpoint(cluster: Cluster, endpoint: Endpoint, request: Request, timeout: float) -> Response:
-    # A bare CancelScope rather than move_on_after: same effect, without a generator per request.
-    with trio.CancelScope(relative_deadline=timeout):
-        if request.websocket:
-            return await _upgrade(endpoint.pool, request, cluster.settings)
-        return await _exchange(endpoint.pool, request, cluster.settings.connect_timeout)
-    raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
 
 
 async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection | H2ClientConnection:
