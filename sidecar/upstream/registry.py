@@ -1,7 +1,7 @@
 """Runtime state of upstream services, keyed by service name and endpoint address.
 
 Config snapshots come and go; what must outlive them lives here: each endpoint's connection pool
-and in-flight count (and, with later capabilities, health and ejection state). `apply()` takes a
+and in-flight count, each service's circuit-breaker counts and retry budget. `apply()` takes a
 new snapshot and keeps the state of every endpoint that is still there; endpoints that vanish are
 marked removed, their idle connections closed, and their in-flight requests finish undisturbed.
 The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections.
@@ -20,7 +20,9 @@ import trio
 from ..config.schema import Address, InboundConfig, ServiceConfig
 from ..http.errors import NoHealthyUpstream
 from .balancer import Balancer, make_balancer
+from .breaker import UNLIMITED, Breaker, Thresholds
 from .pool import ConnectionPool
+from .retry import RetryBudget, RetryPolicy
 
 log = structlog.get_logger("sidecar.upstream")
 
@@ -62,6 +64,9 @@ class ClusterSettings:
     tls: UpstreamTls | None = None  # None: plaintext (`tls.mode: disabled`, or the local app)
     protocol: str = "http1"  # http1 | http2 | auto
     websocket_idle_timeout: float = APP_WEBSOCKET_IDLE_TIMEOUT  # an upgraded tunnel with no traffic closes
+    per_try_timeout: float | None = None  # None: only request_timeout bounds the tries
+    retry: RetryPolicy | None = None  # None: no retries (the keep-alive race resend still applies)
+    thresholds: Thresholds = UNLIMITED
 
 
 def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
@@ -76,12 +81,15 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         tls=tls,
         protocol=service.protocol,
         websocket_idle_timeout=t.idle or NO_TIMEOUT,  # `idle: 0` cannot mean closing a tunnel at once
+        per_try_timeout=t.per_try,
+        retry=RetryPolicy.from_config(service.retries) if service.retries.attempts else None,
+        thresholds=Thresholds.from_config(service.circuit_breaker),
     )
 
 
 def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
-    """The local app behind the inbound listener: one endpoint, and no request timeout of its own
-    (the calling sidecar's timeouts govern the exchange, as in Istio's inbound)."""
+    """The local app behind the inbound listener: one endpoint, and no request timeout, retries or
+    breakers of its own (the calling sidecar's policies govern the exchange, as in Istio's inbound)."""
     return ClusterSettings(
         connect_timeout=1.0,
         request_timeout=NO_TIMEOUT,
@@ -103,9 +111,10 @@ def is_ip_literal(host: str) -> bool:
 
 
 class Endpoint:
-    """One upstream address (an IP and port) of a service."""
+    """One upstream address (an IP and port) of a service. Its exchanges in flight count both here
+    (for least_request) and in the service's breaker (for max_requests): `started()`/`finished()`."""
 
-    __slots__ = ("active_requests", "address", "host", "hostname", "pool", "port", "removed", "weight")
+    __slots__ = ("active_requests", "address", "breaker", "host", "hostname", "pool", "port", "removed", "weight")
 
     def __init__(self, host: str, port: int, weight: int, idle_timeout: float, hostname: str | None = None) -> None:
         self.host = host.strip("[]")
@@ -115,7 +124,20 @@ class Endpoint:
         self.weight = weight
         self.active_requests = 0
         self.removed = False
+        self.breaker: Breaker | None = None  # the service's, set when the endpoint joins a cluster
         self.pool = ConnectionPool(self, idle_timeout)
+
+    def started(self) -> None:
+        self.active_requests += 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.requests += 1
+
+    def finished(self) -> None:
+        self.active_requests -= 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.requests -= 1
 
 
 class Cluster:
@@ -124,6 +146,8 @@ class Cluster:
     def __init__(self, name: str, settings: ClusterSettings) -> None:
         self.name = name
         self.settings = settings
+        self.breaker = Breaker(settings.thresholds)  # counts survive reloads; thresholds follow config
+        self.budget = RetryBudget()
         self.endpoints: list[Endpoint] = []
         self.balancer: Balancer | None = None
         self.needs_dns = False
@@ -133,6 +157,7 @@ class Cluster:
 
     def configure(self, settings: ClusterSettings) -> None:
         self.settings = settings
+        self.breaker.thresholds = settings.thresholds
         self.needs_dns = not all(is_ip_literal(addr.host) for addr, _ in settings.targets)
         self.next_refresh = 0.0
         static = [
@@ -180,6 +205,11 @@ class Cluster:
         pool.tls = self.settings.tls
         pool.protocol = self.settings.protocol
         pool.background = self.background
+        endpoint.breaker = self.breaker
+
+    @property
+    def open_connections(self) -> int:
+        return sum(e.pool.open_connections for e in self.endpoints)
 
     def set_background(self, nursery: trio.Nursery) -> None:
         """Where this service's HTTP/2 connections run their reader tasks (the registry's nursery)."""
