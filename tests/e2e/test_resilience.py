@@ -216,3 +216,43 @@ async def test_the_retry_budget_stops_a_retry_storm(mesh: Mesh) -> None:
     # 10 requests one at a time: 20 % of one request in flight is no retry, so only the floor of 3
     # retries a second applies (the run takes well under two seconds): at most 3 or 6, not 30.
     assert 10 + 3 <= len(origin.seen) <= 10 + 6
+
+
+async def test_an_origin_process_killed_mid_test_costs_the_callers_nothing(mesh: Mesh, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    port = free_port()
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "-k", "trio", "--bind", f"127.0.0.1:{port}", "tests.e2e.apps:echo_app"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        survivor = await mesh.origin()
+        sc = await mesh.sidecar(services=[service("orders", port, survivor, load_balancer="round_robin")])
+        statuses: list[int] = []
+        async with await client_for(sc) as client:
+            with trio.fail_after(15):
+                while True:  # until the doomed origin answers
+                    try:
+                        async with httpx.AsyncClient() as probe:
+                            if (await probe.get(f"http://127.0.0.1:{port}/info")).status_code == 200:
+                                break
+                    except httpx.HTTPError:
+                        await trio.sleep(0.1)
+
+            async def load() -> None:
+                for _ in range(60):
+                    statuses.append((await client.get("/slow/20")).status_code)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(load)
+                await trio.sleep(0.3)
+                doomed.kill()  # mid-test, with requests in flight on it
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+        doomed.wait()
+    assert statuses == [200] * 240  # GETs in flight on the dead one were retried on the survivor
