@@ -125,23 +125,10 @@ def _request_path(value: object) -> str:
     return path
 
 
-def _header_name(value: object) -> str:
-    """A header field name, stored lower-case."""
-    if not isinstance(value, str) or not _HEADER_NAME_RE.fullmatch(value.lower()):
-        raise ValueError(f"invalid header name {show(value)}")
-    return value.lower()
-
-
 def _cookie_name(value: object) -> str:
     """A cookie name, kept as written (cookie names are case-sensitive)."""
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise ValueError(f"invalid cookie name {show(value)}")
-    return value
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {show(value)}")
     return value
 
 
@@ -153,7 +140,21 @@ def _file_path(value: object) -> str:
     return value
 
 
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {show(value)}")
+    return value
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME_RE.fullmatch(value.lower()):
+        raise ValueError(f"invalid header name {show(value)}")
+    return value.lower()
+
+
 ADDRESS = plain(_address, dump=str)
+BOOLEAN = plain(_boolean)
+HEADER_NAME = plain(_header_name)
 DURATION = Parser(_duration, dump=format_duration)
 HOST = plain(normalize_host)
 
@@ -167,9 +168,7 @@ Name = Annotated[str, plain(parse_name)]
 Host = Annotated[str, HOST]
 HTTP_PATH = plain(_path)
 REQUEST_PATH = plain(_request_path)
-HEADER_NAME = plain(_header_name)
 COOKIE_NAME = plain(_cookie_name)
-BOOLEAN = plain(_boolean)
 FILE_PATH = plain(_file_path)
 FilePath = Annotated[str, FILE_PATH]
 """A file path as written: absolute, or relative to the config directory (``Snapshot.resolve``)."""
@@ -289,6 +288,9 @@ class Timeouts(Model):
     """Bound on establishing a connection (TCP and TLS) to one endpoint."""
     request: Duration = 15 * SECONDS
     """Bound on a whole request, from sending to the end of the response head."""
+    per_try: Annotated[float | None, bounded(DURATION, gt=0)] = None
+    """Bound on one try, up to its response head; ``None``: only ``request`` bounds the tries. A try
+    that runs out counts as a gateway error for retries."""
     idle: Duration = 60 * SECONDS
     """Pooled upstream connections close after this long idle; so does a WebSocket with no traffic either way."""
 
@@ -319,6 +321,62 @@ class ServiceTls(Model):
                 errors.append(FieldError((name,), f"{name} applies to mode simple only"))
         if errors:
             raise ValidationError(errors)
+
+
+RetryCondition = Literal["connect-failure", "refused-stream", "reset", "gateway-error", "5xx", "retriable-status"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff(Model):
+    """Wait before a retry: exponential from ``base``, capped at ``max``, with full jitter."""
+
+    base: Annotated[float, bounded(DURATION, gt=0)] = 0.025
+    max: Annotated[float, bounded(DURATION, gt=0)] = 0.25
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        if self.max < self.base:
+            raise ValidationError([FieldError(("max",), "must be at least base")])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudget(Model):
+    """Retries in flight may add at most ``percent`` of the service's active requests, and at least
+    ``min_per_second`` retries a second are always allowed."""
+
+    percent: Annotated[int, bounded(INTEGER, ge=0, le=100)] = 20
+    min_per_second: Annotated[int, bounded(INTEGER, ge=0)] = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retries(Model):
+    """When and how often a failed try is sent again (SPEC §11 "Retries")."""
+
+    attempts: Annotated[int, bounded(INTEGER, ge=0, le=10)] = 2
+    """Retries after the first try."""
+    on: Annotated[tuple[RetryCondition, ...], items(one_of(*get_args(RetryCondition)), distinct=True)] = (
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "gateway-error",
+    )
+    retriable_status: Annotated[tuple[int, ...], items(bounded(INTEGER, ge=100, le=599), distinct=True)] = ()
+    """Statuses retried with the ``retriable-status`` condition."""
+    backoff: Annotated[Backoff, nested(Backoff)] = Backoff()
+    budget: Annotated[RetryBudget, nested(RetryBudget)] = RetryBudget()
+    buffer: Size = 64 * KiB
+    """Request bodies up to this size are kept so that they can be sent again."""
+    non_idempotent: Annotated[bool, BOOLEAN] = False
+    """Whether reset, gateway-error, 5xx and retriable-status also retry non-idempotent methods."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker(Model):
+    """Thresholds per service and per sidecar process; a full one answers 503 ``overflow`` at once."""
+
+    max_connections: Annotated[int, bounded(INTEGER, ge=1)] = 1024
+    max_pending: Annotated[int, bounded(INTEGER, ge=1)] = 1024
+    max_requests: Annotated[int, bounded(INTEGER, ge=1)] = 1024
+    max_retries: Annotated[int, bounded(INTEGER, ge=0)] = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,6 +462,8 @@ class ServiceConfig(Model):
     decides on TLS, so two sidecars speak HTTP/2 and multiplex; plaintext is http1). WebSockets
     always take a dedicated HTTP/1.1 connection."""
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
+    retries: Annotated[Retries, nested(Retries)] = Retries()
+    circuit_breaker: Annotated[CircuitBreaker, nested(CircuitBreaker)] = CircuitBreaker()
     outlier_detection: Annotated[OutlierDetection, nested(OutlierDetection)] = OutlierDetection()
     """Passive health, always on: endpoints that keep failing are ejected for a while."""
     health_check: Annotated[HealthCheck | None, nested(HealthCheck)] = None

@@ -163,7 +163,7 @@ class ConnectionPool:
 
     def stream_done(self, conn: H2ClientConnection) -> None:
         """One HTTP/2 exchange on `conn` ended."""
-        self.endpoint.active_requests -= 1
+        self.endpoint.finished()
         if self.tls is not None and conn.exchanges == 0:
             self._keep_session(conn.stream)
         conn.exchanges += 1
@@ -202,7 +202,7 @@ class ConnectionPool:
 
     def exchange_done(self, conn: H1ClientConnection, reuse: bool) -> None:
         """An exchange on `conn` ended; keep the connection for the next one when `reuse`."""
-        self.endpoint.active_requests -= 1
+        self.endpoint.finished()
         if reuse and self.tls is not None and conn.exchanges == 0:
             self._keep_session(conn.wire.stream)
         conn.exchanges += 1

@@ -1,7 +1,8 @@
 """Runtime state of upstream services, keyed by service name and endpoint address.
 
 Config snapshots come and go; what must outlive them lives here: each endpoint's connection pool,
-in-flight count, health (active checks) and ejection state (outlier detection). `apply()` takes a
+in-flight count, health (active checks) and ejection state (outlier detection), and each service's
+circuit-breaker counts and retry budget. `apply()` takes a
 new snapshot and keeps the state of every endpoint that is still there; endpoints that vanish are
 marked removed, their idle connections closed, and their in-flight requests finish undisturbed.
 
@@ -30,9 +31,11 @@ from ..config.schema import Address, HashOn, HealthCheck, InboundConfig, Outlier
 from ..http.errors import NoHealthyUpstream
 from ..http.message import Request
 from .balancer import Balancer, make_balancer
+from .breaker import UNLIMITED, Breaker, Thresholds
 from .health import HealthChecker
 from .outlier import OutlierDetector
 from .pool import ConnectionPool
+from .retry import RetryBudget, RetryPolicy
 from .ring import HashRing, RingHash, key_reader
 
 log = structlog.get_logger("sidecar.upstream")
@@ -79,6 +82,9 @@ class ClusterSettings:
     outlier_detection: OutlierDetection | None = None  # None: no ejections (the local app)
     health_check: HealthCheck | None = None  # None: no active checks
     health_host: str = ""  # the Host of health check requests: the service's first host name
+    per_try_timeout: float | None = None  # None: only request_timeout bounds the tries
+    retry: RetryPolicy | None = None  # None: no retries (the keep-alive race resend still applies)
+    thresholds: Thresholds = UNLIMITED
 
 
 def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
@@ -97,12 +103,15 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         outlier_detection=service.outlier_detection,
         health_check=service.health_check,
         health_host=service.hosts[0] if service.hosts else service.name,
+        per_try_timeout=t.per_try,
+        retry=RetryPolicy.from_config(service.retries) if service.retries.attempts else None,
+        thresholds=Thresholds.from_config(service.circuit_breaker),
     )
 
 
 def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
-    """The local app behind the inbound listener: one endpoint, and no request timeout of its own
-    (the calling sidecar's timeouts govern the exchange, as in Istio's inbound)."""
+    """The local app behind the inbound listener: one endpoint, and no request timeout, retries or
+    breakers of its own (the calling sidecar's policies govern the exchange, as in Istio's inbound)."""
     return ClusterSettings(
         connect_timeout=1.0,
         request_timeout=NO_TIMEOUT,
@@ -136,11 +145,13 @@ class EndpointStatistics:
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatistics:
-    """One service's endpoints and its ejection count (`sidecar_upstream_ejections_total`)."""
+    """One service as `/clusters` shows it: its endpoints, whether a breaker threshold is full, and
+    its ejections so far (`sidecar_upstream_ejections_total`)."""
 
     name: str
     endpoints: tuple[EndpointStatistics, ...]
     ejections: int
+    breaker_open: bool
 
 
 class Endpoint:
@@ -148,12 +159,15 @@ class Endpoint:
 
     `healthy` is the verdict of active health checks (True when the service has none); `ejected`,
     `ejected_until` and `times_ejected` belong to outlier detection, as do the consecutive counters.
-    The policies change these fields and tell the cluster (`availability_changed`).
+    The policies change these fields and tell the cluster (`availability_changed`). Its exchanges in
+    flight count both here (for least_request) and in the service's breaker (for max_requests):
+    `started()`/`finished()`.
     """
 
     __slots__ = (
         "active_requests",
         "address",
+        "breaker",
         "checks_failed",
         "checks_passed",
         "consecutive_5xx",
@@ -188,12 +202,25 @@ class Endpoint:
         self.returned_at = 0.0  # trio time of the last return from an ejection
         self.consecutive_5xx = 0
         self.consecutive_gateway_errors = 0
+        self.breaker: Breaker | None = None  # the service's, set when the endpoint joins a cluster
         self.pool = ConnectionPool(self, idle_timeout)
 
     @property
     def available(self) -> bool:
         """Whether it may take new requests: not removed, healthy, not ejected."""
         return self.healthy and not self.ejected and not self.removed
+
+    def started(self) -> None:
+        self.active_requests += 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.requests += 1
+
+    def finished(self) -> None:
+        self.active_requests -= 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.requests -= 1
 
     def statistics(self) -> EndpointStatistics:
         return EndpointStatistics(self.address, self.healthy, self.ejected, self.active_requests, self.times_ejected)
@@ -205,6 +232,8 @@ class Cluster:
     def __init__(self, name: str, settings: ClusterSettings) -> None:
         self.name = name
         self.settings = settings
+        self.breaker = Breaker(settings.thresholds)  # counts survive reloads; thresholds follow config
+        self.budget = RetryBudget()
         self.endpoints: list[Endpoint] = []
         self.balancer: Balancer | None = None  # None: no endpoint is available
         self.available_count = 0
@@ -221,6 +250,7 @@ class Cluster:
 
     def configure(self, settings: ClusterSettings) -> None:
         self.settings = settings
+        self.breaker.thresholds = settings.thresholds
         self.needs_dns = not all(is_ip_literal(addr.host) for addr, _ in settings.targets)
         self.next_refresh = 0.0
         self._apply_policies(settings)
@@ -290,6 +320,11 @@ class Cluster:
         pool.tls = self.settings.tls
         pool.protocol = self.settings.protocol
         pool.background = self.background
+        endpoint.breaker = self.breaker
+
+    @property
+    def open_connections(self) -> int:
+        return sum(e.pool.open_connections for e in self.endpoints)
 
     def set_background(self, nursery: trio.Nursery) -> None:
         """Where this service's HTTP/2 connections run their reader tasks and its policies their
@@ -360,7 +395,8 @@ class Cluster:
         self.available_count = 0
 
     def statistics(self) -> ClusterStatistics:
-        return ClusterStatistics(self.name, tuple(e.statistics() for e in self.endpoints), self.ejections)
+        endpoints = tuple(e.statistics() for e in self.endpoints)
+        return ClusterStatistics(self.name, endpoints, self.ejections, self.breaker.is_open(self.open_connections))
 
     async def resolve(self) -> None:
         """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""

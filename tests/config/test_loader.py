@@ -233,14 +233,31 @@ def test_yaml_merge_keys(config_dir: ConfigDir) -> None:
 # ------------------------------------------------------------------------------------------------
 
 SERVICE_ERRORS = [
-    (  # unknown field at the top level: retries are not implemented yet
+    (  # unknown field at the top level
         """
         kind: Service
         name: orders
         endpoints: [{address: "10.0.0.1:80"}]
-        retries: {attempts: 2}
+        mirror: {to: shadow}
         """,
-        ["4: retries: unknown field"],
+        ["4: mirror: unknown field"],
+    ),
+    (  # retries: a condition that does not exist, and backoff bounds the wrong way round
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        retries:
+          on: [connect-failure, timeout]
+          backoff: {base: 1s, max: 10ms}
+          budget: {percent: 150}
+        """,
+        [
+            "5: retries.on[1]: invalid value 'timeout' (expected 'connect-failure', 'refused-stream', 'reset',"
+            " 'gateway-error', '5xx' or 'retriable-status')",
+            "6: retries.backoff.max: must be at least base",
+            "7: retries.budget.percent: must be at most 100, got 150",
+        ],
     ),
     (  # unknown fields one and two levels down
         """
@@ -251,9 +268,9 @@ SERVICE_ERRORS = [
             zone: a
         timeouts:
           connect: 1s
-          per_try: 5s
+          per_retry: 5s
         """,
-        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_try: unknown field"],
+        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_retry: unknown field"],
     ),
     (  # a missing key: the line where its parent mapping starts
         """
@@ -795,11 +812,11 @@ def test_yaml_syntax_error_and_other_files_still_checked(config_dir: ConfigDir) 
           endpoints: []
         """,
     )
-    other = config_dir.write("b.yaml", "kind: Service\nname: x\nendpoints: [{address: 'x:1'}]\nretries: 3\n")
+    other = config_dir.write("b.yaml", "kind: Service\nname: x\nendpoints: [{address: 'x:1'}]\nmirror: 3\n")
     assert config_dir.issues() == [
         f"{bad}:3: endpoints[0].address: invalid address 'nowhere' (expected host:port, e.g. 127.0.0.1:8080)",
         f"{bad}:7: yaml: invalid YAML: mapping values are not allowed here",
-        f"{other}:4: retries: unknown field",
+        f"{other}:4: mirror: unknown field",
     ]
 
 

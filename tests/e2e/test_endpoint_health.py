@@ -14,13 +14,15 @@ from .conftest import Mesh, free_port, mesh_service, service, spiffe_id
 
 class Replica:
     """An origin replica (ASGI, served by hypercorn) whose answers the test sets: `status` for every
-    path but `/healthz`, which answers `healthz`. Counts requests; keeps the health checks' headers."""
+    path but `/healthz`, which answers `healthz` (0: never answer). Counts requests; keeps the health
+    checks' headers."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.status = 200
         self.healthz = 200
         self.hits = 0
+        self.attempts: list[str] = []  # x-sidecar-attempt of each request but health checks
         self.checks: list[dict[str, str]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -37,7 +39,10 @@ class Replica:
             status = self.healthz
         else:
             self.hits += 1
+            self.attempts.append(dict(scope["headers"]).get(b"x-sidecar-attempt", b"").decode())
             status = self.status
+        if not status:
+            await trio.sleep_forever()
         body = self.name.encode()
         await send(
             {"type": "http.response.start", "status": status, "headers": [(b"content-length", b"%d" % len(body))]}
@@ -119,11 +124,10 @@ async def test_a_replica_refusing_connections_is_ejected(mesh: Mesh) -> None:
     )
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         answers = [await client.get("/work") for _ in range(12)]
-    refused = [r for r in answers if r.status_code == 502]
-    assert len(refused) == 2
-    assert {r.headers["x-sidecar-reason"] for r in refused} == {"upstream_connect_failure"}
-    assert answers[4:] == [r for r in answers[4:] if r.status_code == 200 and r.text == "well"]
-    assert well.hits == 10
+    assert [(r.status_code, r.text) for r in answers] == [(200, "well")] * 12  # connect failures are retried
+    # The first two requests met the refusing replica first and were retried on the other; the second
+    # refusal ejected it, and from then on every request goes straight to the healthy one.
+    assert well.attempts == ["2", "2"] + ["1"] * 10
     assert endpoint_state(a, "orders", closed_port).ejected
 
 
@@ -138,10 +142,37 @@ async def test_replies_of_the_peer_sidecar_count_against_its_endpoint(mesh: Mesh
     )
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         answers = [await client.get("/work") for _ in range(10)]
-    assert [r.headers.get("x-sidecar-reason") for r in answers].count("upstream_connect_failure") == 2
-    assert [r.text for r in answers[4:]] == ["well"] * 6
-    assert well.hits == 8
-    assert endpoint_state(a, "orders", b.inbound).ejected
+        assert [r.text for r in answers] == ["well"] * 10  # B's 502s are gateway errors: retried on C
+        assert well.attempts == ["2", "2"] + ["1"] * 8
+        assert endpoint_state(a, "orders", b.inbound).ejected
+        without_retries = await mesh.sidecar(
+            services=[mesh_service("orders", b, load_balancer="round_robin", retries={"attempts": 0})]
+        )
+        r = await client.get(f"{without_retries.outbound_url}/work")
+    assert (r.status_code, r.headers["x-sidecar-reason"]) == (502, "upstream_connect_failure")  # made by B
+
+
+async def test_a_try_cut_by_the_request_timeout_counts_against_its_endpoint(mesh: Mesh) -> None:
+    (stuck, well), ports = await replicas(mesh, "stuck", "well")
+    stuck.status = 0  # never answers
+    outlier = {"consecutive_gateway_errors": 1}
+    a = await mesh.sidecar(
+        services=[
+            service(
+                "orders",
+                *ports,
+                load_balancer="round_robin",
+                timeouts={"request": "300ms"},  # no per_try: the request timeout cuts the only try
+                outlier_detection=outlier,
+            )
+        ]
+    )
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+        answers = [await client.get("/work") for _ in range(4)]
+    assert [r.status_code for r in answers].count(504) == 1
+    assert endpoint_state(a, "orders", ports[0]).ejected
+    assert [r.text for r in answers if r.status_code == 200] == ["well"] * 3
+    assert (stuck.hits, well.hits) == (1, 3)
 
 
 # --------------------------------------------------------------------------------------------------
