@@ -95,28 +95,32 @@ class RetryPolicy:
 
 
 class RetryBudget:
-    """Retries in flight may be at most `percent` of the service's requests in flight; on top of that,
-    `min_per_second` retries a second are always allowed (a quiet service can still retry)."""
+    """Retries in flight may be at most `percent` of the service's requests in flight; beyond that, a
+    floor of `min_per_second` retries a second is always allowed (a quiet service can still retry).
+    The floor is a token bucket: it holds up to `min_per_second` tokens, refills continuously at
+    that rate, and a retry allowed by the floor alone takes one."""
 
-    __slots__ = ("_second", "_started_this_second", "in_flight")
+    __slots__ = ("_tokens", "_updated", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight = 0  # retries in flight now
-        self._second = -math.inf
-        self._started_this_second = 0
+        self._tokens = math.inf  # full: clipped to the policy's floor at the first use
+        self._updated = 0.0
 
     def allows(self, policy: RetryPolicy, active_requests: int, now: float) -> bool:
-        second = math.floor(now)
-        if second != self._second:
-            self._second = second
-            self._started_this_second = 0
+        """Whether one more retry may start now; a retry allowed by the floor spends its token here."""
         if (self.in_flight + 1) * 100 <= policy.budget_percent * active_requests:
             return True
-        return self._started_this_second < policy.budget_min_per_second
+        floor = policy.budget_min_per_second
+        self._tokens = min(floor, self._tokens + (now - self._updated) * floor)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
     def started(self) -> None:
         self.in_flight += 1
-        self._started_this_second += 1
 
     def finished(self) -> None:
         self.in_flight -= 1

@@ -70,26 +70,20 @@ def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
 def test_budget_percent_of_requests_in_flight_plus_a_floor_per_second() -> None:
     p = policy(budget=BudgetConfig(percent=20, min_per_second=3))
     budget = RetryBudget()
-    # 10 requests in flight: 20 % allows 2 retries in flight
+    # 10 requests in flight: 20 % allows 2 retries in flight, without touching the floor
     assert budget.allows(p, 10, now=100.0)
     budget.started()
     assert budget.allows(p, 10, now=100.0)
     budget.started()
-    # the third only through the floor of 3 per second (2 started this second)
-    assert budget.allows(p, 10, now=100.1)
-    budget.started()
-    assert not budget.allows(p, 10, now=100.2)  # 3 in flight > 20 %, floor spent this second
-    assert budget.allows(p, 10, now=101.0)  # a new second: the floor is back
-    budget.finished()
+    # beyond that, the floor: 3 tokens, then empty
+    assert [budget.allows(p, 10, now=100.0) for _ in range(4)] == [True, True, True, False]
+    assert not budget.allows(p, 10, now=100.2)  # 0.6 of a token back: not yet one
+    assert budget.allows(p, 10, now=100.4)  # 1.2 tokens: one more retry
+    assert not budget.allows(p, 10, now=100.4)
+    assert [budget.allows(p, 10, now=200.0) for _ in range(4)] == [True, True, True, False]  # never above 3
     budget.finished()
     budget.finished()
     assert budget.in_flight == 0
-
-
-def test_budget_with_no_floor_and_a_quiet_service() -> None:
-    p = policy(budget=BudgetConfig(percent=20, min_per_second=0))
-    assert not RetryBudget().allows(p, 1, now=0.0)  # 20 % of one request is no whole retry
-    assert RetryBudget().allows(p, 5, now=0.0)
 
 
 class Chunks:
