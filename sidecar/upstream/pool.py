@@ -48,6 +48,7 @@ class ConnectionPool:
         "idle_timeout",
         "open_connections",
         "protocol",
+        "stream_idle_timeout",
         "tls",
         "tls_session",
     )
@@ -55,6 +56,7 @@ class ConnectionPool:
     def __init__(self, endpoint: Endpoint, idle_timeout: float) -> None:
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
+        self.stream_idle_timeout: float | None = None  # a response body stalled this long ends (None: never)
         self.idle: list[H1ClientConnection] = []
         self.open_connections = 0
         self.tls: UpstreamTls | None = None

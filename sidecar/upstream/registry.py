@@ -83,6 +83,7 @@ class ClusterSettings:
     health_check: HealthCheck | None = None  # None: no active checks
     health_host: str = ""  # the Host of health check requests: the service's first host name
     per_try_timeout: float | None = None  # None: only request_timeout bounds the tries
+    stream_idle_timeout: float | None = None  # a response body with no bytes this long ends; None: never
     retry: RetryPolicy | None = None  # None: no retries (the keep-alive race resend still applies)
     thresholds: Thresholds = UNLIMITED
 
@@ -104,6 +105,7 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         health_check=service.health_check,
         health_host=service.hosts[0] if service.hosts else service.name,
         per_try_timeout=t.per_try,
+        stream_idle_timeout=t.idle or None,
         retry=RetryPolicy.from_config(service.retries) if service.retries.attempts else None,
         thresholds=Thresholds.from_config(service.circuit_breaker),
     )
@@ -317,6 +319,7 @@ class Cluster:
     def _configure_pool(self, endpoint: Endpoint) -> None:
         pool = endpoint.pool
         pool.idle_timeout = self.settings.idle_timeout
+        pool.stream_idle_timeout = self.settings.stream_idle_timeout
         pool.tls = self.settings.tls
         pool.protocol = self.settings.protocol
         pool.background = self.background

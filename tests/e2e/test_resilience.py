@@ -258,3 +258,31 @@ async def test_an_origin_process_killed_mid_test_costs_the_callers_nothing(mesh:
             doomed.kill()
         doomed.wait()
     assert statuses == [200] * 240  # GETs in flight on the dead one were retried on the survivor
+
+
+async def test_a_response_body_that_stalls_is_cut_after_the_idle_timeout(mesh: Mesh, nursery: trio.Nursery) -> None:
+    closed = trio.Event()
+
+    async def respond(stream: trio.SocketStream, head: bytes, origin: RawOrigin) -> bool:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nthe first part")
+        await stream.receive_some(1)  # then nothing: waits for the sidecar to give up and close
+        closed.set()
+        return False
+
+    origin = RawOrigin(respond)
+    port = await nursery.start(origin.serve)
+    sc = await mesh.sidecar(services=[service("orders", port, timeouts={"idle": "300ms"})])
+    async with await client_for(sc) as client:
+        started = trio.current_time()
+        with trio.fail_after(5):
+            try:
+                async with client.stream("GET", "/x") as r:
+                    assert r.status_code == 200
+                    received = b"".join([chunk async for chunk in r.aiter_raw()])
+            except httpx.HTTPError:
+                received = None
+        took = trio.current_time() - started
+    assert received is None or len(received) < 1000  # cut short, not completed
+    assert 0.25 < took < 2
+    with trio.fail_after(2):
+        await closed.wait()  # and the upstream connection was closed, not kept
