@@ -286,3 +286,26 @@ async def test_a_response_body_that_stalls_is_cut_after_the_idle_timeout(mesh: M
     assert 0.25 < took < 2
     with trio.fail_after(2):
         await closed.wait()  # and the upstream connection was closed, not kept
+
+
+async def test_retries_across_two_sidecars_over_the_http2_hop(mesh: Mesh) -> None:
+    from .conftest import mesh_service
+
+    origin = FlakyOrigin(failures=2)
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin(origin))
+    retries = {"non_idempotent": True, "on": ["5xx"]}
+    a = await mesh.sidecar(services=[mesh_service("orders", b, retries=retries)])  # protocol auto: HTTP/2
+    payload = bytes(range(256)) * 400
+    async with await client_for(a) as client:
+        r = await client.get("/x")
+        assert r.status_code == 200
+        assert [att for _, att, _ in origin.seen] == ["1", "2", "3"]  # B passed A's attempt header on
+    pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
+    assert len(pool.h2_conns) == 1  # the tries shared the one HTTP/2 connection
+
+    origin.seen.clear()
+    origin.failures = 1
+    async with await client_for(a) as client:
+        r = await client.post("/x", content=payload[:60_000])  # under the 64 KiB replay buffer
+    assert r.status_code == 200
+    assert [(att, len(body)) for _, att, body in origin.seen] == [("1", 60_000), ("2", 60_000)]
