@@ -62,17 +62,39 @@ def nginx_proxy(bench: Bench, procs: ProcessSet) -> Front:
     return Front(http_port, h2_port, [server.proc])
 
 
-def one_sidecar(bench: Bench, procs: ProcessSet) -> Front:
+def one_sidecar(bench: Bench, procs: ProcessSet, name: str = "sidecar-1", policies: tuple[str, ...] = ()) -> Front:
     """Load generator -> sidecar outbound -> origin (a Service whose endpoint is the origin)."""
     outbound, admin = free_ports(2)
     spec = SidecarSpec(
-        name="sidecar-1",
+        name=name,
         service="bench-client",
         outbound_port=outbound,
         admin_port=admin,
-        upstreams=(Upstream("origin", bench.origin.http_port),),
+        upstreams=(Upstream("origin", bench.origin.http_port, policies=policies),),
     )
     return Front(outbound, outbound, [bench.launcher.start(procs, spec)])
+
+
+NO_RETRIES = ("retries: {attempts: 0}",)
+ALL_POLICIES = (
+    "timeouts: {connect: 1s, request: 15s, per_try: 5s, idle: 60s}",
+    "retries: {attempts: 2, on: [connect-failure, refused-stream, reset, gateway-error, retriable-status],"
+    " retriable_status: [409], budget: {percent: 20, min_per_second: 3}, buffer: 64KiB}",
+    "circuit_breaker: {max_connections: 1024, max_pending: 1024, max_requests: 1024, max_retries: 3}",
+    "outlier_detection: {consecutive_5xx: 5, consecutive_gateway_errors: 5, interval: 10s, base_ejection: 30s}",
+    f"health_check: {{path: {nginx.SMALL_PATH}, interval: 1s, timeout: 1s}}",
+)
+
+
+def one_sidecar_no_retries(bench: Bench, procs: ProcessSet) -> Front:
+    """One sidecar with as few policies as the config allows: no retries, no health checks."""
+    return one_sidecar(bench, procs, "sidecar-1-bare", NO_RETRIES)
+
+
+def one_sidecar_all_policies(bench: Bench, procs: ProcessSet) -> Front:
+    """One sidecar with every resilience policy configured: per-try timeout, retries with a budget,
+    breakers, outlier detection, active health checks every second."""
+    return one_sidecar(bench, procs, "sidecar-1-policies", ALL_POLICIES)
 
 
 def two_sidecars(
@@ -126,6 +148,8 @@ SETUPS = [
     Setup("direct", "direct", direct),
     Setup("nginx-proxy", "nginx-proxy", nginx_proxy),
     Setup("sidecar-1", "1 sidecar", one_sidecar),
+    Setup("sidecar-1-bare", "1 sidecar, no retries", one_sidecar_no_retries, default=False),
+    Setup("sidecar-1-policies", "1 sidecar, all policies", one_sidecar_all_policies, default=False),
     Setup("sidecar-2", "2 sidecars", two_sidecars),
     Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls),
     Setup("sidecar-2-mtls-h2", "2 sidecars mTLS h2 hop", two_sidecars_mtls_h2),

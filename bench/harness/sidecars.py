@@ -36,6 +36,7 @@ class Upstream:
     port: int
     identity: str | None = None  # expected peer SPIFFE ID; set means `tls: {mode: mutual}`
     protocol: str | None = None  # http1 | http2 | auto; None leaves the sidecar's default
+    policies: tuple[str, ...] = ()  # more YAML lines of the Service document (retries, breakers, ...)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def config_yaml(spec: SidecarSpec) -> str:
         ]
         if upstream.protocol:
             lines.append(f"protocol: {upstream.protocol}")
+        lines += upstream.policies
         if upstream.identity:
             lines.append(f"tls: {{mode: mutual, identity: {upstream.identity}}}")
         else:  # a plain origin, or the plain two-sidecar row

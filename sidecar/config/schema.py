@@ -60,9 +60,12 @@ __all__ = [
     "Address",
     "AdminConfig",
     "EndpointConfig",
+    "HashOn",
+    "HealthCheck",
     "InboundConfig",
     "Limits",
     "OutboundConfig",
+    "OutlierDetection",
     "RouteConfig",
     "RouteMatch",
     "RouteRule",
@@ -85,6 +88,8 @@ FILE_CONTEXT: Mapping[str, bool] = MappingProxyType({"from_file": True})
 """Validation context for data read from a config file: durations there must be strings with a unit."""
 
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, e.g. a cookie name
+_REQUEST_PATH_RE = re.compile(r"/[\x21-\x7e]*")  # what may follow GET in a request line
 
 
 def _address(value: object) -> Address:
@@ -112,6 +117,21 @@ def _path(value: object) -> str:
     return value
 
 
+def _request_path(value: object) -> str:
+    """A path this sidecar sends itself (health checks): visible ASCII only, no spaces."""
+    path = _path(value)
+    if not _REQUEST_PATH_RE.fullmatch(path):
+        raise ValueError(f"invalid path {show(value)} (visible ASCII only, no spaces)")
+    return path
+
+
+def _cookie_name(value: object) -> str:
+    """A cookie name, kept as written (cookie names are case-sensitive)."""
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"invalid cookie name {show(value)}")
+    return value
+
+
 def _file_path(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a file path, got {show(value)}")
@@ -120,7 +140,21 @@ def _file_path(value: object) -> str:
     return value
 
 
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {show(value)}")
+    return value
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME_RE.fullmatch(value.lower()):
+        raise ValueError(f"invalid header name {show(value)}")
+    return value.lower()
+
+
 ADDRESS = plain(_address, dump=str)
+BOOLEAN = plain(_boolean)
+HEADER_NAME = plain(_header_name)
 DURATION = Parser(_duration, dump=format_duration)
 HOST = plain(normalize_host)
 
@@ -133,6 +167,8 @@ Size = Annotated[int, plain(parse_size, dump=format_size)]
 Name = Annotated[str, plain(parse_name)]
 Host = Annotated[str, HOST]
 HTTP_PATH = plain(_path)
+REQUEST_PATH = plain(_request_path)
+COOKIE_NAME = plain(_cookie_name)
 FILE_PATH = plain(_file_path)
 FilePath = Annotated[str, FILE_PATH]
 """A file path as written: absolute, or relative to the config directory (``Snapshot.resolve``)."""
@@ -252,6 +288,9 @@ class Timeouts(Model):
     """Bound on establishing a connection (TCP and TLS) to one endpoint."""
     request: Duration = 15 * SECONDS
     """Bound on a whole request, from sending to the end of the response head."""
+    per_try: Annotated[float | None, bounded(DURATION, gt=0)] = None
+    """Bound on one try, up to its response head; ``None``: only ``request`` bounds the tries. A try
+    that runs out counts as a gateway error for retries."""
     idle: Duration = 60 * SECONDS
     """Pooled upstream connections close after this long idle; so does a WebSocket with no traffic either way."""
 
@@ -284,7 +323,120 @@ class ServiceTls(Model):
             raise ValidationError(errors)
 
 
-LoadBalancer = Literal["round_robin", "least_request", "random"]
+RetryCondition = Literal["connect-failure", "refused-stream", "reset", "gateway-error", "5xx", "retriable-status"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff(Model):
+    """Wait before a retry: exponential from ``base``, capped at ``max``, with full jitter."""
+
+    base: Annotated[float, bounded(DURATION, gt=0)] = 0.025
+    max: Annotated[float, bounded(DURATION, gt=0)] = 0.25
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        if self.max < self.base:
+            raise ValidationError([FieldError(("max",), "must be at least base")])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudget(Model):
+    """Retries in flight may add at most ``percent`` of the service's active requests, and at least
+    ``min_per_second`` retries a second are always allowed."""
+
+    percent: Annotated[int, bounded(INTEGER, ge=0, le=100)] = 20
+    min_per_second: Annotated[int, bounded(INTEGER, ge=0)] = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retries(Model):
+    """When and how often a failed try is sent again (SPEC §11 "Retries")."""
+
+    attempts: Annotated[int, bounded(INTEGER, ge=0, le=10)] = 2
+    """Retries after the first try."""
+    on: Annotated[tuple[RetryCondition, ...], items(one_of(*get_args(RetryCondition)), distinct=True)] = (
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "gateway-error",
+    )
+    retriable_status: Annotated[tuple[int, ...], items(bounded(INTEGER, ge=100, le=599), distinct=True)] = ()
+    """Statuses retried with the ``retriable-status`` condition."""
+    backoff: Annotated[Backoff, nested(Backoff)] = Backoff()
+    budget: Annotated[RetryBudget, nested(RetryBudget)] = RetryBudget()
+    buffer: Size = 64 * KiB
+    """Request bodies up to this size are kept so that they can be sent again."""
+    non_idempotent: Annotated[bool, BOOLEAN] = False
+    """Whether reset, gateway-error, 5xx and retriable-status also retry non-idempotent methods."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker(Model):
+    """Thresholds per service and per sidecar process; a full one answers 503 ``overflow`` at once."""
+
+    max_connections: Annotated[int, bounded(INTEGER, ge=1)] = 1024
+    max_pending: Annotated[int, bounded(INTEGER, ge=1)] = 1024
+    max_requests: Annotated[int, bounded(INTEGER, ge=1)] = 1024
+    max_retries: Annotated[int, bounded(INTEGER, ge=0)] = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection(Model):
+    """Passive health: ejection of endpoints whose answers keep failing (SPEC §11 "Outlier detection").
+
+    A try that ends without a response counts as a 5xx and as a gateway error; a 502, 503 or 504 counts
+    as both; another 5xx counts as a 5xx and breaks a run of gateway errors; any other status ends both
+    runs. Reaching either threshold ejects the endpoint at once, for ``base_ejection * times ejected``
+    (at most 300 s), unless that would eject more than ``max_ejection_percent`` of the endpoints.
+    """
+
+    consecutive_5xx: Annotated[int, bounded(INTEGER, ge=1)] = 5
+    """Consecutive 5xx answers (or tries without an answer) that eject an endpoint."""
+    consecutive_gateway_errors: Annotated[int, bounded(INTEGER, ge=1)] = 5
+    """Consecutive 502/503/504 answers (or tries without an answer) that eject an endpoint."""
+    interval: Annotated[float, bounded(DURATION, gt=0)] = 10 * SECONDS
+    """How often ejections are reviewed: an ejected endpoint returns at the first review after its time is up."""
+    base_ejection: Annotated[float, bounded(DURATION, gt=0)] = 30 * SECONDS
+    """The first ejection's length; the n-th lasts n times this, capped at 300 s."""
+    max_ejection_percent: Annotated[int, bounded(INTEGER, ge=0, le=100)] = 50
+    """No ejection takes the share of ejected endpoints above this percentage (a hard cap: a service
+    with a single endpoint is ejected only at 100)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck(Model):
+    """Active health checks: ``GET path`` to every endpoint each ``interval`` (through the peer sidecar,
+    over mutual TLS with this sidecar's identity, for a mesh service). A 2xx answer within ``timeout``
+    is a success; anything else, or nothing, is a failure. Endpoints start healthy."""
+
+    path: Annotated[str, REQUEST_PATH] = "/healthz"
+    interval: Annotated[float, bounded(DURATION, gt=0)] = 5 * SECONDS
+    timeout: Annotated[float, bounded(DURATION, gt=0)] = 1 * SECONDS
+    """Bound on one check: connecting (TCP and TLS), sending, and the answer's status line and headers."""
+    healthy_threshold: Annotated[int, bounded(INTEGER, ge=1)] = 1
+    """Consecutive successes that make an unhealthy endpoint healthy again."""
+    unhealthy_threshold: Annotated[int, bounded(INTEGER, ge=1)] = 3
+    """Consecutive failures that make a healthy endpoint unhealthy (it then takes no traffic)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HashOn(Model):
+    """What ``ring_hash`` hashes: exactly one of a header, a cookie, or the caller's IP address."""
+
+    header: Annotated[str | None, HEADER_NAME] = None
+    """The value of this request header (its first field); stored lower-case."""
+    cookie: Annotated[str | None, COOKIE_NAME] = None
+    """The value of this cookie (case-sensitive name)."""
+    source_ip: Annotated[bool, BOOLEAN] = False
+    """The address of the connection the request came in on."""
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        chosen = [name for name in ("header", "cookie") if getattr(self, name) is not None]
+        chosen += ["source_ip"] if self.source_ip else []
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of header, cookie, source_ip: true")
+
+
+LoadBalancer = Literal["round_robin", "least_request", "random", "ring_hash"]
 Protocol = Literal["http1", "http2", "auto"]
 
 
@@ -302,11 +454,20 @@ class ServiceConfig(Model):
     tls: Annotated[ServiceTls, nested(ServiceTls)] = ServiceTls()
     """How to secure connections to the endpoints; mesh mutual TLS by default."""
     load_balancer: Annotated[LoadBalancer, one_of(*get_args(LoadBalancer))] = "least_request"
+    """How an endpoint is chosen among the available ones (healthy and not ejected)."""
+    hash_on: Annotated[HashOn | None, nested(HashOn)] = None
+    """``ring_hash`` only, and required by it: the request key hashed onto the ring."""
     protocol: Annotated[Protocol, one_of(*get_args(Protocol))] = "auto"
     """HTTP version to the endpoints: http1, http2 (h2c in plaintext), or auto (the default: ALPN
     decides on TLS, so two sidecars speak HTTP/2 and multiplex; plaintext is http1). WebSockets
     always take a dedicated HTTP/1.1 connection."""
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
+    retries: Annotated[Retries, nested(Retries)] = Retries()
+    circuit_breaker: Annotated[CircuitBreaker, nested(CircuitBreaker)] = CircuitBreaker()
+    outlier_detection: Annotated[OutlierDetection, nested(OutlierDetection)] = OutlierDetection()
+    """Passive health, always on: endpoints that keep failing are ejected for a while."""
+    health_check: Annotated[HealthCheck | None, nested(HealthCheck)] = None
+    """Active health checks; ``None`` (the default): none, outlier detection alone judges endpoints."""
 
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -316,6 +477,12 @@ class ServiceConfig(Model):
             except ValueError:
                 pass
         return data
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        if self.load_balancer == "ring_hash" and self.hash_on is None:
+            raise ValidationError([FieldError(("hash_on",), "ring_hash needs hash_on (header, cookie or source_ip)")])
+        if self.hash_on is not None and self.load_balancer != "ring_hash":
+            raise ValidationError([FieldError(("hash_on",), "hash_on applies to load_balancer ring_hash only")])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -74,6 +74,10 @@ class NoHealthyUpstream(ProxyError):
     status, reason, default_message = 503, "no_healthy_upstream", "no healthy upstream endpoint"
 
 
+class Overflow(ProxyError):
+    status, reason, default_message = 503, "overflow", "upstream service overloaded"
+
+
 class UpstreamTimeout(ProxyError):
     status, reason, default_message = 504, "upstream_timeout", "upstream did not answer in time"
 

@@ -3,14 +3,18 @@
 It knows the three HTTP/1.1 framings (Content-Length, chunked, until close), enforces a size
 limit while streaming, can send `100 Continue` when first read, and tells its owner exactly once
 how it ended (`on_end` after the last byte, `on_abort` when closed early) so connections go back
-to their pool only when their message was read to the end.
+to their pool only when their message was read to the end. An upstream response body that waits
+longer than its `stall_timeout` for more bytes ends with 504 `upstream_timeout` (a stalled stream).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
-from ..http.errors import BodyTooLarge
+import trio
+
+from ..http.errors import BodyTooLarge, UpstreamTimeout
 from ..http.h1 import CHUNKED, END, UNTIL_CLOSE, ChunkedDecoder, ProtocolViolation
 from ..http.message import Headers
 from .wire import RECEIVE_SIZE, Wire
@@ -29,6 +33,7 @@ class WireBody:
         "_on_first_read",
         "_received",
         "_remaining",
+        "_stall_timeout",
         "_wire",
         "done",
         "failed",
@@ -47,6 +52,7 @@ class WireBody:
         on_abort: Callable[[], None] | None = None,
         limit: int = 0,
         on_first_read: Callable[[], Awaitable[None]] | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         self._wire = wire
         self._decoder = ChunkedDecoder() if framing == CHUNKED else None
@@ -62,6 +68,7 @@ class WireBody:
         self._limit = limit
         self._received = 0
         self._on_first_read = on_first_read
+        self._stall_timeout = stall_timeout  # a wait for more bytes longer than this ends the body
 
     def _finish(self) -> None:
         self.done = True
@@ -85,7 +92,7 @@ class WireBody:
                     self._abort()
                     raise self._fail_violation(str(exc)) from None
                 if data is None:
-                    if not await wire.fill():
+                    if not await self._fill():
                         self._abort()
                         raise self._fail_truncated("body ended before its last chunk")
                     continue
@@ -107,7 +114,7 @@ class WireBody:
                 data = bytes(buf[:remaining])
                 del buf[:remaining]
         else:
-            data = await wire.receive(RECEIVE_SIZE if remaining == UNTIL_CLOSE else remaining)
+            data = await self._receive(RECEIVE_SIZE if remaining == UNTIL_CLOSE else remaining)
             if not data:
                 if remaining == UNTIL_CLOSE:
                     self._finish()
@@ -122,6 +129,24 @@ class WireBody:
                 self._finish()
                 return data
         return self._count(data)
+
+    async def _fill(self) -> bool:
+        if self._stall_timeout is None:
+            return await self._wire.fill()
+        with trio.CancelScope(relative_deadline=self._stall_timeout):
+            return await self._wire.fill()
+        self._stalled()
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        if self._stall_timeout is None:
+            return await self._wire.receive(max_bytes)
+        with trio.CancelScope(relative_deadline=self._stall_timeout):
+            return await self._wire.receive(max_bytes)
+        self._stalled()
+
+    def _stalled(self) -> NoReturn:
+        self._abort()
+        raise UpstreamTimeout(detail=f"no body bytes for {self._stall_timeout}s")
 
     def _count(self, data: bytes) -> bytes:
         if self._limit:

@@ -124,6 +124,7 @@ class H1ClientConnection:
                 violation=_violation,
                 on_end=self._on_end if reuse else self._on_abort,
                 on_abort=self._on_abort,
+                stall_timeout=self.pool.stream_idle_timeout,
             )
         return Response(response_head.status, response_head.headers, response_body, response_head.reason)
 

@@ -1,4 +1,11 @@
-"""`H2Body`: a message body arriving on one HTTP/2 stream, shared by the server and client sides."""
+"""`H2Body`: a message body arriving on one HTTP/2 stream, shared by the server and client sides,
+and the receive windows both sides advertise.
+
+The windows bound what a connection holds for bodies its handlers have not read yet: at most
+`STREAM_WINDOW` per stream and `CONNECTION_WINDOW` for all of them together. HTTP/2's defaults (64 KiB
+for both) would let one connection carry only 64 KiB in flight across all its streams: fifty 16 KiB
+responses on one connection would queue behind WINDOW_UPDATEs.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ import trio
 
 from ..http.errors import BodyTooLarge
 from ..http.message import Headers
+
+STREAM_WINDOW = 256 * 1024  # SETTINGS_INITIAL_WINDOW_SIZE we advertise
+CONNECTION_WINDOW = 1024 * 1024  # the connection window we open with a WINDOW_UPDATE at start
 
 
 class FlowOwner(Protocol):

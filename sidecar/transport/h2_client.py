@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from ..http.errors import DownstreamGone, ProxyError, UpstreamProtocolError, UpstreamReset
+from ..http.errors import DownstreamGone, ProxyError, UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset
 from ..http.h2 import fields_from_h2, fields_to_h2
 from ..http.h2_conn import (
     DATA_RECEIVED,
     GOAWAY_RECEIVED,
     HEADERS_RECEIVED,
+    SETTINGS_RECEIVED,
     STREAM_RESET,
     TRAILERS_RECEIVED,
     WINDOW_OPENED,
@@ -41,7 +42,7 @@ from ..http.h2_conn import (
 )
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
 from .h1_client import MAX_RESPONSE_HEAD
-from .h2_body import H2Body
+from .h2_body import CONNECTION_WINDOW, STREAM_WINDOW, H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
 
 if TYPE_CHECKING:
@@ -67,7 +68,13 @@ class _Exchange:
 class H2ClientConnection:
     def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
         # Responses are bounded like HTTP/1.1 response heads, decoded and while buffered.
-        self.h2 = H2Connection(client=True, max_header_list=MAX_RESPONSE_HEAD, max_header_block=MAX_RESPONSE_HEAD)
+        self.h2 = H2Connection(
+            client=True,
+            initial_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
+            max_header_list=MAX_RESPONSE_HEAD,
+            max_header_block=MAX_RESPONSE_HEAD,
+        )
         self.stream = stream
         self.pool = pool
         self.mesh_peer = pool.tls is not None and pool.tls.mutual  # a sidecar: header casing is carried
@@ -76,6 +83,7 @@ class H2ClientConnection:
         self.idle_since = trio.current_time()
         self.exchanges = 0  # completed on this connection
         self._exchanges: dict[int, _Exchange] = {}
+        self._peer_settings = trio.Event()  # the peer's first SETTINGS arrived (or the connection ended)
         self._windows: dict[int, trio.Event] = {}
         self._backlog: list[bytes] = []  # h2 output waiting for the writer
         self._backlog_size = 0
@@ -83,10 +91,13 @@ class H2ClientConnection:
         self._drained: trio.Event | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
-        self.h2.initiate()
+        self.h2.initiate()  # the preface, our SETTINGS (push disabled, the windows), the connection window
         await self.stream.send_all(self.h2.data_to_send())
         nursery.start_soon(self._reader)
         nursery.start_soon(self._writer)
+        await self._peer_settings.wait()  # from now on `capacity` holds the peer's stream limit
+        if self.closed:
+            raise UpstreamConnectFailure(detail="HTTP/2 connection closed before the peer's SETTINGS")
 
     @property
     def capacity(self) -> int:
@@ -250,6 +261,8 @@ class H2ClientConnection:
             self.kick()
         if not self._exchanges:
             self.idle_since = trio.current_time()
+            if self.goaway and not self.closed:
+                self.close()  # the peer sent GOAWAY and its last stream is done
         self.pool.stream_done(self)
 
     def _body_done(self, stream_id: int) -> Callable[[bool], None]:
@@ -277,8 +290,11 @@ class H2ClientConnection:
                     break
                 self._dispatch(events)
                 self.kick()
+                if self.goaway and not self._exchanges:
+                    break  # nothing left to wait for on a connection the peer is closing
         finally:
             self.closed = True
+            self._peer_settings.set()
             self.kick()
             for exchange in list(self._exchanges.values()):
                 self._fail(exchange, UpstreamReset(detail="upstream connection closed"))
@@ -322,12 +338,18 @@ class H2ClientConnection:
                     self._windows.clear()
                 elif event[1] in self._windows:
                     self._windows.pop(event[1]).set()
+            elif kind == SETTINGS_RECEIVED:
+                self._peer_settings.set()
             elif kind == GOAWAY_RECEIVED:
-                self.goaway = True
-                last = event[2]
-                for stream_id, exchange in list(exchanges.items()):
-                    if stream_id > last:  # never processed by the peer: safe to try elsewhere
-                        self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
+                self._peer_goaway(event[2])
+
+    def _peer_goaway(self, last_stream_id: int) -> None:
+        """The peer is closing the connection: no new streams here; those above `last_stream_id`
+        were never processed and fail as refused (safe to send elsewhere); the others finish."""
+        self.goaway = True
+        for stream_id, exchange in list(self._exchanges.items()):
+            if stream_id > last_stream_id:
+                self._fail(exchange, UpstreamReset(detail="refused by GOAWAY", refused=True))
 
     @staticmethod
     def _reset_error(code: int, *, by_peer: bool) -> ProxyError:

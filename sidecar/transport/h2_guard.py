@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable
 
 from ..http.h2_conn import PING, SETTINGS, ErrorCode, H2Connection
+from .h2_body import CONNECTION_WINDOW, STREAM_WINDOW
 
 MAX_CONCURRENT_STREAMS = 128
 """Advertised in SETTINGS; streams past it are refused (REFUSED_STREAM)."""
@@ -143,10 +144,13 @@ class ConnectionGuard:
 
 
 def guarded_connection(max_request_headers: int) -> H2Connection:
-    """The server side's codec, with the limits above that the codec enforces itself."""
+    """The server side's codec, with the limits above that the codec enforces itself, and the
+    receive windows of `h2_body`."""
     bound = HEADER_LIMIT_FACTOR * max_request_headers
     return H2Connection(
         client=False,
+        initial_window=STREAM_WINDOW,
+        connection_window=CONNECTION_WINDOW,
         max_concurrent_streams=MAX_CONCURRENT_STREAMS,
         stream_hard_limit=STREAM_HARD_LIMIT,
         advertised_header_list=max_request_headers,

@@ -128,20 +128,23 @@ class H2Server:
         """Hand what h2 has queued to the writer; wait while the backlog is over HIGH_WATER."""
         data = self.h2.data_to_send()
         if data:
-            self._backlog.append(data)
-            self._backlog_size += len(data)
-            wake = self._writer_wake
-            if wake is not None:
-                self._writer_wake = None
-                wake.set()
+            self._queue(data)
         if self._backlog_size > HIGH_WATER:
             await self._sent()
         if self._wire_broken:
             raise DownstreamGone("client went away")
 
+    def _queue(self, data: bytes) -> None:
+        self._backlog.append(data)
+        self._backlog_size += len(data)
+        wake = self._writer_wake
+        if wake is not None:
+            self._writer_wake = None
+            wake.set()
+
     async def _sent(self) -> None:
         """Wait until the writer has sent the backlog (or the connection can send no more)."""
-        if not self._backlog_size or self._wire_broken:
+        if (not self._backlog_size and not self._writing) or self._wire_broken:
             return
         if self._drained is None:
             self._drained = trio.Event()
@@ -216,7 +219,7 @@ class H2Server:
     # -- the connection ----------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        self.h2.initiate()  # our SETTINGS: MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE
+        self.h2.initiate()  # our SETTINGS (MAX_CONCURRENT_STREAMS, the windows), the connection window
         timer = self.timer
         timers = self.listener.timers
         timers.add(timer)
@@ -225,6 +228,7 @@ class H2Server:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._goaway_on_drain)
                     await self.flush()  # our SETTINGS
                     await self._read_frames()
                     await self._sent()  # the last frames (a GOAWAY, final responses) go out first
@@ -237,6 +241,26 @@ class H2Server:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await self._last_words()
+
+    async def _goaway_gracefully(self) -> None:
+        """GOAWAY NO_ERROR for a drain: the streams in flight are still answered (the codec sends
+        their frames after it); streams the client opens after it are refused by `_start_stream`."""
+        await self._goaway()
+
+    async def _goaway_on_drain(self) -> None:
+        """When the listener drains: GOAWAY at once, busy or not (the streams in flight finish; the
+        client opens new ones elsewhere), and the connection closes when its last stream is done."""
+        await self.listener.drain_started.wait()
+        if not self._goaway_sent:
+            await self._goaway_gracefully()
+        if not self._scopes:
+            await self._close_when_sent()
+
+    async def _close_when_sent(self) -> None:
+        """End the connection once everything queued is written."""
+        await self._sent()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
 
     async def _last_words(self) -> None:
         """The writer has stopped: send what is left, with a GOAWAY unless one went out already."""
@@ -265,7 +289,7 @@ class H2Server:
         while True:
             self._mark_idle()
             if self.listener.draining and not self._goaway_sent:
-                await self._goaway()
+                await self._goaway_gracefully()
             if self._goaway_sent and not self._scopes:
                 return
             try:
@@ -416,6 +440,8 @@ class H2Server:
             self._windows.pop(stream_id, None)
             if not self._scopes:
                 self._mark_idle()  # the reader may be waiting for a frame: arm the idle timeout now
+                if self._goaway_sent and self._nursery is not None:  # draining: that was the last stream
+                    self._nursery.start_soon(self._close_when_sent)
             unread = request is not None and getattr(request.body, "done", True) is False
             if unread and self.h2.reset(stream_id, ErrorCode.NO_ERROR):  # stop the peer sending the rest
                 with contextlib.suppress(DownstreamGone):

@@ -2,7 +2,8 @@
 
 A `Listener` owns its listening sockets and knows how many connections it has open. Draining a
 listener stops its accept loop, closes its sockets (new connections are refused), and cancels the
-connections that sit idle between requests; busy ones finish their request and close.
+connections that sit idle between requests; busy ones finish their request and close. Protocols
+that can say so on a busy connection (HTTP/2's GOAWAY) wait for `drain_started`.
 
 Header read timeouts are enforced here too, by one watchdog task per listener rather than a cancel
 scope per request: each connection keeps a `ConnectionTimer` whose deadline it moves as it starts
@@ -51,6 +52,7 @@ class Listener:
         self.draining = False
         self.timers: set[ConnectionTimer] = set()  # one per open connection
         self.tick = 0.5  # watchdog period, seconds
+        self.drain_started = trio.Event()
         self._accepting = trio.CancelScope()
         self._quiet = trio.Event()
 
@@ -112,6 +114,7 @@ class Listener:
         if self.draining:
             return
         self.draining = True
+        self.drain_started.set()
         self._accepting.cancel()
         for sock in self.sockets:
             sock.close()

@@ -1,9 +1,16 @@
-"""One upstream exchange for one service: pick an endpoint, take a pooled connection (or open one
-within the connect timeout), send, and wait for the response head within the request timeout.
+"""One upstream call for one service: breakers, then tries until one answers or the policy says stop.
+
+Each try picks an available endpoint (a retry another one, when there is one), takes a pooled
+connection (or opens one within the connect timeout), sends, and waits for the response head within
+the per-try timeout, then reports its outcome to the service's outlier detection;
+`timeouts.request` bounds all tries together, backoff included. What may be retried, and how often,
+is `retry.RetryPolicy`'s decision, within the service's retry budget and `max_retries`. A retried
+request's body is replayed from `retry.ReplayBuffer`. Nothing is retried once the response is handed
+on: the caller gets the first response the policy accepts, and its body streams afterwards.
 
 A request that meets a pooled connection the peer closed just before we reused it (not one response
 byte came back) is re-sent once on a fresh connection when it is idempotent and has no body: the
-keep-alive race never surfaces as a 502.
+keep-alive race never surfaces as a 502, whatever the retry policy.
 
 A WebSocket upgrade always goes on a fresh, dedicated HTTP/1.1 connection (never a pooled or HTTP/2
 one, whatever the service's protocol): after a `101` that connection is the tunnel. The request
@@ -14,31 +21,136 @@ from __future__ import annotations
 
 import trio
 
-from ..http.errors import UpstreamConnectFailure, UpstreamReset, UpstreamTimeout
-from ..http.message import Request, Response
+from ..http.errors import ProxyError, UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
+from ..http.message import EMPTY_BODY, Request, Response
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
 from .pool import ConnectionPool
-from .registry import Cluster, ClusterSettings
+from .registry import Cluster, ClusterSettings, Endpoint
+from .retry import IDEMPOTENT, ReplayBuffer, ReplayView, RetryPolicy, TryTimedOut
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+# Failures of a try that got no response head: outlier detection counts them as gateway errors.
+NO_RESPONSE = (UpstreamConnectFailure, UpstreamReset, UpstreamProtocolError, UpstreamTimeout, TryTimedOut)
 
 
 async def call_cluster(cluster: Cluster, request: Request, timeout: float) -> Response:
-    """Send `request` to one endpoint of `cluster`; the response body streams afterwards."""
-    endpoint = cluster.pick()
+    """Send `request` to `cluster`, retrying as its policy allows; the response body streams afterwards."""
+    cluster.breaker.check_requests(cluster.name)
     # A bare CancelScope rather than move_on_after: same effect, without a generator per request.
     with trio.CancelScope(relative_deadline=timeout):
-        if request.websocket:
-            return await _upgrade(endpoint.pool, request, cluster.settings)
-        return await _exchange(endpoint.pool, request, cluster.settings.connect_timeout)
+        policy = cluster.settings.retry
+        if policy is None or request.websocket:
+            return await _try(cluster, cluster.pick(request), request)
+        return await _tries(cluster, request, policy)
     raise UpstreamTimeout(detail=f"{cluster.name}: no response within {timeout}s")
 
 
-async def _connect(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection | H2ClientConnection:
-    with trio.CancelScope(relative_deadline=connect_timeout):
-        return await pool.connect()
-    raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
+async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy) -> Response:
+    original = request.body
+    replay = ReplayBuffer(original, policy.buffer) if original is not EMPTY_BODY else None
+    method = request.method
+    endpoint = cluster.pick(request)
+    attempt = 1
+    try:
+        while True:
+            view: ReplayView | None = None
+            if replay is not None:
+                view = replay.view()
+                request.body = view
+            failure: ProxyError | None = None
+            response: Response | None = None
+            try:
+                response = await _try(cluster, endpoint, request, retry=attempt > 1)
+            except ProxyError as error:
+                failure = error
+            if response is not None:
+                if not policy.retries_status(method, response.status) or not _may_try_again(
+                    cluster, policy, attempt, replay
+                ):
+                    return response
+                await response.body.aclose()  # not handed on: this answer is replaced by a retry's
+            elif failure is not None and not (
+                policy.retries_error(method, failure) and _may_try_again(cluster, policy, attempt, replay)
+            ):
+                raise failure
+            if view is not None:
+                view.abandon()  # the failed try's body pump stops
+            await trio.sleep(policy.backoff(attempt))
+            attempt += 1
+            request.headers.set(b"x-sidecar-attempt", str(attempt).encode())
+            endpoint = cluster.pick(request, avoid=endpoint)  # another one when one is available
+    finally:
+        request.body = original  # the downstream server judges what was read of the real body
+
+
+def _may_try_again(cluster: Cluster, policy: RetryPolicy, attempt: int, replay: ReplayBuffer | None) -> bool:
+    if attempt > policy.attempts or (replay is not None and not replay.replayable):
+        return False
+    breaker = cluster.breaker
+    if not breaker.retry_allowed():
+        return False
+    return cluster.budget.allows(policy, breaker.requests + 1, trio.current_time())  # + this request
+
+
+async def _try(cluster: Cluster, endpoint: Endpoint, request: Request, *, retry: bool = False) -> Response:
+    """One try, within the per-try timeout; a retry counts in the budget and `max_retries` meanwhile.
+    Its outcome goes to outlier detection: the status, or None when no response head came (the
+    request timeout running out during the try included; a caller that went away is not counted)."""
+    breaker = cluster.breaker
+    budget = cluster.budget
+    if retry:
+        breaker.retries += 1
+        budget.started()
+    deadline = trio.current_effective_deadline()  # the request timeout (or an earlier deadline around it)
+    try:
+        response = await _send(cluster, endpoint, request)
+    except NO_RESPONSE:
+        cluster.record(endpoint, None)
+        raise
+    except trio.Cancelled:
+        if trio.current_time() >= deadline:
+            cluster.record(endpoint, None)
+        raise
+    finally:
+        if retry:
+            breaker.retries -= 1
+            budget.finished()
+    cluster.record(endpoint, response.status)
+    return response
+
+
+async def _send(cluster: Cluster, endpoint: Endpoint, request: Request) -> Response:
+    """The exchange of one try: a WebSocket upgrade, or a request within the per-try timeout."""
+    if request.websocket:
+        return await _upgrade(endpoint.pool, request, cluster.settings)
+    per_try = cluster.settings.per_try_timeout
+    if per_try is None:
+        return await _exchange(cluster, endpoint.pool, request)
+    with trio.CancelScope(relative_deadline=per_try):
+        return await _exchange(cluster, endpoint.pool, request)
+    raise TryTimedOut(detail=f"{cluster.name}: {endpoint.address} gave no response within {per_try}s")
+
+
+async def _connect(cluster: Cluster, pool: ConnectionPool) -> H1ClientConnection | H2ClientConnection:
+    breaker = cluster.breaker
+    breaker.check_connections(cluster.name, cluster.open_connections)
+    breaker.open_pending(cluster.name)
+    try:
+        with trio.CancelScope(relative_deadline=cluster.settings.connect_timeout):
+            return await pool.connect()
+        raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
+    finally:
+        breaker.close_pending()
+
+
+async def _shared_h2(cluster: Cluster, pool: ConnectionPool) -> H2ClientConnection | None:
+    """Wait for the HTTP/2 connection being opened to the endpoint (a pending request meanwhile)."""
+    breaker = cluster.breaker
+    breaker.open_pending(cluster.name)
+    try:
+        return await pool.take_h2_waiting()
+    finally:
+        breaker.close_pending()
 
 
 async def _connect_dedicated(pool: ConnectionPool, connect_timeout: float) -> H1ClientConnection:
@@ -49,25 +161,28 @@ async def _connect_dedicated(pool: ConnectionPool, connect_timeout: float) -> H1
 
 async def _upgrade(pool: ConnectionPool, request: Request, settings: ClusterSettings) -> Response:
     conn = await _connect_dedicated(pool, settings.connect_timeout)
-    pool.endpoint.active_requests += 1
+    pool.endpoint.started()
     return await conn.upgrade(request, settings.websocket_idle_timeout)
 
 
-async def _exchange(pool: ConnectionPool, request: Request, connect_timeout: float) -> Response:
+async def _exchange(cluster: Cluster, pool: ConnectionPool, request: Request) -> Response:
     conn: H1ClientConnection | H2ClientConnection | None = pool.take_h2() or pool.take_idle()
+    if conn is None and pool.h2_connecting is not None:
+        conn = await _shared_h2(cluster, pool)
     reused = conn is not None
     if conn is None:
-        conn = await _connect(pool, connect_timeout)
-    pool.endpoint.active_requests += 1
+        conn = await _connect(cluster, pool)
+    pool.endpoint.started()
     try:
         return await conn.send(request)
     except UpstreamReset as exc:
-        # Send once more on another connection when the request provably never reached the app
-        # (an HTTP/2 stream refused), or met the keep-alive race (idempotent only); bodies are not
-        # replayable yet, so only bodiless requests qualify.
+        # Sent once more at once, outside the retry policy, when the request provably never reached
+        # the app (an HTTP/2 stream refused or past a GOAWAY), or met the keep-alive race (a reused
+        # connection the peer had closed, not one response byte back; idempotent only: SPEC §4 says it
+        # never shows up as a 502). Bodiless requests only; a body is the retry policy's to replay.
         again = exc.refused or (reused and exc.before_response and request.method in IDEMPOTENT)
         if not (again and request.body.length == 0):
             raise
-    conn = pool.take_h2() or await _connect(pool, connect_timeout)
-    pool.endpoint.active_requests += 1
+    conn = pool.take_h2() or await _connect(cluster, pool)
+    pool.endpoint.started()
     return await conn.send(request)

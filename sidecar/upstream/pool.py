@@ -40,12 +40,15 @@ class ConnectionPool:
     __slots__ = (
         "background",
         "endpoint",
+        "h2_connecting",
         "h2_conns",
+        "h2_seen",
         "handshakes",
         "idle",
         "idle_timeout",
         "open_connections",
         "protocol",
+        "stream_idle_timeout",
         "tls",
         "tls_session",
     )
@@ -53,6 +56,7 @@ class ConnectionPool:
     def __init__(self, endpoint: Endpoint, idle_timeout: float) -> None:
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
+        self.stream_idle_timeout: float | None = None  # a response body stalled this long ends (None: never)
         self.idle: list[H1ClientConnection] = []
         self.open_connections = 0
         self.tls: UpstreamTls | None = None
@@ -60,6 +64,8 @@ class ConnectionPool:
         self.handshakes = 0
         self.protocol = "http1"  # http1 | http2 | auto (ALPN decides; plaintext auto is HTTP/1.1)
         self.h2_conns: list[H2ClientConnection] = []
+        self.h2_seen = False  # the endpoint chose h2 by ALPN before: the next connection will be HTTP/2
+        self.h2_connecting: trio.Event | None = None  # set when the HTTP/2 connection being opened is up
         self.background: trio.Nursery | None = None  # where HTTP/2 reader tasks run
 
     def take_idle(self) -> H1ClientConnection | None:
@@ -84,22 +90,47 @@ class ConnectionPool:
                 return conn
         return None
 
+    async def take_h2_waiting(self) -> H2ClientConnection | None:
+        """As take_h2, but while an HTTP/2 connection is being opened, wait for it rather than open
+        another: a burst of requests to a new endpoint shares one connection instead of each
+        opening its own."""
+        while True:
+            conn = self.take_h2()
+            pending = self.h2_connecting
+            if conn is not None or pending is None:
+                return conn
+            await pending.wait()
+
     async def connect(self) -> H1ClientConnection | H2ClientConnection:
         """Open a new connection (TCP, then TLS when the service says so; HTTP/2 when ALPN or the
-        config says so). The caller bounds the time (connect timeout)."""
+        config says so). An HTTP/2 connection is handed out once the peer's SETTINGS are in, so its
+        stream limit is known. The caller bounds the time (connect timeout)."""
+        pending = None
+        expects_h2 = self.protocol == "http2" or (self.protocol == "auto" and self.tls is not None and self.h2_seen)
+        if expects_h2 and self.h2_connecting is None:
+            pending = self.h2_connecting = trio.Event()
+        try:
+            return await self._connect()
+        finally:
+            if pending is not None:
+                self.h2_connecting = None
+                pending.set()
+
+    async def _connect(self) -> H1ClientConnection | H2ClientConnection:
         stream = await self._open(self.protocol)
         # ALPN decides on TLS; in plaintext only `http2` (h2c to the app) means HTTP/2.
         use_h2 = stream.selected_alpn_protocol() == "h2" if isinstance(stream, TlsStream) else self.protocol == "http2"
+        self.h2_seen = use_h2
         self.open_connections += 1
         if use_h2 and self.background is not None:
             conn = H2ClientConnection(stream, self)
-            self.h2_conns.append(conn)
             try:
                 await conn.start(self.background)
             except BaseException:
                 conn.close()
-                self.connection_closed(conn)
+                self.open_connections -= 1
                 raise
+            self.h2_conns.append(conn)
             return conn
         return H1ClientConnection(stream, self)
 
@@ -110,6 +141,11 @@ class ConnectionPool:
         stream = await self._open("http1")
         self.open_connections += 1
         return H1ClientConnection(stream, self)
+
+    async def open_stream(self) -> TcpStream | TlsStream:
+        """A fresh HTTP/1.1 stream to the endpoint (TLS as the service says, ALPN http/1.1) that the
+        pool neither counts nor keeps: health checks. The caller bounds the time and closes it."""
+        return await self._open("http1")
 
     async def _open(self, protocol: str) -> TcpStream | TlsStream:
         """TCP, then TLS when the service says so, offering the ALPN of `protocol`. The caller
@@ -129,7 +165,7 @@ class ConnectionPool:
 
     def stream_done(self, conn: H2ClientConnection) -> None:
         """One HTTP/2 exchange on `conn` ended."""
-        self.endpoint.active_requests -= 1
+        self.endpoint.finished()
         if self.tls is not None and conn.exchanges == 0:
             self._keep_session(conn.stream)
         conn.exchanges += 1
@@ -168,7 +204,7 @@ class ConnectionPool:
 
     def exchange_done(self, conn: H1ClientConnection, reuse: bool) -> None:
         """An exchange on `conn` ended; keep the connection for the next one when `reuse`."""
-        self.endpoint.active_requests -= 1
+        self.endpoint.finished()
         if reuse and self.tls is not None and conn.exchanges == 0:
             self._keep_session(conn.wire.stream)
         conn.exchanges += 1

@@ -1,26 +1,42 @@
 """Runtime state of upstream services, keyed by service name and endpoint address.
 
-Config snapshots come and go; what must outlive them lives here: each endpoint's connection pool
-and in-flight count (and, with later capabilities, health and ejection state). `apply()` takes a
+Config snapshots come and go; what must outlive them lives here: each endpoint's connection pool,
+in-flight count, health (active checks) and ejection state (outlier detection), and each service's
+circuit-breaker counts and retry budget. `apply()` takes a
 new snapshot and keeps the state of every endpoint that is still there; endpoints that vanish are
 marked removed, their idle connections closed, and their in-flight requests finish undisturbed.
-The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections.
+
+An endpoint is *available* when it is not removed, healthy and not ejected; only available endpoints
+are picked, and when none is left `pick()` raises `NoHealthyUpstream` at once (no panic mode, SPEC
+§11). The balancer is built over the available endpoints and rebuilt only when availability or the
+endpoint set changes, so a pick costs what it did before health existed. `record()` feeds each try's
+outcome to outlier detection in O(1).
+
+The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections; its nursery
+also runs each service's policy tasks (outlier reviews, health checks), restarted when a reload
+changes those policies and stopped when the service goes away.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
 import trio
 
-from ..config.schema import Address, InboundConfig, ServiceConfig
+from ..config.schema import Address, HashOn, HealthCheck, InboundConfig, OutlierDetection, ServiceConfig
 from ..http.errors import NoHealthyUpstream
+from ..http.message import Request
 from .balancer import Balancer, make_balancer
+from .breaker import UNLIMITED, Breaker, Thresholds
+from .health import HealthChecker
+from .outlier import OutlierDetector
 from .pool import ConnectionPool
+from .retry import RetryBudget, RetryPolicy
+from .ring import HashRing, RingHash, key_reader
 
 log = structlog.get_logger("sidecar.upstream")
 
@@ -62,6 +78,14 @@ class ClusterSettings:
     tls: UpstreamTls | None = None  # None: plaintext (`tls.mode: disabled`, or the local app)
     protocol: str = "http1"  # http1 | http2 | auto
     websocket_idle_timeout: float = APP_WEBSOCKET_IDLE_TIMEOUT  # an upgraded tunnel with no traffic closes
+    hash_on: HashOn | None = None  # ring_hash: the request key
+    outlier_detection: OutlierDetection | None = None  # None: no ejections (the local app)
+    health_check: HealthCheck | None = None  # None: no active checks
+    health_host: str = ""  # the Host of health check requests: the service's first host name
+    per_try_timeout: float | None = None  # None: only request_timeout bounds the tries
+    stream_idle_timeout: float | None = None  # a response body with no bytes this long ends; None: never
+    retry: RetryPolicy | None = None  # None: no retries (the keep-alive race resend still applies)
+    thresholds: Thresholds = UNLIMITED
 
 
 def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
@@ -76,12 +100,20 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         tls=tls,
         protocol=service.protocol,
         websocket_idle_timeout=t.idle or NO_TIMEOUT,  # `idle: 0` cannot mean closing a tunnel at once
+        hash_on=service.hash_on,
+        outlier_detection=service.outlier_detection,
+        health_check=service.health_check,
+        health_host=service.hosts[0] if service.hosts else service.name,
+        per_try_timeout=t.per_try,
+        stream_idle_timeout=t.idle or None,
+        retry=RetryPolicy.from_config(service.retries) if service.retries.attempts else None,
+        thresholds=Thresholds.from_config(service.circuit_breaker),
     )
 
 
 def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
-    """The local app behind the inbound listener: one endpoint, and no request timeout of its own
-    (the calling sidecar's timeouts govern the exchange, as in Istio's inbound)."""
+    """The local app behind the inbound listener: one endpoint, and no request timeout, retries or
+    breakers of its own (the calling sidecar's policies govern the exchange, as in Istio's inbound)."""
     return ClusterSettings(
         connect_timeout=1.0,
         request_timeout=NO_TIMEOUT,
@@ -102,10 +134,58 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
-class Endpoint:
-    """One upstream address (an IP and port) of a service."""
+@dataclass(frozen=True, slots=True)
+class EndpointStatistics:
+    """One endpoint as `/clusters` shows it."""
 
-    __slots__ = ("active_requests", "address", "host", "hostname", "pool", "port", "removed", "weight")
+    address: str
+    healthy: bool
+    ejected: bool
+    active_requests: int
+    times_ejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatistics:
+    """One service as `/clusters` shows it: its endpoints, whether a breaker threshold is full, and
+    its ejections so far (`sidecar_upstream_ejections_total`)."""
+
+    name: str
+    endpoints: tuple[EndpointStatistics, ...]
+    ejections: int
+    breaker_open: bool
+
+
+class Endpoint:
+    """One upstream address (an IP and port) of a service, and the state kept about it.
+
+    `healthy` is the verdict of active health checks (True when the service has none); `ejected`,
+    `ejected_until` and `times_ejected` belong to outlier detection, as do the consecutive counters.
+    The policies change these fields and tell the cluster (`availability_changed`). Its exchanges in
+    flight count both here (for least_request) and in the service's breaker (for max_requests):
+    `started()`/`finished()`.
+    """
+
+    __slots__ = (
+        "active_requests",
+        "address",
+        "breaker",
+        "checks_failed",
+        "checks_passed",
+        "consecutive_5xx",
+        "consecutive_gateway_errors",
+        "ejected",
+        "ejected_until",
+        "healthy",
+        "host",
+        "hostname",
+        "pool",
+        "port",
+        "removed",
+        "returned_at",
+        "times_ejected",
+        "weight",
+    )
 
     def __init__(self, host: str, port: int, weight: int, idle_timeout: float, hostname: str | None = None) -> None:
         self.host = host.strip("[]")
@@ -115,26 +195,67 @@ class Endpoint:
         self.weight = weight
         self.active_requests = 0
         self.removed = False
+        self.healthy = True  # endpoints start healthy, before their first check
+        self.checks_passed = 0  # consecutive
+        self.checks_failed = 0  # consecutive
+        self.ejected = False
+        self.ejected_until = 0.0  # trio time
+        self.times_ejected = 0
+        self.returned_at = 0.0  # trio time of the last return from an ejection
+        self.consecutive_5xx = 0
+        self.consecutive_gateway_errors = 0
+        self.breaker: Breaker | None = None  # the service's, set when the endpoint joins a cluster
         self.pool = ConnectionPool(self, idle_timeout)
+
+    @property
+    def available(self) -> bool:
+        """Whether it may take new requests: not removed, healthy, not ejected."""
+        return self.healthy and not self.ejected and not self.removed
+
+    def started(self) -> None:
+        self.active_requests += 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.requests += 1
+
+    def finished(self) -> None:
+        self.active_requests -= 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.requests -= 1
+
+    def statistics(self) -> EndpointStatistics:
+        return EndpointStatistics(self.address, self.healthy, self.ejected, self.active_requests, self.times_ejected)
 
 
 class Cluster:
-    """One upstream service: its settings, its current endpoints and their balancer."""
+    """One upstream service: its settings, its current endpoints, their balancer and policies."""
 
     def __init__(self, name: str, settings: ClusterSettings) -> None:
         self.name = name
         self.settings = settings
+        self.breaker = Breaker(settings.thresholds)  # counts survive reloads; thresholds follow config
+        self.budget = RetryBudget()
         self.endpoints: list[Endpoint] = []
-        self.balancer: Balancer | None = None
+        self.balancer: Balancer | None = None  # None: no endpoint is available
+        self.available_count = 0
+        self.ejections = 0  # ejections so far, for sidecar_upstream_ejections_total
+        self.outlier: OutlierDetector | None = None
+        self.health: HealthChecker | None = None
         self.needs_dns = False
         self.next_refresh = 0.0
         self.background: trio.Nursery | None = None
+        self._policies: tuple[object, ...] | None = None
+        self._policy_tasks: trio.CancelScope | None = None
+        self._ring: tuple[tuple[object, ...], RingHash] | None = None  # (what it was built from, balancer)
         self.configure(settings)
 
     def configure(self, settings: ClusterSettings) -> None:
         self.settings = settings
+        self.breaker.thresholds = settings.thresholds
         self.needs_dns = not all(is_ip_literal(addr.host) for addr, _ in settings.targets)
         self.next_refresh = 0.0
+        self._apply_policies(settings)
         static = [
             (addr.host, addr.port, weight, addr.host) for addr, weight in settings.targets if is_ip_literal(addr.host)
         ]
@@ -146,11 +267,32 @@ class Cluster:
                 self._configure_pool(endpoint)
             self._rebalance()
 
-    def pick(self) -> Endpoint:
+    def pick(self, request: Request | None = None, avoid: Endpoint | None = None) -> Endpoint:
+        """An available endpoint for `request` (ring_hash reads its key); `avoid` (the endpoint of a
+        failed try) is skipped when another is available. Raises NoHealthyUpstream when none is."""
         balancer = self.balancer
         if balancer is None:
-            raise NoHealthyUpstream(detail=f"service {self.name} has no endpoints")
-        return balancer.pick()
+            raise NoHealthyUpstream(detail=self._none_available())
+        endpoint = balancer.pick(request)
+        if endpoint is avoid and self.available_count > 1:
+            return balancer.pick_other(request, endpoint)
+        return endpoint
+
+    def record(self, endpoint: Endpoint, status: int | None) -> None:
+        """The outcome of one try to `endpoint`: the response status, or None when no response head
+        came (connect failure, reset, timeout, protocol error)."""
+        outlier = self.outlier
+        if outlier is not None:
+            outlier.record(endpoint, status)
+
+    def availability_changed(self) -> None:
+        """An endpoint turned (un)healthy, was ejected or returned: rebuild the balancer's view."""
+        self._rebalance()
+
+    def _none_available(self) -> str:
+        if not self.endpoints:
+            return f"service {self.name} has no endpoints"
+        return f"service {self.name}: all {len(self.endpoints)} endpoints are unhealthy or ejected"
 
     def set_endpoints(self, resolved: Iterable[tuple[str, int, int, str]]) -> None:
         """Replace the endpoint list (host, port, weight, configured name), keeping the state of
@@ -177,25 +319,87 @@ class Cluster:
     def _configure_pool(self, endpoint: Endpoint) -> None:
         pool = endpoint.pool
         pool.idle_timeout = self.settings.idle_timeout
+        pool.stream_idle_timeout = self.settings.stream_idle_timeout
         pool.tls = self.settings.tls
         pool.protocol = self.settings.protocol
         pool.background = self.background
+        endpoint.breaker = self.breaker
+
+    @property
+    def open_connections(self) -> int:
+        return sum(e.pool.open_connections for e in self.endpoints)
 
     def set_background(self, nursery: trio.Nursery) -> None:
-        """Where this service's HTTP/2 connections run their reader tasks (the registry's nursery)."""
+        """Where this service's HTTP/2 connections run their reader tasks and its policies their
+        tasks (the registry's nursery)."""
         self.background = nursery
         for endpoint in self.endpoints:
             endpoint.pool.background = nursery
+        self._restart_policy_tasks()
 
     def _rebalance(self) -> None:
-        self.balancer = make_balancer(self.settings.load_balancer, self.endpoints) if self.endpoints else None
+        available = [e for e in self.endpoints if e.available]
+        self.available_count = len(available)
+        if not available:
+            self.balancer = None
+        elif self.settings.load_balancer == "ring_hash":
+            self.balancer = self._ring_hash()
+        else:
+            self.balancer = make_balancer(self.settings.load_balancer, available)
+
+    def _ring_hash(self) -> RingHash:
+        """The ring over every endpoint (unavailable ones are walked past), rebuilt only when the
+        endpoints, their weights or the key change."""
+        hash_on = self.settings.hash_on
+        if hash_on is None:  # the config check requires hash_on with ring_hash
+            raise ValueError(f"service {self.name}: ring_hash without hash_on")
+        built_from = (hash_on, *((e, e.weight) for e in self.endpoints))
+        if self._ring is None or self._ring[0] != built_from:
+            self._ring = (built_from, RingHash(HashRing(self.endpoints), key_reader(hash_on)))
+        return self._ring[1]
+
+    def _apply_policies(self, settings: ClusterSettings) -> None:
+        """New outlier or health check settings: new policy objects and tasks; endpoint state stays.
+        Without health checks every endpoint counts as healthy."""
+        policies = (settings.outlier_detection, settings.health_check, settings.health_host)
+        if policies == self._policies:
+            return
+        self._policies = policies
+        outlier, health = settings.outlier_detection, settings.health_check
+        self.outlier = OutlierDetector(self, outlier) if outlier is not None else None
+        self.health = HealthChecker(self, health, settings.health_host) if health is not None else None
+        if health is None:
+            for endpoint in self.endpoints:
+                endpoint.healthy = True
+                endpoint.checks_passed = endpoint.checks_failed = 0
+        if outlier is None:
+            for endpoint in self.endpoints:
+                endpoint.ejected = False
+        self._restart_policy_tasks()
+
+    def _restart_policy_tasks(self) -> None:
+        if self._policy_tasks is not None:
+            self._policy_tasks.cancel()
+            self._policy_tasks = None
+        tasks: list[Callable[[], Awaitable[None]]] = [p.run for p in (self.outlier, self.health) if p is not None]
+        if self.background is not None and tasks:
+            self._policy_tasks = trio.CancelScope()
+            self.background.start_soon(_run_policies, self._policy_tasks, tasks)
 
     def retire(self) -> None:
+        if self._policy_tasks is not None:
+            self._policy_tasks.cancel()
+            self._policy_tasks = None
         for endpoint in self.endpoints:
             endpoint.removed = True
             endpoint.pool.close_idle()
         self.endpoints = []
         self.balancer = None
+        self.available_count = 0
+
+    def statistics(self) -> ClusterStatistics:
+        endpoints = tuple(e.statistics() for e in self.endpoints)
+        return ClusterStatistics(self.name, endpoints, self.ejections, self.breaker.is_open(self.open_connections))
 
     async def resolve(self) -> None:
         """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""
@@ -216,6 +420,14 @@ class Cluster:
                     seen.add(ip)
                     resolved.append((ip, address.port, weight, address.host))
         self.set_endpoints(resolved)
+
+
+async def _run_policies(scope: trio.CancelScope, tasks: list[Callable[[], Awaitable[None]]]) -> None:
+    """A cluster's policy tasks (outlier reviews, health checks), until the cluster cancels `scope`."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            for task in tasks:
+                nursery.start_soon(task)
 
 
 class UpstreamRegistry:
@@ -260,6 +472,10 @@ class UpstreamRegistry:
         """TLS handshakes made so far to the endpoints of `service` (pooling keeps this low)."""
         cluster = self.clusters.get(service)
         return sum(e.pool.handshakes for e in cluster.endpoints) if cluster else 0
+
+    def statistics(self) -> list[ClusterStatistics]:
+        """Every upstream service's endpoints and their state, for `/clusters` and metrics."""
+        return [cluster.statistics() for cluster in self.clusters.values()]
 
     def all_clusters(self) -> list[Cluster]:
         clusters = list(self.clusters.values())

@@ -233,14 +233,31 @@ def test_yaml_merge_keys(config_dir: ConfigDir) -> None:
 # ------------------------------------------------------------------------------------------------
 
 SERVICE_ERRORS = [
-    (  # unknown field at the top level: retries are not implemented yet
+    (  # unknown field at the top level
         """
         kind: Service
         name: orders
         endpoints: [{address: "10.0.0.1:80"}]
-        retries: {attempts: 2}
+        mirror: {to: shadow}
         """,
-        ["4: retries: unknown field"],
+        ["4: mirror: unknown field"],
+    ),
+    (  # retries: a condition that does not exist, and backoff bounds the wrong way round
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        retries:
+          on: [connect-failure, timeout]
+          backoff: {base: 1s, max: 10ms}
+          budget: {percent: 150}
+        """,
+        [
+            "5: retries.on[1]: invalid value 'timeout' (expected 'connect-failure', 'refused-stream', 'reset',"
+            " 'gateway-error', '5xx' or 'retriable-status')",
+            "6: retries.backoff.max: must be at least base",
+            "7: retries.budget.percent: must be at most 100, got 150",
+        ],
     ),
     (  # unknown fields one and two levels down
         """
@@ -251,9 +268,9 @@ SERVICE_ERRORS = [
             zone: a
         timeouts:
           connect: 1s
-          per_try: 5s
+          per_retry: 5s
         """,
-        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_try: unknown field"],
+        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_retry: unknown field"],
     ),
     (  # a missing key: the line where its parent mapping starts
         """
@@ -336,9 +353,111 @@ SERVICE_ERRORS = [
         kind: Service
         name: orders
         endpoints: [{address: "10.0.0.1:80"}]
+        load_balancer: weighted
+        """,
+        [
+            "4: load_balancer: invalid value 'weighted' "
+            "(expected 'round_robin', 'least_request', 'random' or 'ring_hash')"
+        ],
+    ),
+    (  # ring_hash needs its key; a missing one is reported at the document's line
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
         load_balancer: ring_hash
         """,
-        ["4: load_balancer: invalid value 'ring_hash' (expected 'round_robin', 'least_request' or 'random')"],
+        ["1: hash_on: ring_hash needs hash_on (header, cookie or source_ip)"],
+    ),
+    (  # a key for another balancer would be ignored: refused
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        hash_on: {header: x-user}
+        """,
+        ["4: hash_on: hash_on applies to load_balancer ring_hash only"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        load_balancer: ring_hash
+        hash_on: {header: x-user, source_ip: true}
+        """,
+        ["5: hash_on: set exactly one of header, cookie, source_ip: true"],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        load_balancer: ring_hash
+        hash_on:
+          header: "x user"
+          cookie: "a;b"
+          source_ip: "yes"
+          query: id
+        """,
+        [
+            "6: hash_on.header: invalid header name 'x user'",
+            "7: hash_on.cookie: invalid cookie name 'a;b'",
+            "8: hash_on.source_ip: expected true or false, got 'yes'",
+            "9: hash_on.query: unknown field",
+        ],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        outlier_detection:
+          consecutive_5xx: 0
+          consecutive_gateway_errors: 1.5
+          interval: 0s
+          base_ejection: 30
+          max_ejection_percent: 101
+          success_rate: 90
+        """,
+        [
+            "5: outlier_detection.consecutive_5xx: must be at least 1, got 0",
+            "6: outlier_detection.consecutive_gateway_errors: expected an integer, got 1.5",
+            "7: outlier_detection.interval: must be greater than 0, got '0s'",
+            "8: outlier_detection.base_ejection: invalid duration 30 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+            "9: outlier_detection.max_ejection_percent: must be at most 100, got 101",
+            "10: outlier_detection.success_rate: unknown field",
+        ],
+    ),
+    (
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        health_check:
+          path: healthz
+          interval: 1s
+          timeout: 0ms
+          healthy_threshold: 0
+          unhealthy_threshold: -1
+          port: 8081
+        """,
+        [
+            "5: health_check.path: invalid path 'healthz' (must start with '/')",
+            "7: health_check.timeout: must be greater than 0, got '0ms'",
+            "8: health_check.healthy_threshold: must be at least 1, got 0",
+            "9: health_check.unhealthy_threshold: must be at least 1, got -1",
+            "10: health_check.port: unknown field",
+        ],
+    ),
+    (  # the path goes on a request line: no spaces or control characters
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "10.0.0.1:80"}]
+        health_check: {path: "/health z"}
+        """,
+        ["4: health_check.path: invalid path '/health z' (visible ASCII only, no spaces)"],
     ),
     (
         """
@@ -693,11 +812,11 @@ def test_yaml_syntax_error_and_other_files_still_checked(config_dir: ConfigDir) 
           endpoints: []
         """,
     )
-    other = config_dir.write("b.yaml", "kind: Service\nname: x\nendpoints: [{address: 'x:1'}]\nretries: 3\n")
+    other = config_dir.write("b.yaml", "kind: Service\nname: x\nendpoints: [{address: 'x:1'}]\nmirror: 3\n")
     assert config_dir.issues() == [
         f"{bad}:3: endpoints[0].address: invalid address 'nowhere' (expected host:port, e.g. 127.0.0.1:8080)",
         f"{bad}:7: yaml: invalid YAML: mapping values are not allowed here",
-        f"{other}:4: retries: unknown field",
+        f"{other}:4: mirror: unknown field",
     ]
 
 

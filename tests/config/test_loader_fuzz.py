@@ -48,6 +48,17 @@ FIELD_NAMES = [
     "allow",
     "identity",
     "server_name",
+    "load_balancer",
+    "hash_on",
+    "header",
+    "cookie",
+    "source_ip",
+    "outlier_detection",
+    "consecutive_5xx",
+    "max_ejection_percent",
+    "health_check",
+    "interval",
+    "unhealthy_threshold",
 ]
 
 scalars = st.one_of(
@@ -83,6 +94,8 @@ scalars = st.one_of(
             "disabled",
             "certs/frontend/cert.pem",
             "certs/frontend/key.pem",
+            "ring_hash",
+            "x-user",
         ]
     ),
 )

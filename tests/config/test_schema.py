@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 from sidecar.config import (
     Address,
     EndpointConfig,
+    HashOn,
+    HealthCheck,
     InboundConfig,
     Limits,
+    OutlierDetection,
     RouteConfig,
     RouteMatch,
     RouteRule,
@@ -268,6 +271,11 @@ def test_service_defaults() -> None:
     assert service.load_balancer == "least_request"
     assert service.timeouts == Timeouts(connect=1.0, request=15.0, idle=60.0)
     assert service.tls == ServiceTls()
+    assert service.hash_on is None
+    assert service.health_check is None  # no active checks unless configured
+    assert service.outlier_detection == OutlierDetection(
+        consecutive_5xx=5, consecutive_gateway_errors=5, interval=10.0, base_ejection=30.0, max_ejection_percent=50
+    )
     assert (service.tls.mode, service.tls.identity, service.tls.ca, service.tls.server_name) == (
         "mutual",
         None,
@@ -501,3 +509,49 @@ def test_service_tls_modes() -> None:
     assert service.to_json()["tls"] == {"mode": "simple", "identity": None, "ca": None, "server_name": None}
     with pytest.raises(ValidationError, match="identity applies to mode mutual only"):
         ServiceTls(mode="simple", identity="spiffe://a/b")
+
+
+# ------------------------------------------------------------------------------------------------
+# Resilience: outlier detection, health checks, ring hash
+# ------------------------------------------------------------------------------------------------
+
+
+def test_health_check_defaults_and_json() -> None:
+    check = HealthCheck()
+    assert (check.path, check.interval, check.timeout) == ("/healthz", 5.0, 1.0)
+    assert (check.healthy_threshold, check.unhealthy_threshold) == (1, 3)
+    service = ServiceConfig.model_validate(
+        {"name": "a", "endpoints": [{"address": "a:1"}], "health_check": {"path": "/ready?deep=1", "interval": "2s"}},
+        context=FILE_CONTEXT,
+    )
+    assert service.health_check == HealthCheck(path="/ready?deep=1", interval=2.0)
+    assert service.to_json()["health_check"] == {
+        "path": "/ready?deep=1",
+        "interval": "2s",
+        "timeout": "1s",
+        "healthy_threshold": 1,
+        "unhealthy_threshold": 3,
+    }
+    assert service.to_json()["outlier_detection"]["base_ejection"] == "30s"
+
+
+def test_hash_on_one_key() -> None:
+    assert HashOn(header="X-User").header == "x-user"  # header names are matched lower-case
+    assert HashOn(cookie="Session").cookie == "Session"  # cookie names are case-sensitive
+    assert HashOn(source_ip=True).to_json() == {"header": None, "cookie": None, "source_ip": True}
+    for data in ({}, {"source_ip": False}, {"header": "a", "cookie": "b"}):
+        with pytest.raises(ValidationError, match="set exactly one of header, cookie, source_ip"):
+            HashOn.model_validate(data)
+    service = ServiceConfig.model_validate(
+        {"name": "a", "endpoints": [{"address": "a:1"}], "load_balancer": "ring_hash", "hash_on": {"cookie": "sid"}}
+    )
+    assert (service.load_balancer, service.hash_on) == ("ring_hash", HashOn(cookie="sid"))
+
+
+def test_outlier_detection_bounds() -> None:
+    assert OutlierDetection(max_ejection_percent=0).max_ejection_percent == 0  # never eject
+    assert OutlierDetection(max_ejection_percent=100).max_ejection_percent == 100
+    with pytest.raises(ValidationError, match="max_ejection_percent: must be at most 100"):
+        OutlierDetection(max_ejection_percent=101)
+    with pytest.raises(ValidationError, match="base_ejection: must be greater than 0"):
+        OutlierDetection(base_ejection=0)

@@ -99,7 +99,7 @@ def test_to_json(example: Path) -> None:
         {"address": "127.0.0.1:15106", "weight": 1},
         {"address": "127.0.0.1:15206", "weight": 1},
     ]
-    assert orders["timeouts"] == {"connect": "1s", "request": "15s", "idle": "60s"}
+    assert orders["timeouts"] == {"connect": "1s", "request": "15s", "per_try": "5s", "idle": "60s"}
     assert orders["tls"] == {
         "mode": "mutual",
         "identity": "spiffe://mesh.local/ns/default/sa/orders",

@@ -105,6 +105,7 @@ class Mesh:
         config = hypercorn.config.Config()
         config.bind = [f"127.0.0.1:{port}"]
         config.keep_alive_timeout = options.get("keep_alive_timeout", 30)
+        config.h2_max_concurrent_streams = options.get("h2_max_concurrent_streams", 100)
         config.accesslog = None
         config.errorlog = None
         await self.nursery.start(partial(hypercorn.trio.serve, app, config, mode="asgi"))

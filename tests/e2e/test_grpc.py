@@ -115,15 +115,20 @@ async def test_many_concurrent_calls_share_the_hop(client: Client) -> None:
 # -- replies the sidecar makes itself, as gRPC errors ------------------------------------------------
 
 
-async def test_no_route_is_unimplemented(mesh: Mesh) -> None:
-    a = await mesh.sidecar()
-    grpc_client = Client(a.outbound, "nowhere")
+async def rpc_error(port: int, authority: str) -> Any:
+    """The error a unary call through the outbound listener at `port` fails with."""
+    grpc_client = Client(port, authority)
     try:
         with pytest.raises(grpc.RpcError) as caught:
             await call(grpc_client.unary("Unary"), b"x", timeout=10)
     finally:
         grpc_client.close()
-    error: Any = caught.value
+    return caught.value
+
+
+async def test_no_route_is_unimplemented(mesh: Mesh) -> None:
+    a = await mesh.sidecar()
+    error = await rpc_error(a.outbound, "nowhere")
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "no service or route" in error.details()
     assert ("x-sidecar-reason", "no_route") in error.trailing_metadata()  # a trailers-only response
@@ -138,13 +143,7 @@ async def test_unreachable_upstreams_are_unavailable(mesh: Mesh, address: str, r
     a = await mesh.sidecar(
         services=[{"name": "orders", "endpoints": [{"address": endpoint}], "tls": {"mode": "disabled"}}]
     )
-    grpc_client = Client(a.outbound, "orders")
-    try:
-        with pytest.raises(grpc.RpcError) as caught:
-            await call(grpc_client.unary("Unary"), b"x", timeout=10)
-    finally:
-        grpc_client.close()
-    error: Any = caught.value
+    error = await rpc_error(a.outbound, "orders")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert ("x-sidecar-reason", reason) in error.trailing_metadata()  # a trailers-only response
 

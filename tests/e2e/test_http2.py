@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from typing import Any
 
 import httpx
 import pytest
@@ -208,3 +209,145 @@ async def test_inbound_app_protocol_h2c_with_hypercorn(mesh: Mesh) -> None:
     info = r.json()
     assert info["http_version"] == "2"  # B spoke h2c to the app
     assert header_values(info, "host") == ["orders"]
+
+
+async def test_drain_sends_goaway_at_once_and_lets_streams_in_flight_finish(mesh: Mesh) -> None:
+    from tests.h2_peer import RawH2Peer
+
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    context = mesh.pki.client_context("frontend")
+    context.set_alpn_protocols(["h2"])
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", b.inbound), context)
+    await stream.do_handshake()
+    peer = RawH2Peer(stream)
+    await peer.start()
+    await peer.send(peer.request(1, "/slow/600"), peer.request(3, "/info"))
+    await peer.until(lambda: 3 in peer.ended)
+    b.runtime.start_drain("test")
+    await peer.until(lambda: peer.goaway is not None)  # at once, while stream 1 is still running
+    assert peer.goaway is not None and peer.goaway.last_stream_id == 3 and 1 not in peer.ended
+    await peer.send(peer.request(5, "/info"))  # a stream opened after the GOAWAY is refused, unprocessed
+    await peer.until(lambda: 5 in peer.resets)
+    assert peer.resets[5] == 0x7 and 5 not in peer.status  # REFUSED_STREAM
+    await peer.until(lambda: 1 in peer.ended)  # the stream in flight finishes
+    assert peer.status[1] == 200
+    await peer.until_closed()  # and the connection closes after its last stream
+
+
+async def test_requests_in_flight_over_an_http2_hop_survive_the_peer_sidecars_drain(mesh: Mesh) -> None:
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol="auto")])
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+        assert (await client.get("/info")).status_code == 200  # the HTTP/2 connection A -> B is up
+
+        async def one(i: int) -> None:
+            statuses.append((await client.get(f"/slow/{400 + i}")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i)
+            await trio.sleep(0.2)  # all ten are in flight on the one connection
+            b.runtime.start_drain("test")  # B sends GOAWAY at once
+    assert statuses == [200] * 10  # none was lost: B answered the streams below its GOAWAY
+    pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
+    assert all(conn.goaway for conn in pool.h2_conns)  # and A takes no new stream there
+
+
+class RawH2Origin:
+    """An h2c origin built on h2's server side, for what a well-behaved server rarely does: it refuses
+    the first `refuse` streams (REFUSED_STREAM), or answers the first request on its first connection
+    with GOAWAY naming an earlier last stream (`goaway_first`). Counts what it actually served."""
+
+    def __init__(self, refuse: int = 0, goaway_first: bool = False) -> None:
+        self.refuse = refuse
+        self.goaway_first = goaway_first
+        self.served = 0
+        self.connections = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        import h2.config
+        import h2.connection
+        import h2.errors
+        import h2.events
+
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        first = True
+        while data := await stream.receive_some(65536):
+            for event in conn.receive_data(data):
+                if not isinstance(event, h2.events.RequestReceived):
+                    continue
+                if self.goaway_first and first:
+                    self.goaway_first = False  # on the first connection only
+                    conn.close_connection(last_stream_id=max(0, event.stream_id - 2))  # "never processed"
+                    await stream.send_all(conn.data_to_send())
+                    await stream.aclose()
+                    return
+                first = False
+                if self.refuse:
+                    self.refuse -= 1
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    continue
+                self.served += 1
+                conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", b"2")])
+                conn.send_data(event.stream_id, b"ok", end_stream=True)
+            await stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.parametrize("behaviour", [{"refuse": 1}, {"goaway_first": True}])
+async def test_a_request_the_upstream_never_processed_is_sent_again(
+    mesh: Mesh, nursery: trio.Nursery, behaviour: dict[str, Any]
+) -> None:
+    origin = RawH2Origin(**behaviour)
+    port = await nursery.start(origin.serve)
+    sc = await mesh.sidecar(services=[service("orders", port, protocol="http2")])
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
+        r = await client.get("/x")
+    assert r.status_code == 200 and r.text == "ok"
+    assert origin.served == 1  # processed once, never twice
+    if behaviour.get("goaway_first"):
+        assert origin.connections == 2  # sent again on a new connection
+
+
+async def test_more_connections_open_when_one_is_full(mesh: Mesh) -> None:
+    origin = await mesh.origin(h2_max_concurrent_streams=2)
+    sc = await mesh.sidecar(services=[service("orders", origin, protocol="http2")])
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+
+        async def one() -> None:
+            statuses.append((await client.get("/slow/300")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one)
+    assert statuses == [200] * 6
+    pool = sc.runtime.registry.clusters["orders"].endpoints[0].pool
+    assert len(pool.h2_conns) == 3  # two streams each, as the origin allows
+
+
+async def test_an_h2_body_over_the_limit_gets_413(mesh: Mesh) -> None:
+    origin = await mesh.origin()
+    sc = await mesh.sidecar(services=[service("orders", origin)], limits={"max_request_body": "64KiB"})
+    async with httpx.AsyncClient(http1=False, http2=True, base_url=sc.outbound_url, headers={"host": "orders"}) as c:
+        r = await c.post("/echo", content=b"x" * 200_000)  # declared length over the limit
+        assert r.status_code == 413 and r.headers["x-sidecar-reason"] == "too_large"
+
+        async def chunks() -> Any:
+            for _ in range(20):
+                yield b"y" * 16384  # no content-length: the limit is found while streaming
+
+        r = await c.post("/info", content=chunks())
+        assert r.status_code == 413 and r.headers["x-sidecar-reason"] == "too_large"
+        r = await c.get("/info")  # the connection goes on
+        assert r.status_code == 200

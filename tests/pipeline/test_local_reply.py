@@ -19,6 +19,7 @@ EXPECTED = [
     (errors.UpstreamReset, 502, "upstream_reset"),
     (errors.UpstreamProtocolError, 502, "upstream_protocol_error"),
     (errors.NoHealthyUpstream, 503, "no_healthy_upstream"),
+    (errors.Overflow, 503, "overflow"),
     (errors.UpstreamTimeout, 504, "upstream_timeout"),
 ]
 
@@ -52,7 +53,7 @@ async def test_error_response(cls: type[ProxyError], status: int, reason: str) -
     # The detail (an internal address) never reaches the client.
     assert b"10.9.8.7" not in body
     assert all(b"10.9.8.7" not in value for _, _, value in response.headers.fields)
-    assert b"x-sidecar-overloaded" not in response.headers
+    assert (b"x-sidecar-overloaded" in response.headers) == (reason == "overflow")
 
 
 async def test_custom_message_used() -> None:
@@ -69,10 +70,7 @@ async def test_base_proxy_error() -> None:
 
 
 async def test_overflow_marks_overloaded() -> None:
-    class Overflow(ProxyError):
-        status, reason, default_message = 503, "overflow", "circuit breaker open"
-
-    response = error_response(Overflow())
+    response = error_response(errors.Overflow())
     assert response.status == 503
     assert response.headers.get(b"x-sidecar-reason") == b"overflow"
     assert response.headers.get_all(b"x-sidecar-overloaded") == [b"true"]
@@ -130,6 +128,7 @@ GRPC_CODES = {
     "upstream_reset": b"14",
     "upstream_protocol_error": b"13",
     "no_healthy_upstream": b"14",
+    "overflow": b"14",
     "upstream_timeout": b"4",
 }
 

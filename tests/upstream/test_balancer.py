@@ -1,4 +1,5 @@
-"""sidecar.upstream.balancer: round robin (smooth weighted), least request (P2C), weighted random."""
+"""sidecar.upstream.balancer: round robin (smooth weighted), least request (P2C), weighted random; retries
+avoiding an endpoint, and every balancer (ring_hash too) picking only available endpoints."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from sidecar.config.schema import HashOn
+from sidecar.http.errors import NoHealthyUpstream
 from sidecar.upstream.balancer import BALANCERS, LeastRequest, Random, RoundRobin, make_balancer
 from sidecar.upstream.registry import Endpoint
+
+from .clusters import make_cluster, request
 
 
 @dataclass(eq=False)
@@ -174,3 +179,77 @@ def test_least_request_real_endpoints_follow_active_requests() -> None:
     assert {balancer.pick().address for _ in range(100)} == {"10.0.0.2:80"}
     a.active_requests, b.active_requests = 0, 3
     assert {balancer.pick().address for _ in range(100)} == {"10.0.0.1:80"}
+
+
+# --------------------------------------------------------------------------------------------------
+# pick_other (a retry goes elsewhere) and availability, through a cluster
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["round_robin", "least_request", "random"])
+@pytest.mark.parametrize("weights", [(1, 1, 1), (5, 1, 1), (1, 9)])
+def test_pick_other_never_returns_the_avoided_endpoint(kind: str, weights: tuple[int, ...]) -> None:
+    random.seed(10)
+    endpoints = eps(*weights)
+    balancer = make_balancer(kind, endpoints)  # type: ignore[arg-type]
+    for avoid in endpoints:
+        others = Counter(balancer.pick_other(None, avoid).name for _ in range(300))  # type: ignore[arg-type]
+        assert avoid.name not in others
+        assert set(others) == {e.name for e in endpoints} - {avoid.name}
+
+
+KINDS = {
+    "round_robin": {},
+    "least_request": {},
+    "random": {},
+    "ring_hash": {"hash_on": HashOn(header="x-user")},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_balancers_skip_unavailable_endpoints(kind: str) -> None:
+    random.seed(11)
+    cluster = make_cluster(4, load_balancer=kind, **KINDS[kind])
+    a, b, c, d = cluster.endpoints
+    b.healthy = False
+    d.ejected = True
+    cluster.availability_changed()
+    assert cluster.available_count == 2
+    picks = Counter(cluster.pick(request([(b"x-user", f"u{i}".encode())])).address for i in range(400))
+    assert set(picks) == {a.address, c.address}
+    b.healthy = True
+    cluster.availability_changed()
+    picks = Counter(cluster.pick(request([(b"x-user", f"u{i}".encode())])).address for i in range(400))
+    assert set(picks) == {a.address, b.address, c.address}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_avoid_is_skipped_when_another_is_available(kind: str) -> None:
+    random.seed(12)
+    cluster = make_cluster(3, load_balancer=kind, **KINDS[kind])
+    a, b, c = cluster.endpoints
+    bob = request([(b"x-user", b"bob")])
+    for avoid in (a, b, c):
+        assert all(cluster.pick(bob, avoid=avoid) is not avoid for _ in range(100))
+    b.healthy = c.healthy = False
+    cluster.availability_changed()
+    assert cluster.pick(bob, avoid=a) is a  # the only one left: a retry goes there again
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nothing_available_is_no_healthy_upstream(kind: str) -> None:
+    cluster = make_cluster(2, load_balancer=kind, **KINDS[kind])
+    for endpoint in cluster.endpoints:
+        endpoint.healthy = False
+    cluster.availability_changed()
+    assert cluster.balancer is None
+    with pytest.raises(NoHealthyUpstream):
+        cluster.pick(request())
+
+
+def test_removed_endpoints_are_not_available() -> None:
+    cluster = make_cluster(3)
+    gone = cluster.endpoints[2]
+    cluster.configure(make_cluster(2).settings)
+    assert gone.removed and not gone.available
+    assert {cluster.pick().address for _ in range(10)} == {"10.0.0.1:80", "10.0.0.2:80"}
