@@ -7,6 +7,9 @@ everything queued in one write — many streams' frames share one TLS record and
 sending body data waits while more than `HIGH_WATER` bytes are queued, so the writer's backlog stays
 bounded.
 
+The reader reads again only once the backlog is under `HIGH_WATER`, so what a peer that does not
+read makes us queue (PING and SETTINGS acknowledgements) is bounded too.
+
 `send()` opens a stream, queues the head and (in the request's nursery) the body under flow control,
 and waits for the response head; the response body is an `H2Body` fed by the reader. A stream the
 peer refused (REFUSED_STREAM, or beyond a GOAWAY's last stream id) never reached the app, and says so
@@ -292,6 +295,8 @@ class H2ClientConnection:
                 self.kick()
                 if self.goaway and not self._exchanges:
                     break  # nothing left to wait for on a connection the peer is closing
+                if self._backlog_size > HIGH_WATER and not self.closed:
+                    await self._wait_drained()  # what a peer that does not read makes us queue stays bounded
         finally:
             self.closed = True
             self._peer_settings.set()
