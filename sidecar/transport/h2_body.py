@@ -25,13 +25,19 @@ CONNECTION_WINDOW = 1024 * 1024  # the connection window we open with a WINDOW_U
 class FlowOwner(Protocol):
     """The connection a stream belongs to: it returns flow-control credit to the peer."""
 
-    async def acknowledge(self, stream_id: int, flow_controlled: int) -> None: ...
+    async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
+        """Credit for a chunk read, sent at once (or batched by the codec)."""
+
+    def release(self, stream_id: int, flow_controlled: int) -> None:
+        """Credit for chunks that will never be read, sent with the connection's next write."""
 
 
 class H2Body:
     """A body arriving on an HTTP/2 stream (a request on the server side, a response on the client
     side), fed by the connection's reader; reading a chunk acknowledges it to the peer, which is the
-    backpressure: what a stream holds is bounded by its flow-control window."""
+    backpressure: what a stream holds is bounded by its flow-control window. Chunks left unread when
+    the body is given up are credited back too: the connection window is shared by every stream, and
+    what an abandoned body kept would be lost to all of them."""
 
     __slots__ = (
         "_chunks",
@@ -74,6 +80,9 @@ class H2Body:
     # -- fed by the reader ------------------------------------------------------------------------
 
     def feed(self, data: bytes, flow_controlled: int) -> None:
+        if self.done:  # given up already: nobody will read it
+            self._owner.release(self._stream_id, flow_controlled)
+            return
         self._chunks.append((data, flow_controlled))
         self._notify()
 
@@ -118,10 +127,18 @@ class H2Body:
     def _finish(self, *, failed: bool) -> None:
         self.done = True
         self.failed = failed
+        if self._chunks:  # never to be read: their credit goes back to the peer
+            unread = sum(flow_controlled for _, flow_controlled in self._chunks)
+            self._chunks.clear()
+            self._owner.release(self._stream_id, unread)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             on_done(failed)
 
-    async def aclose(self) -> None:
+    def abandon(self) -> None:
+        """Give the body up unread (what it holds is credited back)."""
         if not self.done:
             self._finish(failed=True)
+
+    async def aclose(self) -> None:
+        self.abandon()

@@ -165,6 +165,10 @@ class H2ClientConnection:
         self.h2.acknowledge(stream_id, flow_controlled)
         self.kick()
 
+    def release(self, stream_id: int, flow_controlled: int) -> None:
+        self.h2.acknowledge(stream_id, flow_controlled)
+        self.kick()
+
     # -- one request -------------------------------------------------------------------------------
 
     async def send(self, request: Request) -> Response:

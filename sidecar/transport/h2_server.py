@@ -197,6 +197,9 @@ class H2Server:
         self.h2.acknowledge(stream_id, flow_controlled)
         await self.flush()
 
+    def release(self, stream_id: int, flow_controlled: int) -> None:
+        self.h2.acknowledge(stream_id, flow_controlled)  # out with the next flush
+
     async def _goaway(self, error_code: int = ErrorCode.NO_ERROR, last_stream_id: int | None = None) -> None:
         """GOAWAY; `last_stream_id` defaults to the highest stream the client opened."""
         self._goaway_sent = True
@@ -436,13 +439,16 @@ class H2Server:
         finally:
             STATS.streams -= 1
             self._scopes.pop(stream_id, None)
-            self._bodies.pop(stream_id, None)
+            body = self._bodies.pop(stream_id, None)
+            unread = False
+            if body is not None and not body.done:
+                unread = True
+                body.abandon()  # what it holds unread is credited back to the connection
             self._windows.pop(stream_id, None)
             if not self._scopes:
                 self._mark_idle()  # the reader may be waiting for a frame: arm the idle timeout now
                 if self._goaway_sent and self._nursery is not None:  # draining: that was the last stream
                     self._nursery.start_soon(self._close_when_sent)
-            unread = request is not None and getattr(request.body, "done", True) is False
             if unread and self.h2.reset(stream_id, ErrorCode.NO_ERROR):  # stop the peer sending the rest
                 with contextlib.suppress(DownstreamGone):
                     await self.flush()
