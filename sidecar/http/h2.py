@@ -1,7 +1,8 @@
 """HTTP/2 ⇄ the message model, sans-IO: pseudo-headers, connection-specific fields, Host/:authority,
 and the header-name casing carried across a sidecar-to-sidecar HTTP/2 hop.
 
-h2 (the state machine) does the framing; this module only translates header lists. HTTP/2 field names
+`h2_conn` (the connection codec) does the framing and validates what it receives; this module only
+translates header lists. HTTP/2 field names
 are lower-case by definition. SPEC §4 keeps an HTTP/1.1 client's header-name casing all the way to an
 HTTP/1.1 app, so when both ends of an HTTP/2 hop are sidecars (mutual TLS), the sender lists the
 names whose casing is not lower-case in one internal field, `x-sidecar-header-case`, and the receiver
@@ -10,8 +11,6 @@ No trio import here.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from .errors import BadRequest
 from .message import Field, Headers
@@ -95,11 +94,12 @@ class RequestHeadH2:
         self.headers = headers
 
 
-def request_from_codec(pairs: list[tuple[bytes, bytes]], *, from_mesh: bool = False) -> RequestHeadH2:
-    """Split a request header list that `h2_conn` has validated already (pseudo-headers first, each
-    once, the required ones present; no connection-specific field; a TE of "trailers" only): what
-    `request_from_h2` does without checking again (but for HTTP2-Settings, which HTTP/2 does not call
-    connection-specific). `from_mesh`: the peer is a verified sidecar, whose casing hint is honoured."""
+def request_from_h2(pairs: list[tuple[bytes, bytes]], *, from_mesh: bool = False) -> RequestHeadH2:
+    """Split a request header list, as `h2_conn` delivers it: validated already (pseudo-headers
+    first, each once, the required ones present; no connection-specific field; a TE of "trailers"
+    only; a Host equal to :authority), so nothing of that is checked again here. HTTP2-Settings,
+    which HTTP/2 does not call connection-specific, is refused (BadRequest). `from_mesh`: the peer is
+    a verified sidecar, whose casing hint is honoured."""
     method = path = authority = scheme = None
     i = 0
     count = len(pairs)
@@ -137,49 +137,6 @@ def request_from_codec(pairs: list[tuple[bytes, bytes]], *, from_mesh: bool = Fa
     return RequestHeadH2(method, path or b"/", authority, scheme or b"http", Headers(fields))
 
 
-def request_from_h2(pairs: Iterable[tuple[bytes, bytes]], *, from_mesh: bool = False) -> RequestHeadH2:
-    """Split an h2 request header list; raises BadRequest for a malformed one. `from_mesh`: the peer
-    is a verified sidecar, whose casing hint is honoured."""
-    method = path = authority = scheme = None
-    fields: list[Field] = []
-    host: bytes | None = None
-    hint = None
-    for name, value in pairs:
-        if name[:1] == b":":
-            if fields:
-                raise BadRequest("pseudo-header after a regular field")
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":scheme":
-                scheme = value
-            else:
-                raise BadRequest(f"unknown pseudo-header {name.decode('latin-1')}")
-            continue
-        if name in CONNECTION_SPECIFIC:
-            raise BadRequest("connection-specific header in HTTP/2")
-        if name == b"te" and value.strip().lower() != b"trailers":
-            raise BadRequest("te other than trailers in HTTP/2")
-        if name == b"host":
-            host = value
-        elif name == HEADER_CASE:
-            hint = value
-            continue
-        fields.append((name, name, value))
-    if method is None or (method != b"CONNECT" and (path is None or scheme is None)):
-        raise BadRequest("missing pseudo-header")
-    if authority is None:
-        authority = host
-    if host is None and authority is not None:
-        fields.insert(0, (b"host", b"host", authority))  # HTTP/1.1 upstreams need Host
-    if hint is not None and from_mesh:
-        fields = restore_case(fields, hint)
-    return RequestHeadH2(method, path or b"/", authority, scheme or b"http", Headers(fields))
-
-
 def response_to_h2(status: int, headers: Headers, *, to_mesh: bool = False) -> list[tuple[bytes, bytes]]:
     """The header list of a response sent over HTTP/2: `:status` first, connection fields dropped."""
     return [(b":status", str(status).encode()), *fields_to_h2(headers.fields, to_mesh=to_mesh)]
@@ -187,8 +144,3 @@ def response_to_h2(status: int, headers: Headers, *, to_mesh: bool = False) -> l
 
 def trailers_to_h2(trailers: Headers, *, to_mesh: bool = False) -> list[tuple[bytes, bytes]]:
     return fields_to_h2(trailers.fields, to_mesh=to_mesh)
-
-
-def header_list_size(pairs: Iterable[tuple[bytes, bytes]]) -> int:
-    """RFC 9113 §6.5.2: the size of a header list is name + value + 32 octets per field."""
-    return sum(len(name) + len(value) + 32 for name, value in pairs)

@@ -35,7 +35,7 @@ import structlog
 import trio
 
 from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
-from ..http.h2 import fields_from_h2, request_from_codec, response_to_h2, trailers_to_h2
+from ..http.h2 import fields_from_h2, request_from_h2, response_to_h2, trailers_to_h2
 from ..http.h2_conn import (
     DATA_RECEIVED,
     GOAWAY_RECEIVED,
@@ -383,7 +383,7 @@ class H2Server:
             if list_size > self.limits.max_request_headers:
                 self._report("header_list_too_large")
                 raise HeadersTooLarge()
-            head = request_from_codec(pairs, from_mesh=self.mesh_peer)
+            head = request_from_h2(pairs, from_mesh=self.mesh_peer)
             body: Body = EMPTY_BODY
             if not ended:
                 cl = head.headers.get(b"content-length")

@@ -11,12 +11,13 @@ from sidecar.http.h2 import (
     case_hint,
     fields_from_h2,
     fields_to_h2,
-    request_from_codec,
     request_from_h2,
     response_to_h2,
     trailers_to_h2,
 )
+from sidecar.http.h2_conn import HEADERS_RECEIVED, ErrorCode
 from sidecar.http.message import Headers
+from tests.http.h2_frames import Frames, resets, server
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"orders:8080"), (b":path", b"/a?b=1")]
 
@@ -38,8 +39,16 @@ def test_request_pseudo_headers_and_host_from_authority() -> None:
     ],
 )
 def test_malformed_requests_are_refused(pairs: list[tuple[bytes, bytes]]) -> None:
+    """By the codec, before any translation: the stream is reset (PROTOCOL_ERROR), no request made."""
+    conn = server()
+    events = conn.receive(Frames().headers(1, pairs))
+    assert [e for e in events if e[0] == HEADERS_RECEIVED] == []
+    assert resets(conn.data_to_send()) == {1: ErrorCode.PROTOCOL_ERROR}
+
+
+def test_http2_settings_is_refused_by_the_translation() -> None:
     with pytest.raises(BadRequest):
-        request_from_h2(pairs)
+        request_from_h2([*REQUEST, (b"http2-settings", b"AAMAAABkAAQAAP__")])
 
 
 def test_case_hint_lists_each_cased_name_once() -> None:
@@ -79,29 +88,15 @@ def test_response_and_trailer_casing_round_trip() -> None:
     assert fields_from_h2(trailers, from_mesh=False) == [(b"x-checksum", b"x-checksum", b"abc")]
 
 
-VALIDATED = [
-    REQUEST,
-    [*REQUEST, (b"accept", b"*/*"), (b"x-b", b"2")],
-    [*REQUEST, (b"host", b"orders:8080"), (b"x-a", b"1")],
-    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")],  # Host alone
-    [(b":method", b"CONNECT"), (b":authority", b"db:5432")],
-    [*REQUEST, (b"x-a", b"1"), (HEADER_CASE, b"X-A"), (b"x-b", b"2"), (HEADER_CASE, b"X-B")],
-]
+def test_host_alone_gives_the_authority_and_connect_has_no_path() -> None:
+    head = request_from_h2([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")])
+    assert head.authority == b"h" and head.headers.fields == [(b"host", b"host", b"h")]
+    connect = request_from_h2([(b":method", b"CONNECT"), (b":authority", b"db:5432")])
+    assert (connect.method, connect.authority, connect.path) == (b"CONNECT", b"db:5432", b"/")
+    assert connect.headers.fields == [(b"host", b"host", b"db:5432")]
 
 
-@pytest.mark.parametrize("pairs", VALIDATED)
-@pytest.mark.parametrize("from_mesh", [False, True])
-def test_the_validated_path_splits_as_the_checking_one(pairs: list[tuple[bytes, bytes]], from_mesh: bool) -> None:
-    fast, checked = request_from_codec(pairs, from_mesh=from_mesh), request_from_h2(pairs, from_mesh=from_mesh)
-    assert (fast.method, fast.path, fast.authority, fast.scheme) == (
-        checked.method,
-        checked.path,
-        checked.authority,
-        checked.scheme,
-    )
-    assert fast.headers.fields == checked.headers.fields
-
-
-def test_the_validated_path_still_refuses_http2_settings() -> None:
-    with pytest.raises(BadRequest):
-        request_from_codec([*REQUEST, (b"http2-settings", b"AAMAAABkAAQAAP__")])
+def test_the_last_casing_hint_counts_and_none_is_forwarded() -> None:
+    pairs = [*REQUEST, (b"x-a", b"1"), (HEADER_CASE, b"X-A"), (b"x-b", b"2"), (HEADER_CASE, b"X-B")]
+    head = request_from_h2(pairs, from_mesh=True)
+    assert head.headers.fields == [(b"host", b"host", b"orders:8080"), (b"x-a", b"x-a", b"1"), (b"x-b", b"X-B", b"2")]
