@@ -15,8 +15,8 @@ What it owns:
   errors §5.1 prescribes: a stream error resets that stream (RST_STREAM), a connection error raises
   `H2ConnectionError` after queuing GOAWAY. A stream's state is the two flags `local_ended` and
   `remote_ended`; it leaves `streams` once both are set or it is reset, and the way it closed is
-  remembered for the last `CLOSED_MEMORY` streams or so, to tell frames still in flight (ignored) from a
-  peer's mistake (STREAM_CLOSED).
+  remembered for the last `CLOSED_MEMORY` streams or so, to tell frames still in flight (ignored)
+  from a peer's mistake (STREAM_CLOSED).
 - **Flow control**, both directions, for the connection and each stream: the peer's WINDOW_UPDATE and
   SETTINGS_INITIAL_WINDOW_SIZE (applied to open streams) on the send side, overflow checks; on the
   receive side the windows the peer must respect, with credit returned by `acknowledge()` as the
