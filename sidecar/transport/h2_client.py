@@ -44,6 +44,7 @@ from ..http.h2_conn import (
     H2StateError,
 )
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
+from .backlog import Backlog
 from .h1_client import MAX_RESPONSE_HEAD
 from .h2_body import CONNECTION_WINDOW, STREAM_WINDOW, H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
@@ -88,10 +89,7 @@ class H2ClientConnection:
         self._exchanges: dict[int, _Exchange] = {}
         self._peer_settings = trio.Event()  # the peer's first SETTINGS arrived (or the connection ended)
         self._windows: dict[int, trio.Event] = {}
-        self._backlog: list[bytes] = []  # h2 output waiting for the writer
-        self._backlog_size = 0
-        self._writer_wake: trio.Event | None = None
-        self._drained: trio.Event | None = None
+        self._backlog = Backlog()  # output waiting for the writer
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.h2.initiate()  # the preface, our SETTINGS (push disabled, the windows), the connection window
@@ -124,42 +122,29 @@ class H2ClientConnection:
         (or when the connection closed, so that it ends)."""
         data = self.h2.data_to_send()
         if data:
-            self._backlog.append(data)
-            self._backlog_size += len(data)
-        elif not self.closed:
-            return
-        wake = self._writer_wake
-        if wake is not None:
-            self._writer_wake = None
-            wake.set()
+            self._backlog.add(data)
+        elif self.closed:
+            self._backlog.wake()
 
     async def _writer(self) -> None:
         backlog = self._backlog
         try:
             while not self.closed:
                 if backlog:
-                    data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
-                    backlog.clear()
-                    self._backlog_size = 0
-                    await self.stream.send_all(data)
+                    backlog.writing = True
+                    await self.stream.send_all(backlog.take())
+                    backlog.writing = False
                     continue
-                drained, self._drained = self._drained, None
-                if drained is not None:
-                    drained.set()
-                self._writer_wake = wake = trio.Event()
-                await wake.wait()
+                await backlog.idle()
         except _STREAM_ERRORS:
             self.close()  # the reader sees the closed socket and fails every exchange
         finally:
-            drained, self._drained = self._drained, None
-            if drained is not None:
-                drained.set()
+            backlog.writing = False
+            backlog.release()
 
     async def _wait_drained(self) -> None:
         """Back off until the writer has sent what is queued."""
-        if self._drained is None:
-            self._drained = trio.Event()
-        await self._drained.wait()
+        await self._backlog.sent()
 
     async def acknowledge(self, stream_id: int, flow_controlled: int) -> None:
         self.h2.acknowledge(stream_id, flow_controlled)
@@ -253,7 +238,7 @@ class H2ClientConnection:
                 h2c.send_data(stream_id, view[:window])
                 view = view[window:]
             self.kick()
-            if self._backlog_size > HIGH_WATER:
+            if self._backlog.size > HIGH_WATER:
                 await self._wait_drained()
             if self.closed:
                 raise trio.ClosedResourceError("upstream connection closed")
@@ -299,7 +284,7 @@ class H2ClientConnection:
                 self.kick()
                 if self.goaway and not self._exchanges:
                     break  # nothing left to wait for on a connection the peer is closing
-                if self._backlog_size > HIGH_WATER and not self.closed:
+                if self._backlog.size > HIGH_WATER and not self.closed:
                     await self._wait_drained()  # what a peer that does not read makes us queue stays bounded
         finally:
             self.closed = True

@@ -52,6 +52,7 @@ from ..http.h2_conn import (
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, Response
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
+from .backlog import Backlog
 from .h1_server import ServerLimits
 from .h2_body import H2Body
 from .h2_guard import (
@@ -108,16 +109,12 @@ class H2Server:
         self.h2.frame_guard = self.guard.frame_guard(trio.current_time)
         self.stall_timeout = STALL_TIMEOUT_FACTOR * limits.header_read_timeout
         self.timer = ConnectionTimer()
-        self._backlog: list[bytes] = []  # h2 output waiting for the writer
-        self._backlog_size = 0
-        self._writer_wake: trio.Event | None = None
-        self._drained: trio.Event | None = None  # set when the backlog is sent (or can never be)
+        self._backlog = Backlog()  # output waiting for the writer
         self._bodies: dict[int, H2Body] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._windows: dict[int, trio.Event] = {}
         self._goaway_sent = False
         self._nursery: trio.Nursery | None = None
-        self._writing = False  # the writer is in a write: the timer's deadline is the stall timeout
         self._wire_broken = False  # a write failed or was cut half-way: nothing more can be sent
         self._reported: set[str] | None = None  # abuses logged on this connection
         self._last_stream_id = 0  # the last stream handed to a task (GOAWAY's last stream after abuse)
@@ -129,26 +126,18 @@ class H2Server:
         data = self.h2.data_to_send()
         if data:
             self._queue(data)
-        if self._backlog_size > HIGH_WATER:
+        if self._backlog.size > HIGH_WATER:
             await self._sent()
         if self._wire_broken:
             raise DownstreamGone("client went away")
 
     def _queue(self, data: bytes) -> None:
-        self._backlog.append(data)
-        self._backlog_size += len(data)
-        wake = self._writer_wake
-        if wake is not None:
-            self._writer_wake = None
-            wake.set()
+        self._backlog.add(data)
 
     async def _sent(self) -> None:
         """Wait until the writer has sent the backlog (or the connection can send no more)."""
-        if (not self._backlog_size and not self._writing) or self._wire_broken:
-            return
-        if self._drained is None:
-            self._drained = trio.Event()
-        await self._drained.wait()
+        if not self._wire_broken:
+            await self._backlog.sent()
 
     async def _writer(self) -> None:
         """Send the backlog, all of it in one write, whenever there is one. While a write waits, the
@@ -159,16 +148,10 @@ class H2Server:
         try:
             while True:
                 if not backlog:
-                    drained, self._drained = self._drained, None
-                    if drained is not None:
-                        drained.set()
-                    self._writer_wake = wake = trio.Event()
-                    await wake.wait()
+                    await backlog.idle()
                     continue
-                data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
-                backlog.clear()
-                self._backlog_size = 0
-                self._writing = True
+                data = backlog.take()
+                backlog.writing = True
                 timer.deadline = trio.current_time() + self.stall_timeout
                 try:
                     await self.stream.send_all(data)
@@ -179,12 +162,10 @@ class H2Server:
                 except BaseException:
                     self._write_cut()
                     raise
-                self._writing = False
+                backlog.writing = False
                 self._mark_idle()
         finally:
-            drained, self._drained = self._drained, None
-            if drained is not None:
-                drained.set()
+            backlog.release()
 
     def _write_cut(self) -> None:
         """A write ended half-way: the byte stream holds a partial frame, so the connection ends."""
@@ -270,14 +251,13 @@ class H2Server:
         if not self._goaway_sent and not self.h2.closed:
             self._goaway_sent = True
             self.h2.goaway()
-        data = b"".join(self._backlog) + self.h2.data_to_send()
-        self._backlog.clear()
+        data = self._backlog.take() + self.h2.data_to_send()
         if data:
             with contextlib.suppress(*_STREAM_ERRORS):
                 await self.stream.send_all(data)
 
     def _mark_idle(self) -> None:
-        if self._writing:
+        if self._backlog.writing:
             return  # the write's stall deadline stands; the write calls this when it is done
         timer = self.timer
         if self._scopes:

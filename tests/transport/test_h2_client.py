@@ -48,7 +48,7 @@ async def test_acks_of_a_ping_flood_are_bounded_when_the_upstream_does_not_read(
     async def watch() -> None:
         nonlocal largest
         while True:
-            largest = max(largest, conn._backlog_size)
+            largest = max(largest, conn._backlog.size)
             await trio.sleep(0.01)
 
     async with trio.open_nursery() as nursery:
