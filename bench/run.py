@@ -5,6 +5,7 @@
     python bench/run.py --duration 5 --setups sidecar-1
     python bench/run.py --profile       # one-sidecar requests/s step under py-spy (or: --profile cprofile)
     python bench/run.py --profile cprofile --profile-step h2   # the one-sidecar h2load step instead
+    python bench/run.py --profile cprofile --profile-setup sidecar-1-policies   # another one-sidecar setup
 
 See bench/README.md for what each figure means. This file only wires the pieces in bench/harness/.
 """
@@ -51,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["rps", "h2"],
         default="rps",
         help="which step --profile runs: wrk requests/s (default) or h2load over HTTP/2",
+    )
+    parser.add_argument(
+        "--profile-setup",
+        choices=sorted(profiling.ONE_SIDECAR),
+        default="sidecar-1",
+        help="which one-sidecar setup --profile runs (default sidecar-1)",
     )
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv", help="venv with the sidecar installed")
     parser.add_argument("--keep-temp", action="store_true", help="keep configs and logs of the run")
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher = SidecarLauncher.default(args.venv, proxy_core)
             bench = Bench(paths, run_dir, args.venv, origin, launcher, loadgen_core, proxy_core)
             if args.profile:
-                return profiling.run(bench, args.profile, args.profile_step, timing, RESULTS, stamp)
+                return profiling.run(bench, args.profile, args.profile_setup, args.profile_step, timing, RESULTS, stamp)
             estimate = len(setups) * (timing.warmup + STEPS_PER_SETUP * timing.duration + 2)
             print(f"bench: {len(setups)} setups, about {estimate} s; temp dir {run_dir}", flush=True)
             results = run_setups(bench, setups, timing)

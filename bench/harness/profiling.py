@@ -1,5 +1,6 @@
 """`--profile`: one load step of one sidecar under a profiler, to see where the proxy spends time.
-The step is wrk's requests/s (`--profile-step rps`) or h2load over HTTP/2 (`--profile-step h2`).
+The step is wrk's requests/s (`--profile-step rps`) or h2load over HTTP/2 (`--profile-step h2`); the
+sidecar is one of the one-sidecar setups (`--profile-setup`: default config, no retries, all policies).
 
 Two profilers:
   py-spy    (default) attaches to the running sidecar by PID from the load-generator core, samples
@@ -18,25 +19,36 @@ import pstats
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from harness import measure, nginx
 from harness.procs import ProcessSet, StartFailed, pinned
-from harness.setups import Bench, Front, one_sidecar
+from harness.setups import Bench, Front, one_sidecar, one_sidecar_all_policies, one_sidecar_no_retries
 from harness.sidecars import SidecarLauncher
 
+ONE_SIDECAR: dict[str, Callable[[Bench, ProcessSet], Front]] = {
+    "sidecar-1": one_sidecar,
+    "sidecar-1-bare": one_sidecar_no_retries,
+    "sidecar-1-policies": one_sidecar_all_policies,
+}
 
-def run(bench: Bench, tool: str, step: str, timing: measure.Timing, out_dir: Path, stamp: str) -> int:
-    """Profile one step ("rps" or "h2") of one sidecar; returns the process exit code."""
+
+def run(bench: Bench, tool: str, setup: str, step: str, timing: measure.Timing, out_dir: Path, stamp: str) -> int:
+    """Profile one step ("rps" or "h2") of one sidecar setup; returns the process exit code."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    build = ONE_SIDECAR[setup]
+    name = f"profile-{setup}-{step}-{stamp}"
     if tool == "cprofile":
-        return run_cprofile(bench, step, timing, out_dir / f"profile-{step}-{stamp}.pstats")
-    return run_pyspy(bench, step, timing, out_dir / f"profile-{step}-{stamp}.svg")
+        return run_cprofile(bench, build, step, timing, out_dir / f"{name}.pstats")
+    return run_pyspy(bench, build, step, timing, out_dir / f"{name}.svg")
 
 
-def start_sidecar(bench: Bench, procs: ProcessSet, timing: measure.Timing) -> Front:
-    front = one_sidecar(bench, procs)
+def start_sidecar(
+    bench: Bench, build: Callable[[Bench, ProcessSet], Front], procs: ProcessSet, timing: measure.Timing
+) -> Front:
+    front = build(bench, procs)
     measure.smoke_check(front)
     if timing.warmup:
         measure.wrk(bench, front, nginx.SMALL_PATH, measure.CONNECTIONS, timing.warmup)
@@ -65,11 +77,13 @@ def pyspy_binary(venv: Path) -> str:
     return str(candidate) if candidate.exists() else str(shutil.which("py-spy"))
 
 
-def run_pyspy(bench: Bench, step: str, timing: measure.Timing, out: Path) -> int:
+def run_pyspy(
+    bench: Bench, build: Callable[[Bench, ProcessSet], Front], step: str, timing: measure.Timing, out: Path
+) -> int:
     pyspy = pyspy_binary(bench.venv)
     with ProcessSet(bench.run_dir) as procs:
         try:
-            front = start_sidecar(bench, procs, timing)
+            front = start_sidecar(bench, build, procs, timing)
         except StartFailed as exc:
             return report_failure(exc)
         argv = [pyspy, "record", "--nonblocking", "--pid", str(front.proxies[0].pid)]
@@ -85,13 +99,15 @@ def run_pyspy(bench: Bench, step: str, timing: measure.Timing, out: Path) -> int
     return 0
 
 
-def run_cprofile(bench: Bench, step: str, timing: measure.Timing, out: Path) -> int:
+def run_cprofile(
+    bench: Bench, build: Callable[[Bench, ProcessSet], Front], step: str, timing: measure.Timing, out: Path
+) -> int:
     python = str(bench.venv / "bin" / "python")
     command = [python, "-m", "cProfile", "-o", str(out), "-m", "sidecar"]
     launcher = SidecarLauncher(command, bench.proxy_core, stop_signal=signal.SIGINT, stop_timeout=30.0)
     with ProcessSet(bench.run_dir) as procs:
         try:
-            front = start_sidecar(replace(bench, launcher=launcher), procs, timing)
+            front = start_sidecar(replace(bench, launcher=launcher), build, procs, timing)
         except StartFailed as exc:
             return report_failure(exc)
         load_step(bench, front, step, timing)
