@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from ..http.errors import BodyTooLarge
+from ..http.errors import BodyTooLarge, UpstreamTimeout
 from ..http.message import Headers
 
 STREAM_WINDOW = 256 * 1024  # SETTINGS_INITIAL_WINDOW_SIZE we advertise
@@ -37,7 +37,11 @@ class H2Body:
     side), fed by the connection's reader; reading a chunk acknowledges it to the peer, which is the
     backpressure: what a stream holds is bounded by its flow-control window. Chunks left unread when
     the body is given up are credited back too: the connection window is shared by every stream, and
-    what an abandoned body kept would be lost to all of them."""
+    what an abandoned body kept would be lost to all of them.
+
+    A response body may have a `stall_timeout` (the service's stream idle timeout): a wait for the
+    next chunk longer than that gives the body up (the stream is reset) with 504 `upstream_timeout`,
+    as `transport.body.WireBody` does on HTTP/1.1."""
 
     __slots__ = (
         "_chunks",
@@ -47,6 +51,7 @@ class H2Body:
         "_on_done",
         "_owner",
         "_received",
+        "_stall_timeout",
         "_stream_id",
         "_wake",
         "done",
@@ -62,8 +67,10 @@ class H2Body:
         length: int | None,
         limit: int = 0,
         on_done: Callable[[bool], None] | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         self._owner = owner
+        self._stall_timeout = stall_timeout
         self._on_done = on_done
         self._stream_id = stream_id
         self._chunks: deque[tuple[bytes, int]] = deque()
@@ -113,8 +120,15 @@ class H2Body:
             if self._ended or self.done:
                 self._finish(failed=self.failed)
                 return b""
-            self._wake = trio.Event()
-            await self._wake.wait()
+            self._wake = wake = trio.Event()
+            if self._stall_timeout is None:
+                await wake.wait()
+                continue
+            with trio.CancelScope(relative_deadline=self._stall_timeout):
+                await wake.wait()
+                continue
+            self._finish(failed=True)
+            raise UpstreamTimeout(detail=f"no body bytes for {self._stall_timeout}s")
         data, flow_controlled = self._chunks.popleft()
         await self._owner.acknowledge(self._stream_id, flow_controlled)
         if self._limit:

@@ -363,7 +363,9 @@ class H2ClientConnection:
         length = int(cl) if cl is not None and cl.isdigit() else None
         exchange.status = int(pairs[0][1])
         exchange.headers = headers
-        exchange.body = H2Body(self, stream_id, length, on_done=self._body_done(stream_id))
+        exchange.body = H2Body(
+            self, stream_id, length, on_done=self._body_done(stream_id), stall_timeout=self.pool.stream_idle_timeout
+        )
         if ended:
             exchange.body.end()
         exchange.ready.set()

@@ -288,6 +288,37 @@ async def test_a_response_body_that_stalls_is_cut_after_the_idle_timeout(mesh: M
         await closed.wait()  # and the upstream connection was closed, not kept
 
 
+async def test_a_stalled_http2_response_body_is_cut_and_its_stream_reset(mesh: Mesh) -> None:
+    reset = trio.Event()
+
+    async def stalling(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await echo_app(scope, receive, send)  # lifespan
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b"the first part", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":  # then nothing, until the stream is reset
+            pass
+        reset.set()
+
+    origin = await mesh.origin(stalling)  # hypercorn, h2c with prior knowledge
+    sc = await mesh.sidecar(services=[service("orders", origin, protocol="http2", timeouts={"idle": "300ms"})])
+    async with await client_for(sc) as client:
+        started = trio.current_time()
+        with trio.fail_after(5):
+            try:
+                async with client.stream("GET", "/x") as r:
+                    assert r.status_code == 200
+                    received = b"".join([chunk async for chunk in r.aiter_raw()])
+            except httpx.HTTPError:
+                received = None
+        took = trio.current_time() - started
+        assert received is None or len(received) < 1000  # cut short, not completed
+        assert 0.25 < took < 2
+        with trio.fail_after(2):
+            await reset.wait()  # the origin's stream was reset, not left open
+
+
 async def test_retries_across_two_sidecars_over_the_http2_hop(mesh: Mesh) -> None:
     from .conftest import mesh_service
 
