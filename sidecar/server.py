@@ -25,6 +25,7 @@ from .listeners.outbound import outbound_handler
 from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .security import MeshSecurity
+from .telemetry.metrics import RequestMetrics
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.h2_server import H2Server
 from .transport.listener import ConnectionHandler, Listener
@@ -48,6 +49,10 @@ class Runtime:
         self.listeners: dict[str, Listener] = {}
         # TLS handshake failures by (listener, reason); sidecar_tls_handshake_failures_total reads it.
         self.tls_failures: Counter[tuple[str, str]] = Counter()
+        self.metrics = RequestMetrics()  # finished requests and config reloads, for /metrics
+        # The last config reload that failed, as (RFC 3339 UTC time, message), for /config; a good
+        # reload clears it.
+        self.config_error: tuple[str, str] | None = None
         self._drain_requested = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self.apply(snapshot)

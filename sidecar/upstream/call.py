@@ -78,6 +78,7 @@ async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy, deadli
             if trio.current_time() >= deadline:  # the request timeout ran out, in the backoff or the try
                 raise _request_timeout(cluster)
             attempt += 1
+            cluster.retries += 1
             request.headers.set(b"x-sidecar-attempt", str(attempt).encode())
             endpoint = cluster.pick(request, avoid=endpoint)  # another one when one is available
     finally:

@@ -148,12 +148,15 @@ class EndpointStatistics:
 @dataclass(frozen=True, slots=True)
 class ClusterStatistics:
     """One service as `/clusters` shows it: its endpoints, whether a breaker threshold is full, and
-    its ejections so far (`sidecar_upstream_ejections_total`)."""
+    its ejections and retries so far (`sidecar_upstream_ejections_total`,
+    `sidecar_upstream_retries_total`), and its open connections (`sidecar_upstream_connections_active`)."""
 
     name: str
     endpoints: tuple[EndpointStatistics, ...]
     ejections: int
     breaker_open: bool
+    retries: int = 0
+    open_connections: int = 0
 
 
 class Endpoint:
@@ -240,6 +243,7 @@ class Cluster:
         self.balancer: Balancer | None = None  # None: no endpoint is available
         self.available_count = 0
         self.ejections = 0  # ejections so far, for sidecar_upstream_ejections_total
+        self.retries = 0  # retries started so far, for sidecar_upstream_retries_total
         self.outlier: OutlierDetector | None = None
         self.health: HealthChecker | None = None
         self.needs_dns = False
@@ -399,7 +403,10 @@ class Cluster:
 
     def statistics(self) -> ClusterStatistics:
         endpoints = tuple(e.statistics() for e in self.endpoints)
-        return ClusterStatistics(self.name, endpoints, self.ejections, self.breaker.is_open(self.open_connections))
+        connections = self.open_connections
+        return ClusterStatistics(
+            self.name, endpoints, self.ejections, self.breaker.is_open(connections), self.retries, connections
+        )
 
     async def resolve(self) -> None:
         """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""
