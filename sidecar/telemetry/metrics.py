@@ -61,14 +61,16 @@ class Histogram:
 
 class RequestMetrics:
     """Finished requests by (direction, service, code) and their durations by (direction, service);
-    config reloads by result. (Retries, ejections and connections are the upstream registry's.)"""
+    config reloads by result; spans dropped by the trace exporter (set from its thread). Retries,
+    ejections and connections are the upstream registry's."""
 
-    __slots__ = ("config_reloads", "durations", "requests")
+    __slots__ = ("config_reloads", "durations", "requests", "spans_dropped")
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.durations: dict[tuple[str, str], Histogram] = {}
         self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
+        self.spans_dropped = 0
 
     def request_finished(self, direction: str, service: str, status: int, seconds: float) -> None:
         self.requests[(direction, service, str(status))] += 1
