@@ -75,6 +75,7 @@ __all__ = [
     "SidecarConfig",
     "SidecarTls",
     "Timeouts",
+    "Tracing",
     "ValidationError",
     "format_duration",
     "format_size",
@@ -237,6 +238,35 @@ class AdminConfig(Model):
     listen: AddressField = Address("127.0.0.1", 15000)  # noqa: RUF009 (frozen)
 
 
+def _ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {show(value)}")
+    return float(value)
+
+
+def _collector_url(value: object) -> str:
+    """An OTLP/HTTP base URL (``/v1/traces`` is appended), as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is."""
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {show(value)}")
+    return value
+
+
+TraceExporter = Literal["otlp", "console", "none"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tracing(Model):
+    """Where spans go (SPEC §7). A field left out is taken from the standard ``OTEL_*`` environment
+    variables (``telemetry/tracing.py`` says which); values written here win over them."""
+
+    exporter: Annotated[TraceExporter | None, one_of(*get_args(TraceExporter))] = None
+    """``otlp`` (HTTP/protobuf), ``console`` (spans as JSON on stdout) or ``none``."""
+    endpoint: Annotated[str | None, plain(_collector_url)] = None
+    """The collector's OTLP/HTTP base URL, e.g. ``http://127.0.0.1:4318``."""
+    sample_ratio: Annotated[float | None, plain(_ratio)] = None
+    """The share of new traces recorded (0 to 1); a caller's sampling decision is always followed."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits(Model):
     """Request limits, applied on both listeners."""
@@ -261,6 +291,7 @@ class SidecarConfig(Model):
     """The inbound listener; ``None`` (section absent) means no inbound listener: a pure client."""
     outbound: Annotated[OutboundConfig, nested(OutboundConfig)] = OutboundConfig()
     admin: Annotated[AdminConfig, nested(AdminConfig)] = AdminConfig()
+    tracing: Annotated[Tracing, nested(Tracing)] = Tracing()
     limits: Annotated[Limits, nested(Limits)] = Limits()
     drain_timeout: Duration = 20 * SECONDS
     """On drain, exit at the latest after this long."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 
 # Upper bounds of the duration histogram, in seconds: a proxy hop is sub-millisecond, an upstream
 # call anywhere from a millisecond to a minute.
@@ -61,16 +62,21 @@ class Histogram:
 
 class RequestMetrics:
     """Finished requests by (direction, service, code) and their durations by (direction, service);
-    config reloads by result; spans dropped by the trace exporter (set from its thread). Retries,
-    ejections and connections are the upstream registry's."""
+    config reloads by result; and, through `dropped_spans_source`, the spans tracing dropped.
+    Retries, ejections and connections are the upstream registry's."""
 
-    __slots__ = ("config_reloads", "durations", "requests", "spans_dropped")
+    __slots__ = ("config_reloads", "dropped_spans_source", "durations", "requests")
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.durations: dict[tuple[str, str], Histogram] = {}
         self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
-        self.spans_dropped = 0
+        self.dropped_spans_source: Callable[[], int] = lambda: 0  # tracing sets its own counter here
+
+    @property
+    def spans_dropped(self) -> int:
+        """Spans lost on the way to the collector (a full queue, a failed export)."""
+        return self.dropped_spans_source()
 
     def request_finished(self, direction: str, service: str, status: int, seconds: float) -> None:
         self.requests[(direction, service, str(status))] += 1
