@@ -26,6 +26,8 @@ from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .telemetry.metrics import RequestMetrics
+from .telemetry.record import Telemetry, access_log_wanted, access_logger
+from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.h2_server import H2Server
 from .transport.listener import ConnectionHandler, Listener
@@ -53,6 +55,9 @@ class Runtime:
         # The last config reload that failed, as (RFC 3339 UTC time, message), for /config; a good
         # reload clears it.
         self.config_error: tuple[str, str] | None = None
+        self.telemetry: Telemetry | None = None
+        self._tracing_settings: TracingSettings | None = None
+        self._retired_tracing: list[Tracing] = []  # replaced by a reload, still sending their spans
         self._drain_requested = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self.apply(snapshot)
@@ -72,7 +77,39 @@ class Runtime:
         self.security = security
         self.allow = security.allow
         self.identity = security.identity
+        self._apply_telemetry(snapshot)
         self.snapshot = snapshot
+
+    def _apply_telemetry(self, snapshot: Snapshot) -> None:
+        """Telemetry for the snapshot's service and tracing settings; a tracer is made anew only
+        when those change (a provider is heavy and holds the spans waiting for export)."""
+        service = snapshot.sidecar.service
+        settings = resolve_settings(snapshot.sidecar.tracing)
+        current = self.telemetry
+        if current is not None and current.service == service and self._tracing_settings == settings:
+            return
+        tracing = Tracing(service, settings) if settings.exporter != "none" else None
+        if tracing is not None:
+            self.metrics.dropped_spans_source = lambda: tracing.dropped
+        access_log = access_logger() if access_log_wanted() else None
+        self._tracing_settings = settings
+        self.telemetry = Telemetry(service, self.metrics, tracing, access_log)
+        if current is not None and current.tracing is not None:
+            self._retired_tracing.append(current.tracing)
+
+    def current_telemetry(self) -> Telemetry:
+        assert self.telemetry is not None
+        return self.telemetry
+
+    async def shutdown_tracing(self) -> None:
+        """Give queued spans `SHUTDOWN_WAIT` to leave; a collector that hangs costs no more."""
+        tracers = [
+            *self._retired_tracing,
+            *([self.telemetry.tracing] if self.telemetry and self.telemetry.tracing else []),
+        ]
+        with trio.move_on_after(SHUTDOWN_WAIT):
+            for tracing in tracers:
+                await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
 
     def start_drain(self, cause: str) -> None:
         if not self.draining:
@@ -190,6 +227,7 @@ class Runtime:
                     await inbound.wait_quiet()
                 await outbound.wait_quiet()
             log.info("drained", timed_out=deadline.cancelled_caught)
+            await self.shutdown_tracing()
             nursery.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:

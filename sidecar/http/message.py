@@ -140,6 +140,24 @@ class ConnectionInfo:
     peer_identity: str | None = None  # verified SPIFFE ID of the caller, when mTLS
 
 
+class ExchangeObserver(Protocol):
+    """What watches one request for telemetry (`telemetry/record.py`): the upstream call reports
+    each try, the protocol server reports the response once written (or given up)."""
+
+    service: str  # the upstream service (outbound, once routed) or this sidecar's own (inbound)
+    reason: str | None  # the SPEC §5 reason, when the sidecar made the reply itself
+
+    def try_started(self, cluster: Any, endpoint: Any, attempt: int) -> None: ...
+
+    def try_failed(self, error: Any) -> None: ...
+
+    def try_answered(self, status: int) -> None: ...
+
+    def try_abandoned(self, status: int) -> None: ...
+
+    def response_sent(self, status: int, bytes_out: int, reason: str | None = None) -> None: ...
+
+
 class Request:
     """One HTTP request, version-independent.
 
@@ -148,6 +166,7 @@ class Request:
     owned by the downstream server that lives until the response is fully written: upstream
     clients start their request-body pump in it (None when the request has no body).
     `websocket` is a class-level flag (see `WebSocketRequest`), so it costs ordinary requests nothing.
+    `observer` is the request's telemetry record, when a layer opened one.
     """
 
     websocket: ClassVar[bool] = False
@@ -160,6 +179,7 @@ class Request:
         "host",
         "http_version",
         "method",
+        "observer",
         "path",
         "scheme",
         "target",
@@ -190,6 +210,7 @@ class Request:
         self.path: bytes = target if q < 0 else target[:q]
         self.host: str = host_of(authority) if authority else ""
         self.task_nursery: Any = None
+        self.observer: ExchangeObserver | None = None
 
 
 class WebSocketRequest(Request):

@@ -1,5 +1,6 @@
 """The inbound listener's stack: calls from other sidecars in, forwarded to the local app.
 
+observe       the request's telemetry record: metrics, access log, the SERVER span
 local_reply   SPEC §5 replies for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
 call          the local app's pooled connections (closed after app_idle_timeout), request timeout
@@ -17,6 +18,8 @@ from ..pipeline.authz import authorize, forward_client_cert
 from ..pipeline.forwarding import forwarding
 from ..pipeline.handler import Handler, compose
 from ..pipeline.local_reply import local_reply
+from ..pipeline.observe import observe
+from ..telemetry.record import INBOUND
 from ..upstream.call import call_cluster
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ def inbound_handler(runtime: Runtime) -> Handler:
         return await call_cluster(app, request, capped_timeout(app.settings.request_timeout, request.headers))
 
     return compose(
+        observe(INBOUND, runtime.current_telemetry),
         local_reply,
         authorize(lambda: runtime.allow),
         forwarding,

@@ -1,5 +1,6 @@
 """The outbound listener's stack: the local app's plain HTTP in, routed to upstream services.
 
+observe       the request's telemetry record: metrics, access log, a CLIENT span per try
 local_reply   SPEC §5 replies for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id
 route         host (+ path, headers) -> service, weighted split, route timeout
@@ -16,6 +17,8 @@ from ..http.message import Request, Response
 from ..pipeline.forwarding import forwarding
 from ..pipeline.handler import Handler, compose
 from ..pipeline.local_reply import local_reply
+from ..pipeline.observe import observe
+from ..telemetry.record import OUTBOUND
 from ..upstream.call import call_cluster
 
 if TYPE_CHECKING:
@@ -27,6 +30,8 @@ FIRST_ATTEMPT = b"1"
 def outbound_handler(runtime: Runtime) -> Handler:
     async def route_and_call(request: Request) -> Response:
         destination = runtime.router.destination(request)
+        if request.observer is not None:
+            request.observer.service = destination.service
         cluster = runtime.registry.clusters.get(destination.service)
         if cluster is None:
             raise NoRoute(detail=f"service {destination.service!r} is not configured")
@@ -34,4 +39,4 @@ def outbound_handler(runtime: Runtime) -> Handler:
         timeout = capped_timeout(destination.timeout or cluster.settings.request_timeout, request.headers)
         return await call_cluster(cluster, request, timeout)
 
-    return compose(local_reply, forwarding, terminal=route_and_call)
+    return compose(observe(OUTBOUND, runtime.current_telemetry), local_reply, forwarding, terminal=route_and_call)

@@ -61,7 +61,10 @@ async def call_guarded(handler: Handler, request: Request) -> Response:
         raise
     except Exception:
         log.exception("handler_failed")
-        return error_response(ProxyError(), request)
+        internal = ProxyError()
+        if request.observer is not None:
+            request.observer.reason = internal.reason
+        return error_response(internal, request)
 
 
 def local_reply(inner: Handler) -> Handler:
@@ -79,6 +82,8 @@ def local_reply(inner: Handler) -> Handler:
                     detail=error.detail,
                     authority=request.authority.decode("latin-1") if request.authority else None,
                 )
+            if request.observer is not None:
+                request.observer.reason = error.reason
             return error_response(error, request)
 
     return handle

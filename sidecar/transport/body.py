@@ -31,13 +31,13 @@ class WireBody:
         "_on_abort",
         "_on_end",
         "_on_first_read",
-        "_received",
         "_remaining",
         "_stall_timeout",
         "_wire",
         "done",
         "failed",
         "length",
+        "received",
         "trailers",
     )
 
@@ -66,7 +66,7 @@ class WireBody:
         self._on_end = on_end
         self._on_abort = on_abort
         self._limit = limit
-        self._received = 0
+        self.received = 0  # body bytes read so far (the access log's bytes_in)
         self._on_first_read = on_first_read
         self._stall_timeout = stall_timeout  # a wait for more bytes longer than this ends the body
 
@@ -149,11 +149,10 @@ class WireBody:
         raise UpstreamTimeout(detail=f"no body bytes for {self._stall_timeout}s")
 
     def _count(self, data: bytes) -> bytes:
-        if self._limit:
-            self._received += len(data)
-            if self._received > self._limit:
-                self._abort()
-                raise BodyTooLarge()
+        self.received += len(data)
+        if self._limit and self.received > self._limit:
+            self._abort()
+            raise BodyTooLarge()
         return data
 
     def _abort(self) -> None:

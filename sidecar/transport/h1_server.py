@@ -59,6 +59,10 @@ class ServerLimits:
 class _Abort(Exception):
     """The response broke after its head went out: the only honest signal left is closing."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 def _downstream_gone(message: str) -> Exception:
     return DownstreamGone(message)
@@ -254,7 +258,8 @@ class H1Server:
         return await call_guarded(self.handler, request)
 
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
-        """Write `response`; returns whether the connection stays open."""
+        """Write `response`; returns whether the connection stays open. The request's observer
+        hears what went out: the status, the body bytes and the reason of a reply made here."""
         minor = 1 if request.http_version == "1.1" else 0
         # A request body still unread when the response starts may never be read: say we close.
         request_body = request.body
@@ -267,6 +272,8 @@ class H1Server:
         status = response.status
         body = response.body
         send = self.wire.send
+        sent = 0  # body bytes written
+        reason: str | None = None
         try:
             if request.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200:
                 if status == 101:
@@ -287,14 +294,17 @@ class H1Server:
             try:
                 first = await body.read() if framing else b""
             except ProxyError as error:  # nothing sent yet: we can still answer properly
+                status, reason = error.status, error.reason
                 await self._reply_and_close(error, minor)
                 return False
             head = response_head_bytes(status, response.reason, response.headers, framing, minor=minor, close=close)
+            sent = len(first)
             if framing == CHUNKED:
                 if first:
                     await send(head + chunk_bytes(first))
                     while chunk := await self._next_chunk(body):
                         await send(chunk_bytes(chunk))
+                        sent += len(chunk)
                 else:
                     head += last_chunk_bytes(body.trailers)
                     await send(head)
@@ -305,12 +315,17 @@ class H1Server:
                 if framing and not getattr(body, "done", False):  # one read often carries it all
                     while chunk := await self._next_chunk(body):
                         await send(chunk)
+                        sent += len(chunk)
             return not close
         except _STREAM_ERRORS:
             raise DownstreamGone("client went away") from None
-        except _Abort:
+        except _Abort as abort:
+            reason = abort.reason
             raise DownstreamGone("response aborted") from None
         finally:
+            observer = request.observer
+            if observer is not None:
+                observer.response_sent(status, sent, reason)
             await body.aclose()
 
     async def _switch_protocols(self, response: Response) -> None:
@@ -329,7 +344,7 @@ class H1Server:
             return await body.read()
         except ProxyError as error:
             log.info("response_aborted", reason=error.reason, detail=error.detail)
-            raise _Abort() from None
+            raise _Abort(error.reason) from None
 
     async def _reply_and_close(self, error: ProxyError, minor: int = 1) -> None:
         response = error_response(error)

@@ -50,13 +50,13 @@ class H2Body:
         "_limit",
         "_on_done",
         "_owner",
-        "_received",
         "_stall_timeout",
         "_stream_id",
         "_wake",
         "done",
         "failed",
         "length",
+        "received",
         "trailers",
     )
 
@@ -78,7 +78,7 @@ class H2Body:
         self._ended = False
         self._error: Exception | None = None
         self._limit = limit
-        self._received = 0
+        self.received = 0  # body bytes read so far (the access log's bytes_in)
         self.length = length
         self.trailers: Headers | None = None
         self.done = False
@@ -131,11 +131,10 @@ class H2Body:
             raise UpstreamTimeout(detail=f"no body bytes for {self._stall_timeout}s")
         data, flow_controlled = self._chunks.popleft()
         await self._owner.acknowledge(self._stream_id, flow_controlled)
-        if self._limit:
-            self._received += len(data)
-            if self._received > self._limit:
-                self._finish(failed=True)
-                raise BodyTooLarge()
+        self.received += len(data)
+        if self._limit and self.received > self._limit:
+            self._finish(failed=True)
+            raise BodyTooLarge()
         return data
 
     def _finish(self, *, failed: bool) -> None:

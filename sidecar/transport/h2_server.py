@@ -49,7 +49,7 @@ from ..http.h2_conn import (
     H2ConnectionError,
     H2StateError,
 )
-from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Headers, Request, Response
+from ..http.message import EMPTY_BODY, Body, ConnectionInfo, ExchangeObserver, Headers, Request, Response
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
 from .backlog import Backlog
@@ -405,12 +405,12 @@ class H2Server:
                     return
                 if request.body is EMPTY_BODY:  # nothing to pump upstream: no nursery needed
                     response = await self._call(request)
-                    await self._respond(stream_id, request.method, response)
+                    await self._respond(stream_id, request.method, response, request.observer)
                 else:
                     async with trio.open_nursery() as nursery:
                         request.task_nursery = nursery
                         response = await self._call(request)
-                        await self._respond(stream_id, request.method, response)
+                        await self._respond(stream_id, request.method, response, request.observer)
                         nursery.cancel_scope.cancel()
             if not scope.cancelled_caught:
                 self.guard.stream_completed()
@@ -436,18 +436,26 @@ class H2Server:
     async def _call(self, request: Request) -> Response:
         return await call_guarded(self.handler, request)
 
-    async def _respond(self, stream_id: int, method: bytes, response: Response) -> None:
+    async def _respond(
+        self, stream_id: int, method: bytes, response: Response, observer: ExchangeObserver | None = None
+    ) -> None:
+        """Send `response` on the stream; `observer` hears the status, body bytes and the reason of
+        a reply made here once it is sent (or given up)."""
         h2c = self.h2
         body = response.body
+        status = response.status
+        sent = 0
+        reason: str | None = None
         try:
-            headers = response_to_h2(response.status, response.headers, to_mesh=self.mesh_peer)
-            if method == b"HEAD" or response.status in _NO_BODY_STATUS:
+            headers = response_to_h2(status, response.headers, to_mesh=self.mesh_peer)
+            if method == b"HEAD" or status in _NO_BODY_STATUS:
                 h2c.send_headers(stream_id, headers, end_stream=True)
                 await self.flush()
                 return
             try:
                 first = await body.read()
             except ProxyError as error:  # nothing sent yet: answer properly
+                status, reason = error.status, error.reason
                 local = error_response(error)
                 h2c.send_headers(stream_id, response_to_h2(local.status, local.headers))
                 await self._send_data(stream_id, await local.body.read(), end=True)
@@ -459,6 +467,7 @@ class H2Server:
             h2c.send_headers(stream_id, headers)
             chunk = first
             while chunk:
+                sent += len(chunk)
                 if getattr(body, "done", False) and body.trailers is None:  # the last chunk: it ends the stream
                     await self._send_data(stream_id, chunk, end=True)
                     return
@@ -466,6 +475,7 @@ class H2Server:
                 try:
                     chunk = await body.read()
                 except ProxyError as error:
+                    reason = error.reason
                     log.info("response_aborted", reason=error.reason, detail=error.detail)
                     h2c.reset(stream_id, ErrorCode.INTERNAL_ERROR)
                     await self.flush()
@@ -478,6 +488,8 @@ class H2Server:
         except H2StateError:
             raise DownstreamGone("stream closed") from None
         finally:
+            if observer is not None:
+                observer.response_sent(status, sent, reason)
             await body.aclose()
 
     async def _send_data(self, stream_id: int, data: bytes, *, end: bool) -> None:

@@ -58,7 +58,7 @@ async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy, deadli
             failure: ProxyError | None = None
             response: Response | None = None
             try:
-                response = await _try(cluster, endpoint, request, deadline, retry=attempt > 1)
+                response = await _try(cluster, endpoint, request, deadline, attempt)
             except ProxyError as error:
                 failure = error
             if response is not None:
@@ -68,6 +68,8 @@ async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy, deadli
                     return response
                 with trio.CancelScope(deadline=deadline):
                     await response.body.aclose()  # not handed on: this answer is replaced by a retry's
+                if request.observer is not None:
+                    request.observer.try_abandoned(response.status)
             elif failure is not None and not (
                 policy.retries_error(method, failure) and _may_try_again(cluster, policy, attempt, replay)
             ):
@@ -98,27 +100,34 @@ def _request_timeout(cluster: Cluster) -> UpstreamTimeout:
     return UpstreamTimeout(detail=f"{cluster.name}: no response before the request timeout ran out")
 
 
-async def _try(
-    cluster: Cluster, endpoint: Endpoint, request: Request, deadline: float, *, retry: bool = False
-) -> Response:
-    """One try, which must have its response head by `deadline` (the request timeout's); a retry
-    counts in the budget and `max_retries` meanwhile. Its outcome goes to outlier detection: the
-    status, or None when no response head came (a caller that went away is not counted)."""
+async def _try(cluster: Cluster, endpoint: Endpoint, request: Request, deadline: float, attempt: int = 1) -> Response:
+    """Try number `attempt`, which must have its response head by `deadline` (the request
+    timeout's); a retry counts in the budget and `max_retries` meanwhile. Its outcome goes to
+    outlier detection: the status, or None when no response head came (a caller that went away is
+    not counted), and to the request's telemetry record."""
     breaker = cluster.breaker
     budget = cluster.budget
+    retry = attempt > 1
     if retry:
         breaker.retries += 1
         budget.started()
+    observer = request.observer
+    if observer is not None:
+        observer.try_started(cluster, endpoint, attempt)
     try:
         response = await _send(cluster, endpoint, request, deadline)
-    except NO_RESPONSE:
+    except NO_RESPONSE as error:
         cluster.record(endpoint, None)
+        if observer is not None:
+            observer.try_failed(error)
         raise
     finally:
         if retry:
             breaker.retries -= 1
             budget.finished()
     cluster.record(endpoint, response.status)
+    if observer is not None:
+        observer.try_answered(response.status)
     return response
 
 

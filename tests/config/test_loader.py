@@ -488,9 +488,15 @@ SIDECAR_ERRORS = [
         service: frontend
         tls: {cert: cert.pem}
         tracing:
-          exporter: otlp
+          exporter: jaeger
+          sample_ratio: 1.5
         """,
-        ["3: tls.key: field required", "3: tls.ca: field required", "4: tracing: unknown field"],
+        [
+            "3: tls.key: field required",
+            "3: tls.ca: field required",
+            "5: tracing.exporter: invalid value 'jaeger' (expected 'otlp', 'console' or 'none')",
+            "6: tracing.sample_ratio: expected a number from 0 to 1, got 1.5",
+        ],
     ),
     (
         """
