@@ -204,6 +204,11 @@ def test_reloads_tls_failures_and_dropped_spans(tmp_path: Path, workload: Path) 
     assert scrape.value("sidecar_config_reloads_total", result="failure") == 1
     assert scrape.samples["sidecar_tls_handshake_failures_total"] == {frozenset({("listener", "inbound")}): 3.0}
     assert scrape.value("sidecar_spans_dropped_total") == 7
+    runtime.metrics.config_reloads.clear()  # a result never counted is still listed, at 0
+    assert Scrape(runtime).samples["sidecar_config_reloads_total"] == {
+        frozenset({("result", "success")}): 0.0,
+        frozenset({("result", "failure")}): 0.0,
+    }
 
 
 def test_without_inbound_listener_no_tls_listener_is_listed(tmp_path: Path, workload: Path) -> None:
