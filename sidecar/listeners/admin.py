@@ -1,30 +1,90 @@
-"""The admin listener: `/ready`, `/live`, `POST /drain` (SPEC §6).
+"""The admin listener (SPEC §6): `/ready`, `/live`, `POST /drain`, `/metrics`, `/config`, `/clusters`.
 
-It answers throughout a drain, so an orchestrator can watch `/ready` turn 503.
+It answers throughout a drain, so an orchestrator can watch `/ready` turn 503. Every page is built
+when asked, from the current snapshot and live state; HEAD answers as GET without the body.
+
+- `/metrics`: Prometheus text format, from `telemetry/prometheus.py` (one private registry per Runtime).
+- `/config`: the current snapshot's version (sha256 of its files), files, effective config, and the
+  last failed reload (`runtime.config_error`) or null.
+- `/clusters`: every outbound service (`"direction": "outbound"`, config order), then the local app
+  behind the inbound listener, named after this Sidecar's own service (`"direction": "inbound"`),
+  when there is one. Beyond SPEC §11's keys each service carries `retries`, `ejections` and
+  `open_connections`, and each endpoint `times_ejected`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from ..http.message import BytesBody, Headers, Request, Response
 from ..pipeline.handler import Handler
+from ..telemetry.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..telemetry.prometheus import collector_registry, render
+from ..upstream.registry import ClusterStatistics
 
 if TYPE_CHECKING:
     from ..server import Runtime
 
 
-def _text(status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
-    body = text.encode() + b"\n"
-    headers = Headers.of(
-        [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    )
+def _reply(status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
+    headers = Headers.of([(b"content-type", content_type), (b"content-length", str(len(body)).encode())])
     for name, value in extra or ():
         headers.add(name, value)
     return Response(status, headers, BytesBody(body))
 
 
+def _text(status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
+    return _reply(status, text.encode() + b"\n", b"text/plain; charset=utf-8", extra)
+
+
+def _json(document: dict[str, Any]) -> Response:
+    return _reply(200, json.dumps(document, indent=2).encode() + b"\n", b"application/json")
+
+
+def config_document(runtime: Runtime) -> dict[str, Any]:
+    snapshot = runtime.snapshot
+    error = runtime.config_error
+    return {
+        "version": snapshot.version,
+        "files": list(snapshot.files),
+        "config": snapshot.to_json(),
+        "last_error": None if error is None else {"time": error[0], "message": error[1]},
+    }
+
+
+def _service(stats: ClusterStatistics, name: str, direction: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "direction": direction,
+        "breaker_open": stats.breaker_open,
+        "retries": stats.retries,
+        "ejections": stats.ejections,
+        "open_connections": stats.open_connections,
+        "endpoints": [
+            {
+                "address": e.address,
+                "healthy": e.healthy,
+                "ejected": e.ejected,
+                "active_requests": e.active_requests,
+                "times_ejected": e.times_ejected,
+            }
+            for e in stats.endpoints
+        ],
+    }
+
+
+def clusters_document(runtime: Runtime) -> dict[str, Any]:
+    services = [_service(stats, stats.name, "outbound") for stats in runtime.registry.statistics()]
+    app = runtime.registry.app
+    if app is not None:
+        services.append(_service(app.statistics(), runtime.snapshot.sidecar.service, "inbound"))
+    return {"services": services}
+
+
 def admin_handler(runtime: Runtime) -> Handler:
+    metrics = collector_registry(runtime)
+
     async def handle(request: Request) -> Response:
         path = request.path
         method = request.method
@@ -41,6 +101,12 @@ def admin_handler(runtime: Runtime) -> Handler:
             if runtime.ready and not runtime.draining:
                 return _text(200, "ready")
             return _text(503, "draining" if runtime.draining else "not ready")
+        if path == b"/metrics":
+            return _reply(200, render(metrics), METRICS_CONTENT_TYPE.encode())
+        if path == b"/config":
+            return _json(config_document(runtime))
+        if path == b"/clusters":
+            return _json(clusters_document(runtime))
         return _text(404, "not found")
 
     return handle

@@ -1,0 +1,183 @@
+"""The admin listener's JSON and Prometheus pages over real sockets (SPEC §6, §11): `/config`,
+`/clusters` (at rest and with a request held in flight at the origin) and `/metrics` (parsed with
+prometheus_client's parser, pooled connections and retries as the upstream registry counts them)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.config.snapshot import content_version
+
+from .apps import Receive, Scope, Send, echo_app
+from .conftest import Mesh, SidecarHandle, service
+from .test_resilience import FlakyOrigin
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class HoldingOrigin:
+    """Answers "ok" at once, except /hold, which waits until `release` is set; `held` counts the
+    /hold requests that arrived."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.held = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await echo_app(scope, receive, send)
+            return
+        if scope["path"] == "/hold":
+            self.held += 1
+            await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def wait_held(self, count: int) -> None:
+        with trio.fail_after(5):
+            while self.held < count:
+                await trio.sleep(0.01)
+
+
+async def get_json(sc: SidecarHandle, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=sc.admin_url) as admin:
+        r = await admin.get(path)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content)
+    return r.json()
+
+
+async def scrape(sc: SidecarHandle) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with httpx.AsyncClient(base_url=sc.admin_url) as admin:
+        r = await admin.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(r.text)
+        for sample in family.samples
+    }
+
+
+def orders(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> float:
+    return scraped[name, frozenset({("service", "orders")})]
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not await condition():
+            await trio.sleep(0.02)
+
+
+async def test_config_shows_version_files_effective_config_and_last_error(mesh: Mesh) -> None:
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    doc = await get_json(sc, "/config")
+    assert set(doc) == {"version", "files", "config", "last_error"}
+    config_file = mesh.tmp_path / "sidecar1" / "mesh.yaml"
+    assert doc["files"] == [str(config_file)]
+    assert SHA256_HEX.fullmatch(doc["version"])
+    assert doc["version"] == content_version([("mesh.yaml", config_file.read_bytes())])
+    assert doc["config"]["sidecar"]["service"] == "client"
+    assert [s["name"] for s in doc["config"]["services"]] == ["orders"]
+    assert doc["config"]["services"][0]["retries"]["attempts"] == 2  # defaults filled in
+    assert doc["last_error"] is None
+
+    sc.runtime.config_error = ("2025-01-02T03:04:05Z", "mesh.yaml:3: endpoints: required")
+    doc = await get_json(sc, "/config")
+    assert doc["last_error"] == {"time": "2025-01-02T03:04:05Z", "message": "mesh.yaml:3: endpoints: required"}
+
+
+async def test_head_answers_like_get_without_a_body(mesh: Mesh) -> None:
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    async with httpx.AsyncClient(base_url=sc.admin_url) as admin:
+        for path in ("/config", "/clusters", "/metrics"):
+            got = await admin.get(path)
+            head = await admin.head(path)
+            assert head.status_code == 200, path
+            assert head.content == b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+            assert int(head.headers["content-length"]) > 0, path
+        assert (await admin.post("/clusters")).status_code == 405
+
+
+async def test_clusters_show_endpoints_at_rest_and_requests_in_flight(mesh: Mesh) -> None:
+    origin = HoldingOrigin()
+    port = await mesh.origin(origin)
+    sc = await mesh.sidecar(service="frontend", services=[service("orders", port)], inbound_app=port)
+    endpoint = {"address": f"127.0.0.1:{port}", "healthy": True, "ejected": False, "active_requests": 0}
+
+    doc = await get_json(sc, "/clusters")
+    assert [(s["name"], s["direction"]) for s in doc["services"]] == [("orders", "outbound"), ("frontend", "inbound")]
+    for entry in doc["services"]:
+        assert entry["breaker_open"] is False
+        assert [{key: e[key] for key in endpoint} for e in entry["endpoints"]] == [endpoint]
+        assert all(type(e[key]) is type(value) for e in entry["endpoints"] for key, value in endpoint.items())
+
+    async def active(direction: str) -> int:
+        doc = await get_json(sc, "/clusters")
+        (entry,) = [s for s in doc["services"] if s["direction"] == direction]
+        return int(entry["endpoints"][0]["active_requests"])
+
+    async def call_outbound() -> None:
+        async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+            assert (await client.get("/hold")).status_code == 200
+
+    async def call_inbound() -> None:
+        async with httpx.AsyncClient(base_url=sc.inbound_url, verify=mesh.pki.client_context(), timeout=10) as client:
+            assert (await client.get("/hold")).status_code == 200
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call_outbound)
+        await origin.wait_held(1)
+        assert await active("outbound") >= 1
+        assert await active("inbound") == 0
+        nursery.start_soon(call_inbound)
+        await origin.wait_held(2)
+        assert await active("inbound") >= 1
+        origin.release.set()
+
+    async def both_idle() -> bool:
+        return await active("outbound") == 0 and await active("inbound") == 0
+
+    await wait_for(both_idle)
+
+
+async def test_metrics_count_pooled_connections_and_retries(mesh: Mesh) -> None:
+    origin = FlakyOrigin(failures=1)
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin(origin))])
+    at_rest = await scrape(sc)
+    assert orders(at_rest, "sidecar_upstream_connections_active") == 0
+    assert orders(at_rest, "sidecar_upstream_retries_total") == 0
+    assert orders(at_rest, "sidecar_circuit_breaker_open") == 0
+    assert orders(at_rest, "sidecar_upstream_ejections_total") == 0
+    assert at_rest["sidecar_config_reloads_total", frozenset({("result", "success")})] == 0
+
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+        r = await client.get("/x")  # 503, then retried: 200
+    assert r.status_code == 200 and len(origin.seen) == 2
+    after = await scrape(sc)
+    assert orders(after, "sidecar_upstream_retries_total") == 1
+    assert orders(after, "sidecar_upstream_connections_active") >= 1  # kept alive in the pool
+    assert orders(after, "sidecar_circuit_breaker_open") == 0
+
+
+async def test_metrics_and_pages_of_two_sidecars_are_their_own(mesh: Mesh) -> None:
+    port = await mesh.origin(FlakyOrigin(failures=1))
+    first = await mesh.sidecar(services=[service("orders", port)])
+    second = await mesh.sidecar(services=[service("payments", port)])
+    async with httpx.AsyncClient(base_url=first.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+        assert (await client.get("/x")).status_code == 200
+    assert orders(await scrape(first), "sidecar_upstream_retries_total") == 1
+    second_metrics = await scrape(second)
+    assert not [key for key in second_metrics if ("service", "orders") in key[1]]
+    assert second_metrics["sidecar_upstream_retries_total", frozenset({("service", "payments")})] == 0
+    assert [s["name"] for s in (await get_json(second, "/clusters"))["services"]] == ["payments"]
+    assert Path((await get_json(second, "/config"))["files"][0]).parent.name == "sidecar2"
