@@ -297,7 +297,7 @@ def test_models_are_frozen_and_strict() -> None:
     sidecar = SidecarConfig.model_validate({"service": "frontend"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         sidecar.service = "other"  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="tracing.collector: unknown field"):
+    with pytest.raises(ValidationError, match=r"tracing\.collector: unknown field"):
         SidecarConfig.model_validate({"service": "frontend", "tracing": {"collector": "x"}})
     with pytest.raises(ValidationError):
         EndpointConfig.model_validate({"address": "a:1", "weight": True})

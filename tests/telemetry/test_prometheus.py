@@ -198,7 +198,7 @@ def test_reloads_tls_failures_and_dropped_spans(tmp_path: Path, workload: Path) 
     runtime.metrics.config_reloads["failure"] += 1
     runtime.tls_failures["inbound", "bad_certificate"] += 2
     runtime.tls_failures["inbound", "timeout"] += 1
-    runtime.metrics.spans_dropped = 7
+    runtime.metrics.dropped_spans_source = lambda: 7
     scrape = Scrape(runtime)
     assert scrape.value("sidecar_config_reloads_total", result="success") == 2
     assert scrape.value("sidecar_config_reloads_total", result="failure") == 1

@@ -1,0 +1,154 @@
+"""The access log (one JSON line per request, exactly SPEC §11's fields) and the request metrics
+(`sidecar_requests_total`, `sidecar_request_duration_seconds`) as real traffic flows through one and
+two sidecars: outbound and inbound lines of one request, replies the sidecar makes itself, retries,
+a client that leaves, and the switch that turns the log off."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import Mesh, mesh_service, service, spiffe_id
+from .test_resilience import FlakyOrigin
+
+FIELDS = {
+    "time",
+    "direction",
+    "method",
+    "authority",
+    "path",
+    "protocol",
+    "status",
+    "reason",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "service",
+    "upstream",
+    "attempts",
+    "peer_identity",
+    "trace_id",
+    "request_id",
+}
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def access_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    lines = []
+    for line in capsys.readouterr().out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "direction" in record:
+            lines.append(record)
+    return lines
+
+
+async def metrics(admin_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{admin_url}/metrics")).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_one_line_per_request_on_each_sidecar_with_exactly_the_spec_fields(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin())
+    a = await mesh.sidecar(service="frontend", services=[mesh_service("orders", b, protocol="http1")])
+    body = b"x" * 1000
+    async with httpx.AsyncClient(base_url=a.outbound_url) as client:
+        r = await client.post(
+            "/echo?secret=1", content=body, headers={"host": "orders", "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
+        )
+    assert r.status_code == 200 and r.content == body
+    lines = access_lines(capsys)
+    outbound = next(line for line in lines if line["direction"] == "outbound")
+    inbound = next(line for line in lines if line["direction"] == "inbound")
+    assert len(lines) == 2
+    for line in (outbound, inbound):
+        assert set(line) == FIELDS
+        assert line["method"] == "POST" and line["authority"] == "orders"
+        assert line["path"] == "/echo"  # no query string: it may carry secrets
+        assert line["protocol"] == "HTTP/1.1" and line["status"] == 200 and line["reason"] is None
+        assert line["bytes_in"] == 1000 and line["bytes_out"] == 1000
+        assert line["service"] == "orders" and line["attempts"] == 1
+        assert line["duration_ms"] > 0 and line["time"].endswith("Z") and line["time"][10] == "T"
+        assert line["trace_id"] == TRACE
+    assert (
+        outbound["request_id"] == inbound["request_id"] == r.request.headers.get("x-request-id", outbound["request_id"])
+    )
+    assert len(outbound["request_id"]) >= 16
+    assert outbound["upstream"] == f"127.0.0.1:{b.inbound}" and outbound["peer_identity"] is None
+    assert inbound["peer_identity"] == spiffe_id("frontend") and inbound["upstream"].startswith("127.0.0.1:")
+    assert outbound["duration_ms"] >= inbound["duration_ms"]  # A's exchange contains B's
+
+    a_metrics, b_metrics = await metrics(a.admin_url), await metrics(b.admin_url)
+    assert a_metrics["sidecar_requests_total", (("code", "200"), ("direction", "outbound"), ("service", "orders"))] == 1
+    assert b_metrics["sidecar_requests_total", (("code", "200"), ("direction", "inbound"), ("service", "orders"))] == 1
+    count = ("sidecar_request_duration_seconds_count", (("direction", "outbound"), ("service", "orders")))
+    assert a_metrics[count] == 1
+
+
+async def test_replies_the_sidecar_makes_retries_and_http2_are_logged_and_counted(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flaky = FlakyOrigin(failures=1)
+    sc = await mesh.sidecar(
+        services=[
+            service("orders", await mesh.origin(flaky)),
+            service("down", 1, retries={"attempts": 0}),  # port 1: refused
+        ]
+    )
+    async with httpx.AsyncClient(base_url=sc.outbound_url, http1=False, http2=True) as client:
+        retried = await client.get("/x", headers={"host": "orders"})
+        refused = await client.get("/x", headers={"host": "down"})
+        unrouted = await client.get("/x", headers={"host": "nowhere"})
+    assert (retried.status_code, refused.status_code, unrouted.status_code) == (200, 502, 404)
+    lines = {line["authority"]: line for line in access_lines(capsys)}
+    assert lines["orders"]["attempts"] == 2 and lines["orders"]["status"] == 200
+    assert lines["orders"]["protocol"] == "HTTP/2"
+    assert lines["down"]["reason"] == "upstream_connect_failure" and lines["down"]["status"] == 502
+    assert lines["down"]["upstream"] == "127.0.0.1:1"
+    assert lines["nowhere"]["reason"] == "no_route" and lines["nowhere"]["service"] == "unknown"
+    assert lines["nowhere"]["upstream"] is None and lines["nowhere"]["attempts"] == 0
+    values = await metrics(sc.admin_url)
+    assert values["sidecar_requests_total", (("code", "502"), ("direction", "outbound"), ("service", "down"))] == 1
+    assert values["sidecar_requests_total", (("code", "404"), ("direction", "outbound"), ("service", "unknown"))] == 1
+    assert values["sidecar_upstream_retries_total", (("service", "orders"),)] == 1
+
+
+async def test_a_client_that_leaves_before_its_response_is_logged_as_499(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    # Over HTTP/2 the sidecar hears a client leave (the stream's reset, the connection's end) while
+    # the upstream is still working; an HTTP/1.1 client that leaves is noticed at the next write.
+    async with httpx.AsyncClient(base_url=sc.outbound_url, http1=False, http2=True) as client:
+        with trio.move_on_after(0.2):
+            await client.get("/slow/5000", headers={"host": "orders"})
+    with trio.fail_after(5):
+        while not (lines := access_lines(capsys)):
+            await trio.sleep(0.05)
+    assert lines[0]["status"] == 499 and lines[0]["path"] == "/slow/5000"
+
+
+async def test_the_access_log_can_be_turned_off(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_ACCESS_LOG", "off")
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
+        assert (await client.get("/info", headers={"host": "orders"})).status_code == 200
+    assert access_lines(capsys) == []
+    values = await metrics(sc.admin_url)  # the metrics still count it
+    assert values["sidecar_requests_total", (("code", "200"), ("direction", "outbound"), ("service", "orders"))] == 1
