@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         nargs="?",
         const="py-spy",
-        choices=["py-spy", "cprofile"],
+        choices=["py-spy", "py-spy-raw", "cprofile"],
         help="only profile one load step of one sidecar (default profiler: py-spy)",
     )
     parser.add_argument(

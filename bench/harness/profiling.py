@@ -4,8 +4,9 @@ sidecar is one of the one-sidecar setups (`--profile-setup`: default config, no 
 
 Two profilers:
   py-spy    (default) attaches to the running sidecar by PID from the load-generator core, samples
-            without pausing it (`--nonblocking`) for the length of the step, and writes a flame graph
-            SVG. Installed into the project's venv with pip when missing.
+            every thread without pausing it (`--nonblocking`) for the length of the step, and writes
+            a flame graph SVG (`py-spy-raw`: collapsed stacks as text, for scripts). Installed into the
+            project's venv with pip when missing.
   cprofile  runs the sidecar as `python -m cProfile -o FILE -m sidecar run ...`; the profile is
             written when the sidecar exits (we stop it with SIGINT), then summarised as text.
 Both files land in bench/results/. Figures measured under a profiler are slower than real ones.
@@ -25,13 +26,23 @@ from pathlib import Path
 
 from harness import measure, nginx
 from harness.procs import ProcessSet, StartFailed, pinned
-from harness.setups import Bench, Front, one_sidecar, one_sidecar_all_policies, one_sidecar_no_retries
+from harness.setups import (
+    Bench,
+    Front,
+    one_sidecar,
+    one_sidecar_all_policies,
+    one_sidecar_logged,
+    one_sidecar_no_retries,
+    one_sidecar_traced,
+)
 from harness.sidecars import SidecarLauncher
 
 ONE_SIDECAR: dict[str, Callable[[Bench, ProcessSet], Front]] = {
     "sidecar-1": one_sidecar,
     "sidecar-1-bare": one_sidecar_no_retries,
     "sidecar-1-policies": one_sidecar_all_policies,
+    "sidecar-1-traced": one_sidecar_traced,
+    "sidecar-1-logged": one_sidecar_logged,
 }
 
 
@@ -42,7 +53,8 @@ def run(bench: Bench, tool: str, setup: str, step: str, timing: measure.Timing, 
     name = f"profile-{setup}-{step}-{stamp}"
     if tool == "cprofile":
         return run_cprofile(bench, build, step, timing, out_dir / f"{name}.pstats")
-    return run_pyspy(bench, build, step, timing, out_dir / f"{name}.svg")
+    suffix = ".txt" if tool == "py-spy-raw" else ".svg"
+    return run_pyspy(bench, build, step, timing, out_dir / f"{name}{suffix}")
 
 
 def start_sidecar(
@@ -87,7 +99,9 @@ def run_pyspy(
         except StartFailed as exc:
             return report_failure(exc)
         argv = [pyspy, "record", "--nonblocking", "--pid", str(front.proxies[0].pid)]
-        argv += ["--duration", str(timing.duration), "--output", str(out)]
+        argv += ["--duration", str(timing.duration), "--output", str(out), "--threads", "--rate", "500"]
+        if out.suffix == ".txt":
+            argv += ["--format", "raw"]  # collapsed stacks, one line each: for scripts
         recorder = procs.start("py-spy", pinned(bench.loadgen_core, argv), stop_signal=signal.SIGINT)
         load_step(bench, front, step, timing)
         with contextlib.suppress(subprocess.TimeoutExpired):

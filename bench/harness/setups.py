@@ -8,13 +8,14 @@ To add a row, write such a function and add it to `SETUPS` (see `two_sidecars_mt
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import nginx
 from harness.nginx import NginxServer
-from harness.procs import Proc, ProcessSet, free_ports
+from harness.procs import Proc, ProcessSet, free_ports, pinned
 from harness.sidecars import SidecarLauncher, SidecarSpec, TlsFiles, Upstream, issue_certs, spiffe_id
 
 
@@ -62,7 +63,14 @@ def nginx_proxy(bench: Bench, procs: ProcessSet) -> Front:
     return Front(http_port, h2_port, [server.proc])
 
 
-def one_sidecar(bench: Bench, procs: ProcessSet, name: str = "sidecar-1", policies: tuple[str, ...] = ()) -> Front:
+def one_sidecar(
+    bench: Bench,
+    procs: ProcessSet,
+    name: str = "sidecar-1",
+    policies: tuple[str, ...] = (),
+    sidecar_lines: tuple[str, ...] = (),
+    log_level: str = "warning",
+) -> Front:
     """Load generator -> sidecar outbound -> origin (a Service whose endpoint is the origin)."""
     outbound, admin = free_ports(2)
     spec = SidecarSpec(
@@ -71,6 +79,8 @@ def one_sidecar(bench: Bench, procs: ProcessSet, name: str = "sidecar-1", polici
         outbound_port=outbound,
         admin_port=admin,
         upstreams=(Upstream("origin", bench.origin.http_port, policies=policies),),
+        sidecar_lines=sidecar_lines,
+        log_level=log_level,
     )
     return Front(outbound, outbound, [bench.launcher.start(procs, spec)])
 
@@ -97,8 +107,39 @@ def one_sidecar_all_policies(bench: Bench, procs: ProcessSet) -> Front:
     return one_sidecar(bench, procs, "sidecar-1-policies", ALL_POLICIES)
 
 
+def trace_sink(bench: Bench, procs: ProcessSet) -> tuple[str, ...]:
+    """Start a local OTLP sink (`trace_sink.py`) on the load-generator core; the Sidecar lines that
+    send every span there (sample ratio 1.0)."""
+    (sink_port,) = free_ports(1)
+    sink = Path(__file__).resolve().parent / "trace_sink.py"
+    procs.start("trace-sink", pinned(bench.loadgen_core, [sys.executable, str(sink), str(sink_port)]))
+    return (f"tracing: {{exporter: otlp, endpoint: 'http://127.0.0.1:{sink_port}', sample_ratio: 1.0}}",)
+
+
+def one_sidecar_traced(bench: Bench, procs: ProcessSet) -> Front:
+    """One sidecar recording and exporting a span for every request; the export thread runs in the
+    sidecar's process, so its CPU counts."""
+    return one_sidecar(bench, procs, "sidecar-1-traced", sidecar_lines=trace_sink(bench, procs))
+
+
+def two_sidecars_mtls_h2_traced(bench: Bench, procs: ProcessSet) -> Front:
+    """The mesh path with HTTP/2 between the sidecars, both tracing every request (A's CLIENT span,
+    B's SERVER span) to the local sink."""
+    tls = issue_certs(bench.venv, bench.run_dir / "certs", ["origin", "bench-client"])
+    return two_sidecars(bench, procs, tls, protocol="auto", sidecar_lines=trace_sink(bench, procs))
+
+
+def one_sidecar_logged(bench: Bench, procs: ProcessSet) -> Front:
+    """One sidecar writing its JSON access log (one line per request, to its stdout log file)."""
+    return one_sidecar(bench, procs, "sidecar-1-logged", log_level="info")
+
+
 def two_sidecars(
-    bench: Bench, procs: ProcessSet, tls: dict[str, TlsFiles] | None = None, protocol: str = "http1"
+    bench: Bench,
+    procs: ProcessSet,
+    tls: dict[str, TlsFiles] | None = None,
+    protocol: str = "http1",
+    sidecar_lines: tuple[str, ...] = (),
 ) -> Front:
     """Load generator -> sidecar A outbound -> sidecar B inbound -> origin, both on the proxy core.
 
@@ -107,6 +148,7 @@ def two_sidecars(
     `protocol` is the Service's protocol for the hop between A and B (http1, or auto: HTTP/2 by ALPN)."""
     a_out, a_admin, b_in, b_out, b_admin = free_ports(5)
     prefix = ("sidecar-2-mtls" if tls else "sidecar-2") + ("-h2" if protocol != "http1" else "")
+    prefix += "-traced" if sidecar_lines else ""
     b_tls = tls["origin"] if tls else issue_certs(bench.venv, bench.run_dir / "certs-plain", ["origin"])["origin"]
     server = SidecarSpec(
         name=f"{prefix}-b",
@@ -117,6 +159,7 @@ def two_sidecars(
         app_port=bench.origin.http_port,
         tls=b_tls,
         inbound_mode="strict" if tls else "permissive",
+        sidecar_lines=sidecar_lines,
     )
     client = SidecarSpec(
         name=f"{prefix}-a",
@@ -125,6 +168,7 @@ def two_sidecars(
         admin_port=a_admin,
         upstreams=(Upstream("origin", b_in, identity=spiffe_id("origin") if tls else None, protocol=protocol),),
         tls=tls["bench-client"] if tls else None,
+        sidecar_lines=sidecar_lines,
     )
     proc_b = bench.launcher.start(procs, server)
     proc_a = bench.launcher.start(procs, client)
@@ -150,9 +194,12 @@ SETUPS = [
     Setup("sidecar-1", "1 sidecar", one_sidecar),
     Setup("sidecar-1-bare", "1 sidecar, no retries", one_sidecar_no_retries, default=False),
     Setup("sidecar-1-policies", "1 sidecar, all policies", one_sidecar_all_policies, default=False),
+    Setup("sidecar-1-traced", "1 sidecar, tracing 100%", one_sidecar_traced, default=False),
+    Setup("sidecar-1-logged", "1 sidecar, access log", one_sidecar_logged, default=False),
     Setup("sidecar-2", "2 sidecars", two_sidecars),
     Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls),
     Setup("sidecar-2-mtls-h2", "2 sidecars mTLS h2 hop", two_sidecars_mtls_h2),
+    Setup("sidecar-2-mtls-h2-traced", "2 sidecars h2 hop, tracing", two_sidecars_mtls_h2_traced, default=False),
 ]
 REFERENCES = ("direct", "nginx-proxy")  # ratios are printed against these two
 

@@ -1,9 +1,10 @@
 """Sidecars under test: their config directories (SPEC §3) and starting them until /ready (SPEC §6).
 
 A sidecar is started as `sidecar run -c DIR` (or through a profiler, see profiling.py) pinned to the
-proxy core, with `SIDECAR_LOG_LEVEL=warning`. It counts as started once `GET /ready` on its admin
-port answers 200; if it does not within `READY_TIMEOUT`, `StartFailed` carries its output tail so the
-row can say why, and the run goes on with the next setup.
+proxy core, with `SIDECAR_LOG_LEVEL=warning` (so no access log) unless its spec says otherwise. It
+counts as started once `GET /ready` on its admin port answers 200; if it does not within
+`READY_TIMEOUT`, `StartFailed` carries its output tail so the row can say why, and the run goes on
+with the next setup.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class SidecarSpec:
     upstreams: tuple[Upstream, ...] = ()
     tls: TlsFiles | None = None
     inbound_mode: str = "strict"  # "permissive" also serves plaintext callers (the plain two-sidecar row)
+    sidecar_lines: tuple[str, ...] = ()  # more YAML lines of the Sidecar document (tracing, ...)
+    log_level: str = "warning"  # SIDECAR_LOG_LEVEL: "info" writes the access log (to the stdout log file)
 
 
 def listen(port: int) -> str:
@@ -70,6 +73,7 @@ def config_yaml(spec: SidecarSpec) -> str:
         )
     lines.append(f"outbound: {listen(spec.outbound_port)}")
     lines.append(f"admin: {listen(spec.admin_port)}")
+    lines += spec.sidecar_lines
     for upstream in spec.upstreams:
         lines += [
             "---",
@@ -109,7 +113,7 @@ class SidecarLauncher:
         config_dir = procs.log_dir / f"{spec.name}-config"
         config_dir.mkdir(exist_ok=True)
         (config_dir / "sidecar.yaml").write_text(config_yaml(spec))
-        env = {**os.environ, "SIDECAR_LOG_LEVEL": "warning"}
+        env = {**os.environ, "SIDECAR_LOG_LEVEL": spec.log_level}
         argv = pinned(self.core, [*self.command, "run", "-c", str(config_dir)])
         proc = procs.start(spec.name, argv, env, self.stop_signal, self.stop_timeout)
         problem = wait_http_ok(spec.admin_port, "/ready", proc, READY_TIMEOUT)

@@ -145,7 +145,6 @@ class RequestRecord:
             self.parent = tracing.extract(request.headers)
         attributes = _request_attributes(request, cluster.name)
         attributes["mesh.upstream.address"] = endpoint.address
-        attributes["server.port"] = endpoint.port
         tls = cluster.settings.tls
         if tls is not None and tls.identity:
             attributes["mesh.peer.identity"] = tls.identity
@@ -163,11 +162,6 @@ class RequestRecord:
         _set_error(span, error.reason, reason=error.reason)
         span.end()
         self.span = None
-
-    def try_answered(self, status: int) -> None:
-        span = self.span
-        if span is not None and self.direction == OUTBOUND:
-            span.set_attribute("http.response.status_code", status)
 
     def try_abandoned(self, status: int) -> None:
         """The try's answer (`status`) is replaced by a retry's: its span ends now."""
@@ -240,7 +234,6 @@ def _request_attributes(request: Request, service: str) -> dict[str, Any]:
     return {
         "http.request.method": request.method.decode("latin-1"),
         "url.path": request.path.decode("latin-1"),
-        "url.scheme": request.scheme.decode("latin-1"),
         "server.address": request.host,
         "network.protocol.version": request.http_version,
         "mesh.service": service,
@@ -249,9 +242,12 @@ def _request_attributes(request: Request, service: str) -> dict[str, Any]:
 
 def _inject(request: Request, span: Span) -> None:
     context = span.get_span_context()
-    request.headers.set(
-        b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, int(context.trace_flags))
-    )
+    value = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}".encode()
+    headers = request.headers
+    if b"traceparent" in headers:
+        headers.set(b"traceparent", value)
+    else:
+        headers.fields.append((b"traceparent", b"traceparent", value))
 
 
 def _set_error(span: Span, error_type: str, *, reason: str | None) -> None:

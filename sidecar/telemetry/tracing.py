@@ -168,9 +168,9 @@ def _make_exporter(settings: TracingSettings) -> Any:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from .otlp import OtlpHttpExporter
 
-    return OTLPSpanExporter(endpoint=settings.endpoint)
+    return OtlpHttpExporter(settings.endpoint)
 
 
 class _CountingExporter:

@@ -126,8 +126,6 @@ async def _try(cluster: Cluster, endpoint: Endpoint, request: Request, deadline:
             breaker.retries -= 1
             budget.finished()
     cluster.record(endpoint, response.status)
-    if observer is not None:
-        observer.try_answered(response.status)
     return response
 
 
