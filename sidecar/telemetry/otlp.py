@@ -3,11 +3,11 @@ directly, and the POST to the collector (`/v1/traces`, `application/x-protobuf`)
 
 Why not `opentelemetry-exporter-otlp-proto-http`: its encoder builds a protobuf object per span,
 attribute and value, about 33 µs a span on the benchmark machine, on the same core as the proxy;
-writing the wire format straight from the SDK's `ReadableSpan` costs a fraction of that (see
-bench/README.md). The encoding covers what the SDK's spans carry: ids, trace state, parent and its
-remote flag, name, kind, times, attributes (string, bool, int, float and lists of those), events,
-links, dropped counts and status; tests/telemetry/test_otlp.py decodes it with `opentelemetry-proto`
-and compares it with the official encoder's output.
+writing the wire format straight from our `span.Span` records costs about 9 µs, most attribute
+pairs coming from a cache (they repeat from span to span). The encoding covers what our spans
+carry: ids, trace state, parent and its remote flag, name, kind, times, attributes (string, bool,
+int, float and lists of those) and status; tests/telemetry/test_otlp.py decodes it with
+`opentelemetry-proto` and compares it with the official encoder's output for the same spans.
 
 The exporter runs in the SDK's batch worker thread. It keeps one HTTP/1.1 connection to the
 collector, sends each batch once (a failure loses that batch, which the caller counts) and honours
@@ -25,6 +25,10 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from .span import Span
+
+SCOPE_NAME = "sidecar"  # the instrumentation scope of every span
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_double = struct.Struct("<d").pack
@@ -102,99 +106,43 @@ def _key_value(number: int, key: str, value: Any) -> bytes:
     return _field(number, _field(1, key.encode("utf-8")) + _field(2, _any_value(value)))
 
 
-_KINDS = {kind: _uint(6, kind + 1) for kind in range(5)}  # the SDK counts from INTERNAL = 0, OTLP from UNSPECIFIED
-_FLAGS = {
+_NAMES: dict[str, bytes] = {}
+_SPAN_FLAGS = {
     False: b"\x85\x01" + struct.pack("<I", HAS_IS_REMOTE),  # field 16, fixed32
     True: b"\x85\x01" + struct.pack("<I", HAS_IS_REMOTE | IS_REMOTE),
 }
-_NAMES: dict[str, bytes] = {}
 
 
-def _span(span: Any) -> bytes:
-    context = span.context
-    parent = span.parent
-    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
-    trace_state = context.trace_state
-    if trace_state:
-        parts.append(_text(3, trace_state.to_header()))
-    if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+def _span(span: Span) -> bytes:
+    """One `Span` message, as a `ScopeSpans.spans` field."""
+    parts = [b"\x0a\x10" + span.trace_id.to_bytes(16, "big") + b"\x12\x08" + span.span_id.to_bytes(8, "big")]
+    if span.trace_state:
+        parts.append(_text(3, span.trace_state))
+    if span.parent_id:
+        parts.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))
     name = _NAMES.get(span.name)
     if name is None:
         if len(_NAMES) >= _PAIR_CACHE_MAX:
             _NAMES.clear()
         name = _NAMES[span.name] = _text(5, span.name)
     parts.append(name)
-    parts.append(_KINDS[span.kind.value])
-    parts.append(b"\x39" + _pack_fixed64(span.start_time or 0) + b"\x41" + _pack_fixed64(span.end_time or 0))
+    parts.append(b"\x30" + _varint(span.kind))
+    parts.append(b"\x39" + _pack_fixed64(span.start_ns) + b"\x41" + _pack_fixed64(span.end_ns))
     parts.append(_attributes(9, span.attributes))
-    if span.dropped_attributes:
-        parts.append(_uint(10, span.dropped_attributes))
-    for event in span.events:
-        parts.append(
-            _field(
-                11,
-                b"\x09"
-                + _pack_fixed64(event.timestamp)
-                + _text(2, event.name)
-                + _attributes(3, event.attributes)
-                + _uint(4, event.dropped_attributes),
-            )
-        )
-    if span.dropped_events:
-        parts.append(_uint(12, span.dropped_events))
-    for link in span.links:
-        linked = link.context
-        parts.append(
-            _field(
-                13,
-                b"\x0a\x10"
-                + linked.trace_id.to_bytes(16, "big")
-                + b"\x12\x08"
-                + linked.span_id.to_bytes(8, "big")
-                + (_text(3, linked.trace_state.to_header()) if linked.trace_state else b"")
-                + _attributes(4, link.attributes)
-                + _uint(5, link.dropped_attributes)
-                + b"\x35"  # field 6, fixed32: the link's flags
-                + struct.pack("<I", HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)),
-            )
-        )
-    if span.dropped_links:
-        parts.append(_uint(14, span.dropped_links))
-    status = span.status
-    parts.append(_field(15, _text(2, status.description or "") + _uint(3, status.status_code.value)))
-    parts.append(_FLAGS[parent is not None and parent.is_remote])
-    return _field(2, b"".join(parts))  # as ScopeSpans.spans
+    parts.append(_field(15, _text(2, span.status_message) + _uint(3, span.status)))
+    parts.append(_SPAN_FLAGS[span.parent_remote])
+    return _field(2, b"".join(parts))
 
 
-def encode_spans(spans: Sequence[Any]) -> bytes:
-    """An ExportTraceServiceRequest for `spans` (the SDK's ReadableSpans), grouped by resource and
-    instrumentation scope, as protobuf bytes."""
-    groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}
-    for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope
-        key = (id(resource), id(scope))
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = (resource, scope, [])
-        group[2].append(_span(span))
-    by_resource: dict[int, tuple[Any, list[bytes]]] = {}
-    for resource, scope, encoded in groups.values():
-        scope_spans = (_field(1, _scope(scope)) if scope is not None else b"") + b"".join(encoded)
-        if scope is not None and scope.schema_url:
-            scope_spans += _text(3, scope.schema_url)
-        by_resource.setdefault(id(resource), (resource, []))[1].append(_field(2, scope_spans))
-    out = []
-    for resource, scope_spans_list in by_resource.values():
-        body = _field(1, _attributes(1, resource.attributes)) + b"".join(scope_spans_list)
-        if resource.schema_url:
-            body += _text(3, resource.schema_url)
-        out.append(_field(1, body))
-    return b"".join(out)
-
-
-def _scope(scope: Any) -> bytes:
-    return _text(1, scope.name) + _text(2, scope.version or "") + _attributes(3, getattr(scope, "attributes", None))
+def encode_spans(spans: Sequence[Span], resource: Mapping[str, Any], scope_version: str = "") -> bytes:
+    """An ExportTraceServiceRequest: one ResourceSpans (`resource`), one ScopeSpans (this sidecar's
+    instrumentation scope), `spans` in it; as protobuf bytes."""
+    if not spans:
+        return b""
+    encoded_resource = _field(1, _attributes(1, resource))
+    encoded_scope = _field(1, _text(1, SCOPE_NAME) + _text(2, scope_version))
+    scope_spans = encoded_scope + b"".join([_span(span) for span in spans])
+    return _field(1, encoded_resource + _field(2, scope_spans))
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:
@@ -235,13 +183,12 @@ class OtlpHttpExporter:
         self.context = ssl.create_default_context(cafile=certificate) if self.https else None
         self._connection: http.client.HTTPConnection | None = None
 
-    def export(self, spans: Sequence[Any]) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        body = encode_spans(spans)
+    def export(self, spans: Sequence[Span], resource: Mapping[str, Any]) -> bool:
+        """Send one batch; True when the collector took it."""
+        body = encode_spans(spans, resource)
         if self.gzip:
             body = gzip.compress(body)
-        return SpanExportResult.SUCCESS if self.post(body) else SpanExportResult.FAILURE
+        return self.post(body)
 
     def post(self, body: bytes) -> bool:
         """One POST; a kept-alive connection the collector closed meanwhile is reopened once."""
@@ -272,10 +219,7 @@ class OtlpHttpExporter:
             self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._connection
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True

@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..http.errors import ProxyError
+from .span import CLIENT, SERVER, Parent, Span, parse_traceparent
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import Span
-
     from ..http.message import Request
     from ..upstream.registry import Cluster, Endpoint
     from .metrics import RequestMetrics
@@ -106,7 +104,7 @@ class RequestRecord:
         self.upstream: str | None = None  # the endpoint of the last try
         self.attempts = 0
         self.span: Span | None = None  # the SERVER span, or the CLIENT span of the current try
-        self.parent: Context | None = _NO_PARENT
+        self.parent: Parent | None = _NO_PARENT
         self.done = False
 
     # -- spans --------------------------------------------------------------------------------------
@@ -121,9 +119,7 @@ class RequestRecord:
         identity = request.conn.peer_identity
         if identity is not None:
             attributes["mesh.peer.identity"] = identity
-        span = tracing.start(
-            request.method.decode("latin-1"), tracing.server_kind, tracing.extract(request.headers), attributes
-        )
+        span = tracing.start(request.method.decode("latin-1"), SERVER, _parent(request), attributes)
         self.span = span
         _inject(request, span)
 
@@ -136,13 +132,13 @@ class RequestRecord:
             return
         if self.direction == INBOUND:
             if self.span is not None:
-                self.span.set_attribute("mesh.upstream.address", endpoint.address)
+                self.span.attributes["mesh.upstream.address"] = endpoint.address
             return
         if self.span is not None:  # the previous try's answer was not taken
-            self.span.end()
+            self.span.end(time.time_ns())
         request = self.request
         if self.parent is _NO_PARENT:
-            self.parent = tracing.extract(request.headers)
+            self.parent = _parent(request)
         attributes = _request_attributes(request, cluster.name)
         attributes["mesh.upstream.address"] = endpoint.address
         tls = cluster.settings.tls
@@ -150,7 +146,7 @@ class RequestRecord:
             attributes["mesh.peer.identity"] = tls.identity
         if attempt > 1:
             attributes["http.request.resend_count"] = attempt - 1
-        span = tracing.start(request.method.decode("latin-1"), tracing.client_kind, self.parent, attributes)
+        span = tracing.start(request.method.decode("latin-1"), CLIENT, self.parent, attributes)
         self.span = span
         _inject(request, span)
 
@@ -160,7 +156,7 @@ class RequestRecord:
         if span is None or self.direction == INBOUND:
             return
         _set_error(span, error.reason, reason=error.reason)
-        span.end()
+        span.end(time.time_ns())
         self.span = None
 
     def try_abandoned(self, status: int) -> None:
@@ -202,8 +198,8 @@ class RequestRecord:
         assert tracing is not None
         request = self.request
         attributes = _request_attributes(request, self.service)
-        parent = tracing.extract(request.headers) if self.parent is _NO_PARENT else self.parent
-        return tracing.start(request.method.decode("latin-1"), tracing.client_kind, parent, attributes, self.started_ns)
+        parent = _parent(request) if self.parent is _NO_PARENT else self.parent
+        return tracing.start(request.method.decode("latin-1"), CLIENT, parent, attributes, self.started_ns)
 
     def _access_fields(self, status: int, bytes_out: int, duration: float, span: Span | None) -> dict[str, Any]:
         request = self.request
@@ -240,9 +236,16 @@ def _request_attributes(request: Request, service: str) -> dict[str, Any]:
     }
 
 
+def _parent(request: Request) -> Parent | None:
+    headers = request.headers
+    traceparent = headers.get(b"traceparent")
+    if traceparent is None:
+        return None
+    return parse_traceparent(traceparent, headers.get(b"tracestate"))
+
+
 def _inject(request: Request, span: Span) -> None:
-    context = span.get_span_context()
-    value = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}".encode()
+    value = span.traceparent()
     headers = request.headers
     if b"traceparent" in headers:
         headers.set(b"traceparent", value)
@@ -251,28 +254,25 @@ def _inject(request: Request, span: Span) -> None:
 
 
 def _set_error(span: Span, error_type: str, *, reason: str | None) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_attribute("error.type", error_type)
+    span.set_error(error_type)
     if reason is not None:
-        span.set_attribute("mesh.reason", reason)
-    span.set_status(Status(StatusCode.ERROR))
+        span.attributes["mesh.reason"] = reason
 
 
 def _end_with_status(span: Span, status: int, reason: str | None, *, client: bool) -> None:
     """Status and error of a span whose response came: a sidecar reason, or a 5xx (4xx too on the
     client side, as the HTTP conventions say) is an error."""
-    span.set_attribute("http.response.status_code", status)
+    span.attributes["http.response.status_code"] = status
     if reason is not None:
         _set_error(span, reason, reason=reason)
     elif status >= 500 or (client and status >= 400):
         _set_error(span, str(status), reason=None)
-    span.end()
+    span.end(time.time_ns())
 
 
 def _trace_id(span: Span | None, traceparent: bytes | None) -> str | None:
     if span is not None:
-        return f"{span.get_span_context().trace_id:032x}"
+        return f"{span.trace_id:032x}"
     if traceparent is not None and len(traceparent) >= 55 and traceparent[2:3] == b"-":
         return traceparent[3:35].decode("latin-1")
     return None

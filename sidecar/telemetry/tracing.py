@@ -1,5 +1,5 @@
-"""OpenTelemetry tracing: settings from the config and `OTEL_*` variables, the SDK's provider and
-batch export, and W3C trace context in and out of HTTP headers (SPEC §7).
+"""Tracing: settings from the config and `OTEL_*` variables, sampling, span ids, and the batch
+export that keeps spans off the request path (SPEC §7).
 
 Settings: a value in the `tracing` section wins; what it leaves out comes from the environment:
 - exporter: `OTEL_TRACES_EXPORTER` (otlp | console | none); when neither says, `otlp` if an OTLP
@@ -11,39 +11,44 @@ Settings: a value in the `tracing` section wins; what it leaves out comes from t
 - sample_ratio: else `OTEL_TRACES_SAMPLER_ARG` (for the ratio samplers; `always_off` is 0), else 1.
   Sampling is parent-based: a caller's decision is always followed, the ratio decides new traces.
 
-Export never touches the request path: ending a span appends it to the SDK's batch queue, and the
-SDK's worker thread sends batches. A slow or dead collector costs dropped spans only: when the
-queue is full, spans are dropped (counted), as are those of a failed export; both show in
-`sidecar_spans_dropped_total`, and a failed export is logged at most once a minute.
+What OpenTelemetry's SDK gives here: the Resource (`service.name` = the Sidecar's service, the SDK's
+`telemetry.sdk.*` attributes, and `OTEL_RESOURCE_ATTRIBUTES`) and the ratio sampler's arithmetic
+(`TraceIdRatioBased`: a new trace is sampled when the low 64 bits of its id fall under the bound).
+Spans themselves are `span.Span` records, not the SDK's: an SDK span costs 40-60 µs on the request
+path (objects, locks, attribute cleaning, a copy at end), which would take tracing at 100 % below
+70 % of the untraced throughput; a record costs a few µs (bench/README.md has the figures).
 
-The SDK is imported only when tracing is on: with `none` no span is made and trace headers pass
-through untouched.
+Export never touches the request path: ending a sampled span appends it to a bounded queue, and a
+worker thread sends batches (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, default 512; at least every
+`OTEL_BSP_SCHEDULE_DELAY` ms, default 5000) with the OTLP/HTTP exporter of `otlp.py`, or prints them
+(`console`). A slow or dead collector costs dropped spans only: when the queue
+(`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048) is full, a span is dropped, as are those of a failed
+export; both show in `sidecar_spans_dropped_total`, and a failed export is logged at most once a
+minute. With `none`, no span is made and trace headers pass through untouched.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
+import random
+import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from ..config.schema import Tracing as TracingConfig
-from ..http.message import Headers
-
-if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.trace import Span, Tracer
+from .span import SAMPLED, Parent, Span
 
 log = structlog.get_logger("sidecar.tracing")
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 TRACES_PATH = "/v1/traces"
-MAX_QUEUE = 2048  # spans waiting for export; more are dropped (the SDK's default queue size)
 EXPORT_FAILURE_LOG_INTERVAL = 60.0  # seconds between two warnings about failed exports
 SHUTDOWN_WAIT = 2.0  # seconds the last spans may take to leave at exit
 
@@ -99,146 +104,128 @@ def _env_ratio(environ: Mapping[str, str]) -> float:
     return 1.0
 
 
-class _HeaderGetter:
-    """Reads trace context fields out of our `Headers` for the W3C propagator."""
-
-    def get(self, carrier: Headers, key: str) -> list[str] | None:
-        value = carrier.get(key.encode("latin-1"))
-        return None if value is None else [value.decode("latin-1")]
-
-    def keys(self, carrier: Headers) -> list[str]:
-        return [name.decode("latin-1") for name, _, _ in carrier.fields]
+def _env_int(name: str, default: int, environ: Mapping[str, str]) -> int:
+    try:
+        value = int(environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 class Tracing:
-    """The process's tracer: spans for `service`, sampled and exported as `settings` say."""
+    """Spans of this sidecar's `service`: sampled as `settings` say, exported in batches."""
 
-    def __init__(self, service: str, settings: TracingSettings) -> None:
+    def __init__(self, service: str, settings: TracingSettings, environ: Mapping[str, str] = os.environ) -> None:
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-        from opentelemetry.trace import SpanKind
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-        # The SDK would log each dropped span and failed export; the counter and our own throttled
-        # warning say it once.
-        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         self.settings = settings
-        self._exporter = _CountingExporter(_make_exporter(settings))
-        batches = BatchSpanProcessor(self._exporter, max_queue_size=MAX_QUEUE)  # type: ignore[arg-type]
-        self._processor = _BoundedProcessor(batches, self)
-        self._provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
-            resource=Resource.create({"service.name": service}),
-            shutdown_on_exit=False,  # `shutdown` bounds the wait; atexit would wait 30 s for a dead collector
-        )
-        self._provider.add_span_processor(self._processor)  # type: ignore[arg-type]
-        self._tracer: Tracer = self._provider.get_tracer("sidecar")
-        self._propagator = TraceContextTextMapPropagator()
-        self._getter = _HeaderGetter()
-        self.server_kind = SpanKind.SERVER
-        self.client_kind = SpanKind.CLIENT
+        self.resource = dict(Resource.create({"service.name": service}).attributes)
+        self._bound = TraceIdRatioBased.get_bound_for_rate(settings.sample_ratio)
+        self.max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048, environ)
+        self.batch_size = min(self.max_queue, _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, environ))
+        self.delay = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000, environ) / 1000
+        self._queue: deque[Span] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._export = self._exporter(settings)
         self.dropped_in_queue = 0  # written by the trio thread only
+        self.dropped_in_export = 0  # written by the worker thread only
+        self.deadline: float | None = None  # at shutdown: batches past it are dropped unsent
+        self._warned_at = -EXPORT_FAILURE_LOG_INTERVAL
+        self._worker = threading.Thread(target=self._work, name="sidecar-span-export", daemon=True)
+        self._worker.start()
 
     @property
     def dropped(self) -> int:
-        return self.dropped_in_queue + self._exporter.dropped
+        return self.dropped_in_queue + self.dropped_in_export
 
-    def extract(self, headers: Headers) -> Context | None:
-        """The caller's trace context from `traceparent`/`tracestate`, or None when there is none."""
-        if b"traceparent" not in headers:
-            return None
-        return self._propagator.extract(headers, getter=self._getter)  # type: ignore[arg-type]
+    # -- the request path ---------------------------------------------------------------------------
 
     def start(
-        self, name: str, kind: Any, parent: Context | None, attributes: dict[str, Any], start_ns: int | None = None
+        self, name: str, kind: int, parent: Parent | None, attributes: dict[str, Any], start_ns: int | None = None
     ) -> Span:
-        """A span (recording or not, as sampling decides); the caller ends it."""
-        return self._tracer.start_span(name, context=parent, kind=kind, attributes=attributes, start_time=start_ns)
-
-    def shutdown(self) -> None:
-        """Send what is queued, waiting at most `SHUTDOWN_WAIT` (the worker thread is a daemon)."""
-        self._exporter.deadline = time.monotonic() + SHUTDOWN_WAIT
-        self._processor.force_flush(int(SHUTDOWN_WAIT * 1000))
-
-
-def _make_exporter(settings: TracingSettings) -> Any:
-    if settings.exporter == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    from .otlp import OtlpHttpExporter
-
-    return OtlpHttpExporter(settings.endpoint)
-
-
-class _CountingExporter:
-    """The real exporter, counting the spans handed to it and those a failed export lost (written
-    by the SDK's worker thread only)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.handed = 0
-        self.dropped = 0
-        self.deadline: float | None = None  # at shutdown: past it, batches are dropped unsent
-        self._warned_at = -EXPORT_FAILURE_LOG_INTERVAL
-
-    def export(self, spans: Sequence[ReadableSpan]) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        self.handed += len(spans)
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            self.dropped += len(spans)
-            return SpanExportResult.FAILURE
-        try:
-            result = self.inner.export(spans)
-        except Exception as error:  # an exporter bug must not kill the worker thread
-            result, detail = SpanExportResult.FAILURE, repr(error)
+        """A span, child of `parent` (None: a new trace). Sampling is parent-based: the caller's
+        decision is followed; a new trace is sampled by the ratio. Only a sampled span is exported."""
+        span_id = random.getrandbits(64) or 1
+        if parent is not None:
+            trace_id, flags = parent.trace_id, parent.flags & SAMPLED
         else:
-            detail = ""
-        if result is not SpanExportResult.SUCCESS:
-            self.dropped += len(spans)
+            trace_id = random.getrandbits(128) or 1
+            flags = SAMPLED if trace_id & 0xFFFFFFFFFFFFFFFF < self._bound else 0
+        on_end = self._ended if flags else None
+        return Span(trace_id, span_id, parent, flags, name, kind, start_ns or time.time_ns(), attributes, on_end)
+
+    def _ended(self, span: Span) -> None:
+        queue = self._queue
+        if len(queue) >= self.max_queue:
+            self.dropped_in_queue += 1
+            return
+        queue.append(span)
+        if len(queue) >= self.batch_size:
+            self._wake.set()
+
+    # -- the worker thread --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        queue = self._queue
+        while not self._stopping:
+            self._wake.wait(self.delay)
+            self._wake.clear()
+            while queue:
+                batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+                self._send(batch)
+                if self._stopping and not queue:
+                    break
+
+    def _send(self, batch: list[Span]) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.dropped_in_export += len(batch)
+            return
+        try:
+            ok, detail = self._export(batch), ""
+        except Exception as error:  # an exporter bug must not end the worker
+            ok, detail = False, repr(error)
+        if not ok:
+            self.dropped_in_export += len(batch)
             now = time.monotonic()
             if now - self._warned_at >= EXPORT_FAILURE_LOG_INTERVAL:
                 self._warned_at = now
-                log.warning("trace_export_failed", spans=len(spans), detail=detail, dropped_so_far=self.dropped)
-        return result
+                log.warning(
+                    "trace_export_failed", spans=len(batch), detail=detail, dropped_so_far=self.dropped_in_export
+                )
 
-    def shutdown(self) -> None:
-        self.inner.shutdown()
+    def _exporter(self, settings: TracingSettings) -> Any:
+        if settings.exporter == "console":
+            return self._print
+        from .otlp import OtlpHttpExporter
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        exporter = OtlpHttpExporter(settings.endpoint)
+        resource = self.resource
+        return lambda batch: exporter.export(batch, resource)
+
+    def _print(self, batch: Sequence[Span]) -> bool:
+        for span in batch:
+            record = {
+                "name": span.name,
+                "trace_id": f"{span.trace_id:032x}",
+                "span_id": f"{span.span_id:016x}",
+                "parent_id": f"{span.parent_id:016x}" if span.parent_id else None,
+                "kind": {2: "SERVER", 3: "CLIENT"}.get(span.kind, str(span.kind)),
+                "start_time_unix_nano": span.start_ns,
+                "end_time_unix_nano": span.end_ns,
+                "status": "ERROR" if span.status else "UNSET",
+                "attributes": span.attributes,
+                "resource": self.resource,
+            }
+            sys.stdout.write(json.dumps(record, default=str) + "\n")
+        sys.stdout.flush()
         return True
 
-
-class _BoundedProcessor:
-    """The SDK's BatchSpanProcessor behind a count of what waits in its queue: a span that would
-    not fit is dropped and counted here, instead of silently pushing out the oldest one."""
-
-    def __init__(self, inner: Any, tracing: Tracing) -> None:
-        self.inner = inner
-        self.tracing = tracing
-        self.submitted = 0  # written by the trio thread only
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
-    def _on_ending(self, span: Any) -> None:
-        return None
-
-    def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is None or not context.trace_flags.sampled:
-            return
-        if self.submitted - self.tracing._exporter.handed >= MAX_QUEUE:
-            self.tracing.dropped_in_queue += 1
-            return
-        self.submitted += 1
-        self.inner.on_end(span)
-
     def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return bool(self.inner.force_flush(timeout_millis))
+        """Send what is queued, for at most `SHUTDOWN_WAIT` seconds (the worker is a daemon thread:
+        a collector that hangs never holds the process)."""
+        self.deadline = time.monotonic() + SHUTDOWN_WAIT
+        self._stopping = True
+        self._wake.set()
+        self._worker.join(SHUTDOWN_WAIT)
