@@ -61,11 +61,12 @@ class Breaker:
         return self.retries < self.thresholds.max_retries
 
     def is_open(self, open_connections: int) -> bool:
-        """Whether any threshold is full now (`sidecar_circuit_breaker_open`)."""
+        """Whether any threshold is full now (`sidecar_circuit_breaker_open`). `max_retries: 0` means
+        no retries at all, not a breaker that is always open."""
         t = self.thresholds
         return (
             self.requests >= t.max_requests
             or self.pending >= t.max_pending
-            or self.retries >= t.max_retries
+            or (t.max_retries > 0 and self.retries >= t.max_retries)
             or open_connections >= t.max_connections
         )

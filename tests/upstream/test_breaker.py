@@ -45,3 +45,9 @@ def test_max_connections_and_max_retries() -> None:
     assert b.retry_allowed()
     b.retries = 1
     assert not b.retry_allowed() and b.is_open(open_connections=0)
+
+
+def test_max_retries_zero_forbids_retries_without_showing_an_open_breaker() -> None:
+    b = breaker(max_retries=0)
+    assert not b.retry_allowed()
+    assert not b.is_open(open_connections=0)
