@@ -262,6 +262,9 @@ async def _run(demo: Demo, duration: float | None) -> None:
         demo.collector = await nursery.start(demo.traces.serve)  # before any sidecar is configured
         try:
             await _mesh(demo, duration)
+        except* KeyboardInterrupt:  # Ctrl-C, as the demo says: not an error (trio wraps it in a group)
+            print("\nstopping", flush=True)
+            raise
         finally:
             # The processes stop while the receiver still listens: their last spans have somewhere to go.
             with trio.CancelScope(shield=True):
@@ -333,8 +336,8 @@ def run_demo(*, duration: float | None = None, log_format: str = "json") -> int:
     demo = Demo(workdir)
     try:
         trio.run(_run, demo, duration)
-    except KeyboardInterrupt:
-        print("\nstopping", flush=True)
+    except* KeyboardInterrupt:
+        pass  # said and stopped in _run
     finally:
         demo.stop()
     return 0
