@@ -5,12 +5,18 @@ It makes a throwaway mesh CA and one workload certificate per service, starts tw
 processes on free ports, mutual TLS between them), sends traffic to `frontend` (as a mesh client
 with its own certificate) that crosses frontend's outbound sidecar and an orders sidecar's inbound,
 and prints what happened: outcomes, latency, the load split across replicas, the hops and identities
-a request carried, and where to look next.
+a request carried, that request's trace tree across the sidecars, and where to look next.
+
+Every sidecar exports its spans over OTLP/HTTP to a small receiver inside this process
+(`demo_traces.py`); the demo client sends each request with a `traceparent` of its own, so it knows
+the trace id of the request it shows.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import random
 import signal
 import socket
 import ssl
@@ -25,10 +31,14 @@ from typing import Any
 import trio
 import yaml
 
+from .demo_traces import SpanRecord, TraceReceiver, render_tree
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TRUST_DOMAIN = "demo.local"
 CLIENTS = 4  # concurrent demo clients
 REPORT_EVERY = 10.0  # seconds between summaries when running until Ctrl-C
+TRACE_WAIT = 3.0  # seconds the summary waits for the example request's spans
+EXPORT_DELAY_MS = "200"  # the sidecars' OTEL_BSP_SCHEDULE_DELAY: spans leave 5x sooner than by default
 
 
 def spiffe_id(service: str) -> str:
@@ -44,10 +54,12 @@ def _free_port() -> int:
 @dataclass
 class Tally:
     started: float = field(default_factory=time.monotonic)
+    stopped: float | None = None  # when the traffic stopped (--duration)
     statuses: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     example: dict[str, Any] | None = None
+    example_trace: str | None = None  # the trace id the example request was sent with
 
     def record(self, status: str, latency: float, replica: str | None) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -72,6 +84,8 @@ class Demo:
         self.workdir = workdir
         self.processes: list[subprocess.Popen[bytes]] = []
         self.nodes: list[Node] = []
+        self.traces = TraceReceiver()
+        self.collector: int | None = None  # the receiver's port, once it listens
         self.ca_dir = workdir / "pki" / "ca"
         init_ca(TRUST_DOMAIN, self.ca_dir)
 
@@ -92,9 +106,9 @@ class Demo:
         context.load_cert_chain(out / "cert.pem", out / "key.pem")
         return context
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+        self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
 
     def sidecar(self, name: str, app_port: int, services: list[dict[str, Any]]) -> Node:
         node = Node(name, _free_port(), _free_port(), _free_port(), app_port)
@@ -102,20 +116,22 @@ class Demo:
         directory.mkdir(parents=True)
         service = name.rsplit("-", 1)[0] if name[-1].isdigit() else name
         certs = self.certs(service)
-        docs: list[dict[str, Any]] = [
-            {
-                "kind": "Sidecar",
-                "service": service,
-                "tls": {part: str(certs / f"{part}.pem") for part in ("cert", "key", "ca")},
-                "inbound": {"listen": f"127.0.0.1:{node.inbound}", "app": f"127.0.0.1:{app_port}"},
-                "outbound": {"listen": f"127.0.0.1:{node.outbound}"},
-                "admin": {"listen": f"127.0.0.1:{node.admin}"},
-                "drain_timeout": "2s",
-            },
-            *({"kind": "Service", **s} for s in services),
-        ]
+        sidecar: dict[str, Any] = {
+            "kind": "Sidecar",
+            "service": service,
+            "tls": {part: str(certs / f"{part}.pem") for part in ("cert", "key", "ca")},
+            "inbound": {"listen": f"127.0.0.1:{node.inbound}", "app": f"127.0.0.1:{app_port}"},
+            "outbound": {"listen": f"127.0.0.1:{node.outbound}"},
+            "admin": {"listen": f"127.0.0.1:{node.admin}"},
+            "drain_timeout": "2s",
+        }
+        if self.collector is not None:  # every span, to the demo's own receiver
+            endpoint = f"http://127.0.0.1:{self.collector}"
+            sidecar["tracing"] = {"exporter": "otlp", "endpoint": endpoint, "sample_ratio": 1.0}
+        docs = [sidecar, *({"kind": "Service", **s} for s in services)]
         (directory / "mesh.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
-        self.spawn(f"sidecar-{name}", [sys.executable, "-m", "sidecar", "run", "-c", str(directory)])
+        env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": EXPORT_DELAY_MS}
+        self.spawn(f"sidecar-{name}", [sys.executable, "-m", "sidecar", "run", "-c", str(directory)], env)
         self.nodes.append(node)
         return node
 
@@ -150,13 +166,20 @@ async def _wait_ready(client: Any, url: str) -> None:
             await trio.sleep(0.1)
 
 
-async def _traffic(client: Any, url: str, tally: Tally) -> None:
+def _traceparent() -> tuple[str, str]:
+    """A new sampled W3C trace context for one demo request: (trace id, traceparent)."""
+    trace_id = f"{random.getrandbits(128) or 1:032x}"
+    return trace_id, f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01"
+
+
+async def _traffic(client: Any, url: str, tally: Tally, traces: TraceReceiver) -> None:
     import httpx
 
     while True:
         start = time.monotonic()
+        trace_id, traceparent = _traceparent()
         try:
-            r = await client.get(url, headers={"host": "frontend"})
+            r = await client.get(url, headers={"host": "frontend", "traceparent": traceparent})
             body = r.json() if r.headers.get("content-type") == "application/json" else {}
             orders = body.get("orders") or {}
             status = str(r.status_code) + (
@@ -165,13 +188,39 @@ async def _traffic(client: Any, url: str, tally: Tally) -> None:
             tally.record(status, time.monotonic() - start, orders.get("replica"))
             if tally.example is None and r.status_code == 200:
                 tally.example = orders
+                tally.example_trace = trace_id
+                traces.pin(trace_id)  # its spans outlive the receiver's limit
         except httpx.HTTPError as exc:
             tally.record(type(exc).__name__, time.monotonic() - start, None)
 
 
-def _summary(tally: Tally, demo: Demo, frontend: Node) -> str:
+def _trace_complete(spans: list[SpanRecord]) -> bool:
+    """The frontend sidecar's SERVER span is in, and every try its CLIENT spans sent on (not
+    answered by the sidecar itself) has the SERVER span of the sidecar it reached under it."""
+    parents = {s.parent_span_id for s in spans}
+    return any(s.kind == "SERVER" and s.service == "frontend" for s in spans) and all(
+        s.span_id in parents for s in spans if s.kind == "CLIENT" and not s.attributes.get("mesh.reason")
+    )
+
+
+async def _trace_section(tally: Tally, demo: Demo) -> list[str]:
+    """The example request's trace tree, once its spans are in (waiting at most TRACE_WAIT s)."""
+    if tally.example is None or tally.example_trace is None:
+        return []
+    spans = await demo.traces.wait_for_trace(tally.example_trace, _trace_complete, TRACE_WAIT)
+    names = {f"127.0.0.1:{node.inbound}": node.name for node in demo.nodes}
+    lines = [f"its trace, as the sidecars exported it (trace id {tally.example_trace}):"]
+    lines += [f"  {line}" for line in render_tree(spans, names)]
+    expected = {"frontend": "frontend", "orders": str(tally.example.get("replica") or "orders")}
+    missing = [node for service, node in expected.items() if not any(s.service == service for s in spans)]
+    if missing:
+        lines.append(f"  no spans from the {' and '.join(missing)} sidecar within {TRACE_WAIT:g}s (see its log)")
+    return lines
+
+
+def _summary(tally: Tally, demo: Demo, frontend: Node, trace: list[str]) -> str:
     total = sum(tally.statuses.values())
-    elapsed = time.monotonic() - tally.started
+    elapsed = (tally.stopped or time.monotonic()) - tally.started
     lat = sorted(tally.latencies)
 
     def pct(p: float) -> str:
@@ -194,11 +243,13 @@ def _summary(tally: Tally, demo: Demo, frontend: Node) -> str:
             f"  orders app saw x-forwarded-for: {tally.example.get('x-forwarded-for')}",
             f"  and x-forwarded-client-cert: {tally.example.get('x-forwarded-client-cert')}",
             f"  and x-request-id: {tally.example.get('x-request-id')} (same id at every hop)",
+            *trace,
         ]
     lines += ["where to look next:"]
     for node in demo.nodes:
         lines.append(f"  {node.name:<10} http://127.0.0.1:{node.admin}/ready   /live")
     lines += [
+        f"  traces:   tracing.endpoint in each mesh.yaml (here the demo's own receiver, http://127.0.0.1:{demo.collector})",
         f"  try:      curl -k --cert {demo.certs('demo-client')}/cert.pem --key {demo.certs('demo-client')}/key.pem "
         f"-H 'Host: frontend' https://127.0.0.1:{frontend.inbound}/checkout",
         f"  configs and logs: {demo.workdir}",
@@ -207,6 +258,21 @@ def _summary(tally: Tally, demo: Demo, frontend: Node) -> str:
 
 
 async def _run(demo: Demo, duration: float | None) -> None:
+    async with trio.open_nursery() as nursery:
+        demo.collector = await nursery.start(demo.traces.serve)  # before any sidecar is configured
+        try:
+            await _mesh(demo, duration)
+        except* KeyboardInterrupt:  # Ctrl-C, as the demo says: not an error (trio wraps it in a group)
+            print("\nstopping", flush=True)
+            raise
+        finally:
+            # The processes stop while the receiver still listens: their last spans have somewhere to go.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(demo.stop)
+        nursery.cancel_scope.cancel()
+
+
+async def _mesh(demo: Demo, duration: float | None) -> None:
     import httpx
 
     orders_ports = [_free_port(), _free_port()]
@@ -238,19 +304,27 @@ async def _run(demo: Demo, duration: float | None) -> None:
         url = f"https://127.0.0.1:{frontend.inbound}/checkout"
         async with trio.open_nursery() as nursery:
             for _ in range(CLIENTS):
-                nursery.start_soon(_traffic, client, url, tally)
+                nursery.start_soon(_traffic, client, url, tally, demo.traces)
             if duration is not None:
                 await trio.sleep(duration)
                 nursery.cancel_scope.cancel()
+                tally.stopped = time.monotonic()
             else:
                 while True:
                     await trio.sleep(REPORT_EVERY)
-                    print(_summary(tally, demo, frontend), flush=True)
-        print(_summary(tally, demo, frontend), flush=True)
+                    print(_summary(tally, demo, frontend, await _trace_section(tally, demo)), flush=True)
+        print(_summary(tally, demo, frontend, await _trace_section(tally, demo)), flush=True)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def run_demo(*, duration: float | None = None, log_format: str = "json") -> int:
-    missing = [name for name in ("hypercorn", "httpx") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("hypercorn", "httpx", "opentelemetry.proto") if not _installed(name)]
     if missing or not EXAMPLES.is_dir():
         print(
             "sidecar demo needs the repository's examples/ and the demo extras "
@@ -262,8 +336,8 @@ def run_demo(*, duration: float | None = None, log_format: str = "json") -> int:
     demo = Demo(workdir)
     try:
         trio.run(_run, demo, duration)
-    except KeyboardInterrupt:
-        print("\nstopping", flush=True)
+    except* KeyboardInterrupt:
+        pass  # said and stopped in _run
     finally:
         demo.stop()
     return 0
