@@ -29,6 +29,8 @@ from .pool import ConnectionPool
 from .registry import Cluster, ClusterSettings, Endpoint
 from .retry import IDEMPOTENT, ReplayBuffer, ReplayView, RetryPolicy, TryTimedOut
 
+CONNECT_FAILURE_PAUSE = 1.0  # seconds an endpoint that failed to connect is passed over, if another is up
+
 # Failures of a try that got no response head: outlier detection counts them as gateway errors.
 NO_RESPONSE = (UpstreamConnectFailure, UpstreamReset, UpstreamProtocolError, UpstreamTimeout, TryTimedOut)
 
@@ -88,6 +90,8 @@ async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy, deadli
 
 
 def _may_try_again(cluster: Cluster, policy: RetryPolicy, attempt: int, replay: ReplayBuffer | None) -> bool:
+    """Whether another try may follow: attempts left, the body replayable, `max_retries` not full and
+    the budget willing (SPEC §11: both apply)."""
     if attempt > policy.attempts or (replay is not None and not replay.replayable):
         return False
     breaker = cluster.breaker
@@ -149,10 +153,18 @@ async def _connect(cluster: Cluster, pool: ConnectionPool) -> H1ClientConnection
     breaker = cluster.breaker
     breaker.check_connections(cluster.name, cluster.open_connections)
     breaker.open_pending(cluster.name)
+    endpoint = pool.endpoint
     try:
         with trio.CancelScope(relative_deadline=cluster.settings.connect_timeout):
-            return await pool.connect()
-        raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
+            conn = await pool.connect()
+            endpoint.refused_until = 0.0
+            return conn
+        raise UpstreamConnectFailure(detail=f"{endpoint.address}: connect timeout")
+    except UpstreamConnectFailure:
+        # Fail fast: the next picks pass this endpoint over for a moment (not an ejection; outlier
+        # detection counts the failure as usual), so a replica that just died costs few retries.
+        endpoint.refused_until = trio.current_time() + CONNECT_FAILURE_PAUSE
+        raise
     finally:
         breaker.close_pending()
 

@@ -184,6 +184,7 @@ class Endpoint:
         "hostname",
         "pool",
         "port",
+        "refused_until",
         "removed",
         "returned_at",
         "times_ejected",
@@ -205,6 +206,7 @@ class Endpoint:
         self.ejected_until = 0.0  # trio time
         self.times_ejected = 0
         self.returned_at = 0.0  # trio time of the last return from an ejection
+        self.refused_until = 0.0  # trio time until which a failed connect makes picks pass it over
         self.consecutive_5xx = 0
         self.consecutive_gateway_errors = 0
         self.breaker: Breaker | None = None  # the service's, set when the endpoint joins a cluster
@@ -273,12 +275,15 @@ class Cluster:
 
     def pick(self, request: Request | None = None, avoid: Endpoint | None = None) -> Endpoint:
         """An available endpoint for `request` (ring_hash reads its key); `avoid` (the endpoint of a
-        failed try) is skipped when another is available. Raises NoHealthyUpstream when none is."""
+        failed try), and an endpoint whose last connect failed within `CONNECT_FAILURE_PAUSE`, are
+        passed over when another is available. Raises NoHealthyUpstream when none is."""
         balancer = self.balancer
         if balancer is None:
             raise NoHealthyUpstream(detail=self._none_available())
         endpoint = balancer.pick(request)
-        if endpoint is avoid and self.available_count > 1:
+        if (endpoint is avoid or (endpoint.refused_until and endpoint.refused_until > trio.current_time())) and (
+            self.available_count > 1
+        ):
             return balancer.pick_other(request, endpoint)
         return endpoint
 

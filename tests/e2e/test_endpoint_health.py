@@ -124,10 +124,17 @@ async def test_a_replica_refusing_connections_is_ejected(mesh: Mesh) -> None:
     )
     async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
         answers = [await client.get("/work") for _ in range(12)]
-    assert [(r.status_code, r.text) for r in answers] == [(200, "well")] * 12  # connect failures are retried
-    # The first two requests met the refusing replica first and were retried on the other; the second
-    # refusal ejected it, and from then on every request goes straight to the healthy one.
-    assert well.attempts == ["2", "2"] + ["1"] * 10
+        # The first request met the refusing replica and was retried on the other; for a second after
+        # that refusal, picks pass the replica over, so the next requests go straight to the healthy one.
+        assert well.attempts == ["2"] + ["1"] * 11
+        assert not endpoint_state(a, "orders", closed_port).ejected  # one failure: not ejected yet
+        await trio.sleep(1.1)
+        for _ in range(4):  # then it is tried again (round robin's turn), refuses again: ejected
+            answers.append(await client.get("/work"))
+            if well.attempts[-1] == "2":
+                break
+    assert [(r.status_code, r.text) for r in answers] == [(200, "well")] * len(answers)  # all retried
+    assert well.attempts.count("2") == 2
     assert endpoint_state(a, "orders", closed_port).ejected
 
 

@@ -168,3 +168,24 @@ async def test_a_reset_post_is_not_retried_but_a_refused_one_is(
     post.headers = Headers()
     assert (await call.call_cluster(cluster(), post, timeout=10)).status == 200
     assert [host for host, _, _ in fake.tries] == ["10.0.0.1", "10.0.0.2"]
+
+
+async def test_an_endpoint_that_failed_to_connect_is_passed_over_for_a_moment(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    refusing = cluster(attempts=0)
+    dead, alive = refusing.endpoints
+
+    async def refuse(pool: ConnectionPool) -> Any:
+        raise UpstreamConnectFailure(detail="refused")
+
+    monkeypatch.setattr(ConnectionPool, "connect", refuse)
+    with pytest.raises(UpstreamConnectFailure):
+        await call._connect(refusing, dead.pool)
+    assert {refusing.pick(request()) for _ in range(10)} == {alive}  # round robin would alternate
+    await trio.sleep(call.CONNECT_FAILURE_PAUSE)
+    assert {refusing.pick(request()) for _ in range(10)} == {dead, alive}
+    dead.refused_until = trio.current_time() + 5
+    alive.ejected = True  # the only one left is picked even so: passing over is no ejection
+    refusing.availability_changed()
+    assert refusing.pick(request()) is dead
