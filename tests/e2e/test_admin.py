@@ -4,8 +4,10 @@ prometheus_client's parser, pooled connections and retries as the upstream regis
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +183,45 @@ async def test_metrics_and_pages_of_two_sidecars_are_their_own(mesh: Mesh) -> No
     assert second_metrics["sidecar_upstream_retries_total", frozenset({("service", "payments")})] == 0
     assert [s["name"] for s in (await get_json(second, "/clusters"))["services"]] == ["payments"]
     assert Path((await get_json(second, "/config"))["files"][0]).parent.name == "sidecar2"
+
+
+async def test_metrics_of_ejections_open_breakers_and_refused_handshakes_move(mesh: Mesh) -> None:
+    from .conftest import free_port
+
+    holding = HoldingOrigin()
+    dead = free_port()  # nothing listens: the first connect fails and ejects it
+    outlier = {"consecutive_gateway_errors": 1}
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin())
+    sc = await mesh.sidecar(
+        services=[
+            service("orders", dead, await mesh.origin(holding), load_balancer="round_robin", outlier_detection=outlier),
+            service("narrow", await mesh.origin(holding), circuit_breaker={"max_requests": 1}),
+        ]
+    )
+    async with httpx.AsyncClient(base_url=sc.outbound_url, timeout=10) as client:
+        for _ in range(2):
+            assert (await client.get("/x", headers={"host": "orders"})).status_code == 200
+        scraped = await scrape(sc)
+        assert orders(scraped, "sidecar_upstream_ejections_total") == 1
+        assert scraped["sidecar_circuit_breaker_open", frozenset({("service", "narrow")})] == 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(client.get, "/hold", headers={"host": "narrow"}))
+            await holding.wait_held(1)
+            scraped = await scrape(sc)  # the one request allowed is in flight: the breaker is full
+            assert scraped["sidecar_circuit_breaker_open", frozenset({("service", "narrow")})] == 1
+            holding.release.set()
+        scraped = await scrape(sc)
+        assert scraped["sidecar_circuit_breaker_open", frozenset({("service", "narrow")})] == 0
+        counts = [scraped[key] for key in scraped if key[0] == "sidecar_requests_total"]
+        assert sum(counts) == 3
+
+    tls_failures = ("sidecar_tls_handshake_failures_total", frozenset({("listener", "inbound")}))
+    assert (await scrape(b))[tls_failures] == 0
+    async with httpx.AsyncClient() as plain:  # plaintext to a strict mutual-TLS listener
+        with contextlib.suppress(httpx.HTTPError):
+            await plain.get(f"http://127.0.0.1:{b.inbound}/")
+    await wait_for(lambda: _at_least(b, tls_failures, 1))
+
+
+async def _at_least(sc: SidecarHandle, key: tuple[str, frozenset[tuple[str, str]]], value: float) -> bool:
+    return (await scrape(sc))[key] >= value
