@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from .metrics import RequestMetrics
     from .tracing import Tracing
 
+log = structlog.get_logger("sidecar.telemetry")
+
 INBOUND = "inbound"
 OUTBOUND = "outbound"
 UNROUTED = "unknown"  # the service label of an outbound request no route matched
@@ -147,6 +149,8 @@ class RequestRecord:
         if attempt > 1:
             attributes["http.request.resend_count"] = attempt - 1
         span = tracing.start(request.method.decode("latin-1"), CLIENT, self.parent, attributes)
+        if self.parent is None:  # no context from the app: the next tries join this one's trace, as roots
+            self.parent = Parent(span.trace_id, 0, span.flags, "")
         self.span = span
         _inject(request, span)
 
@@ -169,10 +173,17 @@ class RequestRecord:
     # -- the end ------------------------------------------------------------------------------------
 
     def response_sent(self, status: int, bytes_out: int, reason: str | None = None) -> None:
-        """The response is written (or given up): count, log and end the spans. Once only."""
+        """The response is written (or given up): count, log and end the spans. Once only. Telemetry
+        never fails a request: an error here (stdout closed under the access log, say) is logged."""
         if self.done:
             return
         self.done = True
+        try:
+            self._finish(status, bytes_out, reason)
+        except Exception:
+            log.exception("telemetry_failed")
+
+    def _finish(self, status: int, bytes_out: int, reason: str | None) -> None:
         if reason is not None:
             self.reason = reason
         duration = time.perf_counter() - self.started
@@ -273,9 +284,8 @@ def _end_with_status(span: Span, status: int, reason: str | None, *, client: boo
 def _trace_id(span: Span | None, traceparent: bytes | None) -> str | None:
     if span is not None:
         return f"{span.trace_id:032x}"
-    if traceparent is not None and len(traceparent) >= 55 and traceparent[2:3] == b"-":
-        return traceparent[3:35].decode("latin-1")
-    return None
+    parent = parse_traceparent(traceparent)
+    return f"{parent.trace_id:032x}" if parent is not None else None
 
 
 _seconds_cache: tuple[int, str] = (-1, "")

@@ -25,7 +25,9 @@ _HEX = frozenset(b"0123456789abcdef")
 
 
 class Parent:
-    """The caller's span, from its `traceparent` (and `tracestate`, passed on as it came)."""
+    """The caller's span, from its `traceparent` (and `tracestate`, passed on as it came). A
+    `span_id` of 0 names a trace only: the span started under it is a root of that trace (the later
+    tries of a request that came without trace context)."""
 
     __slots__ = ("flags", "span_id", "trace_id", "trace_state")
 
@@ -104,8 +106,8 @@ class Span:
     ) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
-        self.parent_id = parent.span_id if parent is not None else 0
-        self.parent_remote = isinstance(parent, Parent)
+        self.parent_id = parent.span_id if parent is not None else 0  # 0: a root (a trace-only parent)
+        self.parent_remote = isinstance(parent, Parent) and parent.span_id != 0
         self.trace_state: str = parent.trace_state if parent is not None else ""
         self.flags = flags
         self.name = name

@@ -323,10 +323,12 @@ class H1Server:
             reason = abort.reason
             raise DownstreamGone("response aborted") from None
         finally:
-            observer = request.observer
-            if observer is not None:
-                observer.response_sent(status, sent, reason)
-            await body.aclose()
+            try:
+                observer = request.observer
+                if observer is not None:
+                    observer.response_sent(status, sent, reason)
+            finally:
+                await body.aclose()
 
     async def _switch_protocols(self, response: Response) -> None:
         """Write the 101 head, then relay bytes between this connection and the upstream one until

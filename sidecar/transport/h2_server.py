@@ -488,9 +488,11 @@ class H2Server:
         except H2StateError:
             raise DownstreamGone("stream closed") from None
         finally:
-            if observer is not None:
-                observer.response_sent(status, sent, reason)
-            await body.aclose()
+            try:
+                if observer is not None:
+                    observer.response_sent(status, sent, reason)
+            finally:
+                await body.aclose()
 
     async def _send_data(self, stream_id: int, data: bytes, *, end: bool) -> None:
         """DATA as the windows allow (the codec cuts it to the peer's frame size)."""

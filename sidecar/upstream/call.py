@@ -81,10 +81,10 @@ async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy, deadli
             await trio.sleep_until(min(trio.current_time() + policy.backoff(attempt), deadline))
             if trio.current_time() >= deadline:  # the request timeout ran out, in the backoff or the try
                 raise _request_timeout(cluster)
+            endpoint = cluster.pick(request, avoid=endpoint)  # another one when one is available
             attempt += 1
             cluster.retries += 1
             request.headers.set(b"x-sidecar-attempt", str(attempt).encode())
-            endpoint = cluster.pick(request, avoid=endpoint)  # another one when one is available
     finally:
         request.body = original  # the downstream server judges what was read of the real body
 
@@ -120,8 +120,9 @@ async def _try(cluster: Cluster, endpoint: Endpoint, request: Request, deadline:
         observer.try_started(cluster, endpoint, attempt)
     try:
         response = await _send(cluster, endpoint, request, deadline)
-    except NO_RESPONSE as error:
-        cluster.record(endpoint, None)
+    except ProxyError as error:
+        if isinstance(error, NO_RESPONSE):  # a full breaker, say, is no fault of the endpoint
+            cluster.record(endpoint, None)
         if observer is not None:
             observer.try_failed(error)
         raise

@@ -233,6 +233,11 @@ class Endpoint:
         return EndpointStatistics(self.address, self.healthy, self.ejected, self.active_requests, self.times_ejected)
 
 
+def _paused(endpoint: Endpoint) -> bool:
+    """Whether `endpoint`'s last connect failed within `CONNECT_FAILURE_PAUSE` (see `call.py`)."""
+    return endpoint.refused_until > 0.0 and endpoint.refused_until > trio.current_time()
+
+
 class Cluster:
     """One upstream service: its settings, its current endpoints, their balancer and policies."""
 
@@ -281,11 +286,22 @@ class Cluster:
         if balancer is None:
             raise NoHealthyUpstream(detail=self._none_available())
         endpoint = balancer.pick(request)
-        if (endpoint is avoid or (endpoint.refused_until and endpoint.refused_until > trio.current_time())) and (
-            self.available_count > 1
-        ):
-            return balancer.pick_other(request, endpoint)
+        if self.available_count > 1 and (endpoint is avoid or endpoint.refused_until > 0.0):
+            return self._pick_instead(request, endpoint, avoid)
         return endpoint
+
+    def _pick_instead(self, request: Request | None, first: Endpoint, avoid: Endpoint | None) -> Endpoint:
+        """Another endpoint than `first` (which is `avoid`, or one whose connect failed lately): the
+        balancer's second choice when it is neither, else the first available that is neither,
+        else any but `avoid`."""
+        if first is not avoid and not _paused(first):
+            return first  # its pause is over
+        candidate = self.balancer.pick_other(request, first)  # type: ignore[union-attr]
+        if candidate is not avoid and not _paused(candidate):
+            return candidate  # the usual case
+        usable = [e for e in self.endpoints if e.available and e is not avoid]
+        ready = [e for e in usable if not _paused(e)]
+        return (ready or usable or [first])[0]
 
     def record(self, endpoint: Endpoint, status: int | None) -> None:
         """The outcome of one try to `endpoint`: the response status, or None when no response head

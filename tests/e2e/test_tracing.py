@@ -129,12 +129,10 @@ async def test_each_retry_is_its_own_client_span_with_a_resend_count(mesh: Mesh)
 
 async def test_a_reply_the_sidecar_makes_carries_its_reason(mesh: Mesh) -> None:
     receiver = OtlpReceiver()
-    dead = await mesh.origin()  # replaced below by a closed port
     sc = await mesh.sidecar(
         services=[service("orders", 1, retries={"attempts": 0})],  # port 1: connection refused
         tracing=tracing(await mesh.origin(receiver)),
     )
-    del dead
     async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
         r = await client.get("/x", headers={"host": "orders"})
         unrouted = await client.get("/x", headers={"host": "nowhere"})
@@ -174,3 +172,16 @@ async def test_a_dead_or_hanging_collector_never_holds_a_request_up(
                 await trio.sleep(0.05)
     else:
         assert hanging.exports == 1  # still stuck on the first export: nothing waited on it
+
+
+async def test_retries_of_a_request_without_trace_context_share_one_trace(mesh: Mesh) -> None:
+    receiver = OtlpReceiver()
+    origin = FlakyOrigin(failures=1)
+    sc = await mesh.sidecar(
+        services=[service("orders", await mesh.origin(origin))], tracing=tracing(await mesh.origin(receiver))
+    )
+    async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
+        assert (await client.get("/x", headers={"host": "orders"})).status_code == 200
+    first, second = await receiver.wait_for(2)
+    assert first.trace_id == second.trace_id and first.span_id != second.span_id
+    assert first.parent_span_id == second.parent_span_id == ""  # roots of the one trace

@@ -189,3 +189,15 @@ async def test_an_endpoint_that_failed_to_connect_is_passed_over_for_a_moment(
     alive.ejected = True  # the only one left is picked even so: passing over is no ejection
     refusing.availability_changed()
     assert refusing.pick(request()) is dead
+
+
+@pytest.mark.parametrize("balancer", ["round_robin", "least_request", "random"])
+async def test_a_retry_avoids_both_the_failed_endpoint_and_a_paused_one(
+    balancer: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    three = make_cluster(3, load_balancer=balancer)
+    paused, failed, other = three.endpoints
+    paused.refused_until = trio.current_time() + 1
+    assert {three.pick(request(), avoid=failed) for _ in range(300)} == {other}
+    other.refused_until = trio.current_time() + 1  # all but the failed one paused: a paused one, not `avoid`
+    assert failed not in {three.pick(request(), avoid=failed) for _ in range(300)}
