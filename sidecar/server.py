@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from functools import partial
 
 import structlog
 import trio
@@ -26,7 +27,7 @@ from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .telemetry.metrics import RequestMetrics
-from .telemetry.record import Telemetry, access_log_wanted, access_logger
+from .telemetry.record import Telemetry, access_log_wanted, access_logger, record_rejected
 from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.h2_server import H2Server
@@ -38,6 +39,7 @@ from .upstream.registry import UpstreamRegistry
 log = structlog.get_logger("sidecar.server")
 
 H2_PREFACE_START = b"PRI * HTTP/2.0"
+SHUTDOWN_WAIT_CUT = 0.25  # seconds spans may take to leave after a drain cut at drain_timeout
 PREFACE_WAIT = 0.005  # seconds between looks at a preface that arrived in pieces (rare)
 
 
@@ -82,13 +84,18 @@ class Runtime:
 
     def _apply_telemetry(self, snapshot: Snapshot) -> None:
         """Telemetry for the snapshot's service and tracing settings; a tracer is made anew only
-        when those change (a provider is heavy and holds the spans waiting for export)."""
+        when those change (it owns a worker thread and the spans waiting for export)."""
         service = snapshot.sidecar.service
         settings = resolve_settings(snapshot.sidecar.tracing)
         current = self.telemetry
         if current is not None and current.service == service and self._tracing_settings == settings:
             return
-        tracing = Tracing(service, settings) if settings.exporter != "none" else None
+        tracing = None
+        if settings.exporter != "none":
+            try:
+                tracing = Tracing(service, settings)
+            except (OSError, ValueError) as error:  # an unreadable OTEL_EXPORTER_OTLP_CERTIFICATE, a bad URL
+                log.error("tracing_disabled", error=str(error), endpoint=settings.endpoint)
         if tracing is not None:
             self.metrics.dropped_spans_source = lambda: tracing.dropped
         access_log = access_logger() if access_log_wanted() else None
@@ -97,17 +104,20 @@ class Runtime:
         if current is not None and current.tracing is not None:
             self._retired_tracing.append(current.tracing)
 
+    def _rejected(self, direction: str, conn: ConnectionInfo, protocol: str, status: int, reason: str) -> None:
+        record_rejected(self.current_telemetry(), direction, conn, protocol, status, reason)
+
     def current_telemetry(self) -> Telemetry:
         assert self.telemetry is not None
         return self.telemetry
 
-    async def shutdown_tracing(self) -> None:
-        """Give queued spans `SHUTDOWN_WAIT` to leave; a collector that hangs costs no more."""
+    async def shutdown_tracing(self, wait: float = SHUTDOWN_WAIT) -> None:
+        """Give queued spans `wait` seconds to leave; a collector that hangs costs no more."""
         tracers = [
             *self._retired_tracing,
             *([self.telemetry.tracing] if self.telemetry and self.telemetry.tracing else []),
         ]
-        with trio.move_on_after(SHUTDOWN_WAIT):
+        with trio.move_on_after(wait):
             for tracing in tracers:
                 await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
 
@@ -191,6 +201,7 @@ class Runtime:
         self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
     ) -> None:
         sidecar = self.snapshot.sidecar
+        quiet = False
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
             outbound = Listener("outbound", sidecar.outbound.listen)
@@ -203,6 +214,9 @@ class Runtime:
                 inbound = Listener("inbound", sidecar.inbound.listen)
                 await inbound.bind()
                 self.listeners["inbound"] = inbound
+            for name in ("outbound", "inbound"):
+                if name in self.listeners:
+                    self.listeners[name].rejected = partial(self._rejected, name)
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
             await nursery.start(self.registry.run)
@@ -227,8 +241,11 @@ class Runtime:
                     await inbound.wait_quiet()
                 await outbound.wait_quiet()
             log.info("drained", timed_out=deadline.cancelled_caught)
-            await self.shutdown_tracing()
+            quiet = not deadline.cancelled_caught
             nursery.cancel_scope.cancel()
+        # Spans of requests cut at drain_timeout are ended by now; a clean drain leaves the queue a
+        # moment to go out, a cut one (or a second signal) hardly any.
+        await self.shutdown_tracing(SHUTDOWN_WAIT if quiet else SHUTDOWN_WAIT_CUT)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -4,6 +4,10 @@ It sits at the top of both listeners' stacks, so it sees every request the stack
 sidecar makes itself included. On the inbound side it also starts the SERVER span and names it in
 the `traceparent` the app receives. The protocol server closes the record once the response is
 written; a request whose handler ends without a response (the client left) is closed here.
+
+A request refused before it could become a `Request` (a malformed head, a header block over the
+limit) never reaches a stack: the protocol server reports it through `Listener.rejected`, and
+`telemetry.record.record_rejected` counts and logs it.
 """
 
 from __future__ import annotations

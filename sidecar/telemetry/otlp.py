@@ -9,7 +9,7 @@ carry: ids, trace state, parent and its remote flag, name, kind, times, attribut
 int, float and lists of those) and status; tests/telemetry/test_otlp.py decodes it with
 `opentelemetry-proto` and compares it with the official encoder's output for the same spans.
 
-The exporter runs in the SDK's batch worker thread. It keeps one HTTP/1.1 connection to the
+The exporter runs in `tracing.py`'s worker thread. It keeps one HTTP/1.1 connection to the
 collector, sends each batch once (a failure loses that batch, which the caller counts) and honours
 the usual variables: `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`, `_TIMEOUT` (seconds, default 10) and
 `_COMPRESSION` (`gzip`), and `_CERTIFICATE` for an https collector.
@@ -161,7 +161,8 @@ def parse_headers(text: str | None) -> dict[str, str]:
 
 
 class OtlpHttpExporter:
-    """A SpanExporter posting encoded batches to `endpoint` over one kept-alive connection."""
+    """Posts encoded batches of spans to `endpoint` over one kept-alive connection. Raises OSError or
+    ValueError at construction when the URL or the certificate file is unusable."""
 
     def __init__(self, endpoint: str, environ: Mapping[str, str] = os.environ) -> None:
         url = urlsplit(endpoint)

@@ -32,7 +32,7 @@ from ..http.errors import ProxyError
 from .span import CLIENT, SERVER, Parent, Span, parse_traceparent
 
 if TYPE_CHECKING:
-    from ..http.message import Request
+    from ..http.message import ConnectionInfo, Request
     from ..upstream.registry import Cluster, Endpoint
     from .metrics import RequestMetrics
     from .tracing import Tracing
@@ -235,6 +235,36 @@ class RequestRecord:
             "trace_id": _trace_id(span, headers.get(b"traceparent")),
             "request_id": request_id.decode("latin-1") if request_id is not None else None,
         }
+
+
+def record_rejected(
+    telemetry: Telemetry, direction: str, conn: ConnectionInfo, protocol: str, status: int, reason: str
+) -> None:
+    """A request answered before it became a `Request` (a malformed head, a header block over the
+    limit): counted, and logged with what is known of it (no method, path or trace)."""
+    service = telemetry.service if direction == INBOUND else UNROUTED
+    telemetry.metrics.request_finished(direction, service, status, 0.0)
+    if telemetry.access_log is None:
+        return
+    telemetry.access_log.msg(
+        time=_rfc3339(time.time_ns()),
+        direction=direction,
+        method=None,
+        authority=None,
+        path=None,
+        protocol=protocol,
+        status=status,
+        reason=reason,
+        duration_ms=0.0,
+        bytes_in=0,
+        bytes_out=0,
+        service=service,
+        upstream=None,
+        attempts=0,
+        peer_identity=conn.peer_identity,
+        trace_id=None,
+        request_id=None,
+    )
 
 
 def _request_attributes(request: Request, service: str) -> dict[str, Any]:

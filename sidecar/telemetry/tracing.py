@@ -61,7 +61,11 @@ class TracingSettings:
 
 
 def resolve_settings(config: TracingConfig, environ: Mapping[str, str] = os.environ) -> TracingSettings:
-    """The effective settings: the file's values, then the `OTEL_*` variables, then defaults."""
+    """The effective settings: the file's values, then the `OTEL_*` variables, then defaults. Only
+    OTLP over HTTP/protobuf is spoken: another `OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL` is warned about."""
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol.strip() != "http/protobuf":
+        log.warning("otel_protocol_unsupported", value=protocol, using="http/protobuf")
     endpoint = _endpoint(config.endpoint, environ)
     exporter = config.exporter or _env_exporter(environ)
     if exporter is None:

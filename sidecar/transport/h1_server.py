@@ -114,6 +114,9 @@ class H1Server:
             request, keep_alive = self._request_from(head)
         except ProxyError as error:
             await self._reply_and_close(error)
+            rejected = self.listener.rejected
+            if rejected is not None:
+                rejected(self.conn, "HTTP/1.1", error.status, error.reason)
             return False
         body = request.body
         if body is EMPTY_BODY:

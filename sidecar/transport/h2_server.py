@@ -402,6 +402,8 @@ class H2Server:
                 if request is None:
                     assert error is not None
                     await self._respond(stream_id, b"GET", error_response(error))
+                    if self.listener.rejected is not None:
+                        self.listener.rejected(self.conn, "HTTP/2", error.status, error.reason)
                     return
                 if request.body is EMPTY_BODY:  # nothing to pump upstream: no nursery needed
                     response = await self._call(request)

@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from ..config.schema import Address
+from ..http.message import ConnectionInfo
 from .tcp import TcpListener, TcpStream
 
 log = structlog.get_logger("sidecar.listener")
@@ -53,6 +54,9 @@ class Listener:
         self.timers: set[ConnectionTimer] = set()  # one per open connection
         self.tick = 0.5  # watchdog period, seconds
         self.drain_started = trio.Event()
+        # Told of a request answered before it could become a `Request` (a malformed head, say), with
+        # (connection, protocol, status, reason): telemetry counts and logs it like any other.
+        self.rejected: Callable[[ConnectionInfo, str, int, str], None] | None = None
         self._accepting = trio.CancelScope()
         self._quiet = trio.Event()
 

@@ -152,3 +152,23 @@ async def test_the_access_log_can_be_turned_off(
     assert access_lines(capsys) == []
     values = await metrics(sc.admin_url)  # the metrics still count it
     assert values["sidecar_requests_total", (("code", "200"), ("direction", "outbound"), ("service", "orders"))] == 1
+
+
+async def test_a_request_refused_before_it_is_parsed_is_logged_and_counted(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    stream = await trio.open_tcp_stream("127.0.0.1", sc.outbound)
+    async with stream:  # Content-Length and Transfer-Encoding together: a smuggling shape, 400
+        await stream.send_all(
+            b"POST /x HTTP/1.1\r\nHost: orders\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        with trio.fail_after(5):
+            answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 400")
+    (line,) = access_lines(capsys)
+    assert set(line) == FIELDS
+    assert (line["status"], line["reason"], line["protocol"]) == (400, "bad_request", "HTTP/1.1")
+    assert line["direction"] == "outbound" and line["service"] == "unknown" and line["method"] is None
+    values = await metrics(sc.admin_url)
+    assert values["sidecar_requests_total", (("code", "400"), ("direction", "outbound"), ("service", "unknown"))] == 1
