@@ -12,13 +12,17 @@ signal ends it at once.
 from __future__ import annotations
 
 import signal
+import ssl
+import time
 from collections import Counter
 from functools import partial
 
 import structlog
 import trio
 
+from .config.loader import ConfigError, load_directory
 from .config.snapshot import Snapshot
+from .config.watch import watch
 from .http.message import ConnectionInfo
 from .listeners.admin import admin_handler
 from .listeners.inbound import inbound_handler
@@ -41,6 +45,27 @@ log = structlog.get_logger("sidecar.server")
 H2_PREFACE_START = b"PRI * HTTP/2.0"
 SHUTDOWN_WAIT_CUT = 0.25  # seconds spans may take to leave after a drain cut at drain_timeout
 PREFACE_WAIT = 0.005  # seconds between looks at a preface that arrived in pieces (rare)
+
+
+class ReloadRefused(Exception):
+    """A config that is valid but cannot be applied to the running process."""
+
+
+def _moved_listeners(old: Snapshot, new: Snapshot) -> str:
+    """The listeners whose address (or presence) differs between two snapshots, as text; "" if none."""
+    moved = []
+    for name in ("outbound", "admin", "inbound"):
+        before = getattr(old.sidecar, name)
+        after = getattr(new.sidecar, name)
+        where_before = before.listen if before is not None else None
+        where_after = after.listen if after is not None else None
+        if where_before != where_after:
+            moved.append(f"{name}.listen {where_before} -> {where_after}")
+    return ", ".join(moved)
+
+
+def _now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class Runtime:
@@ -106,6 +131,40 @@ class Runtime:
 
     def _rejected(self, direction: str, conn: ConnectionInfo, protocol: str, status: int, reason: str) -> None:
         record_rejected(self.current_telemetry(), direction, conn, protocol, status, reason)
+
+    def watched_files(self) -> list[str]:
+        """The certificate, key and CA files the current config names (their changes reload it)."""
+        snapshot = self.snapshot
+        paths = []
+        tls = snapshot.sidecar.tls
+        if tls is not None:
+            paths += [tls.cert, tls.key, tls.ca]
+        paths += [service.tls.ca for service in snapshot.services.values() if service.tls.ca]
+        return [str(snapshot.resolve(path)) for path in paths]
+
+    async def reload(self) -> None:
+        """Read the config directory again and swap it in whole, or keep the running one and say why
+        (log, `/config`'s `last_error`, `sidecar_config_reloads_total{result="failure"}`)."""
+        directory = self.snapshot.directory
+        try:
+            snapshot = await trio.to_thread.run_sync(load_directory, directory)
+            moved = _moved_listeners(self.snapshot, snapshot)
+            if moved:
+                raise ReloadRefused(
+                    f"listener addresses cannot change while running ({moved}); restart the sidecar to move them"
+                )
+            self.apply(snapshot)
+        except (ConfigError, ReloadRefused, OSError, ssl.SSLError) as error:
+            self.metrics.config_reloads["failure"] += 1
+            self.config_error = (_now_rfc3339(), str(error))
+            log.error("config_reload_failed", directory=str(directory), error=str(error))
+            return
+        self.metrics.config_reloads["success"] += 1
+        self.config_error = None
+        log.info("config_reloaded", version=snapshot.version, files=len(snapshot.files))
+
+    async def _watch_config(self) -> None:
+        await watch(str(self.snapshot.directory), self.watched_files, self.reload)
 
     def current_telemetry(self) -> Telemetry:
         assert self.telemetry is not None
@@ -219,6 +278,7 @@ class Runtime:
                     self.listeners[name].rejected = partial(self._rejected, name)
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._watch_config)
             await nursery.start(self.registry.run)
             for listener in self.listeners.values():
                 listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))

@@ -1,0 +1,148 @@
+"""Live config reload (SPEC §3 "Watching"): the config directory is edited while the sidecar runs;
+a new endpoint gets traffic within seconds and no request fails, a broken file leaves the last good
+config serving (and `/config` and the reload metric say so), a Kubernetes-style `..data` symlink
+swap is noticed, and a listener that would move is refused with a clear message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+import yaml
+
+from .apps import Receive, Scope, Send, echo_app
+from .conftest import Mesh, SidecarHandle, service
+
+
+class Named:
+    """Answers its own name, counting requests."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await echo_app(scope, receive, send)
+            return
+        self.count += 1
+        body = self.name.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def config_file(sc: SidecarHandle) -> Path:
+    return Path(sc.runtime.snapshot.directory) / "mesh.yaml"
+
+
+def edit(sc: SidecarHandle, change: Any) -> None:
+    """Rewrite the sidecar's config file with `change(docs)` applied, atomically (temp file + rename)."""
+    path = config_file(sc)
+    docs = list(yaml.safe_load_all(path.read_text()))
+    change(docs)
+    temp = path.with_name(".mesh.yaml.tmp")
+    temp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    os.replace(temp, path)
+
+
+async def admin_json(sc: SidecarHandle, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=sc.admin_url) as admin:
+        return (await admin.get(path)).json()
+
+
+async def reloads(sc: SidecarHandle, result: str) -> float:
+    async with httpx.AsyncClient(base_url=sc.admin_url) as admin:
+        text = (await admin.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(f'sidecar_config_reloads_total{{result="{result}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError("no sidecar_config_reloads_total")
+
+
+async def test_an_endpoint_added_while_traffic_runs_gets_traffic_and_nothing_fails(mesh: Mesh) -> None:
+    first, second = Named("first"), Named("second")
+    first_port, second_port = await mesh.origin(first), await mesh.origin(second)
+    sc = await mesh.sidecar(services=[service("orders", first_port, load_balancer="round_robin")])
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
+
+        async def traffic() -> None:
+            while second.count < 10:
+                statuses.append((await client.get("/x")).status_code)
+                await trio.sleep(0.005)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(traffic)
+            await trio.sleep(0.2)
+            edit(sc, lambda docs: docs[1]["endpoints"].append({"address": f"127.0.0.1:{second_port}"}))
+            started = trio.current_time()
+            with trio.fail_after(3):
+                while second.count == 0:
+                    await trio.sleep(0.02)
+            took = trio.current_time() - started
+    assert took < 3 and set(statuses) == {200} and first.count > 0
+    assert await reloads(sc, "success") == 1
+    (orders,) = [s for s in (await admin_json(sc, "/clusters"))["services"] if s["name"] == "orders"]
+    assert {e["address"] for e in orders["endpoints"]} == {f"127.0.0.1:{first_port}", f"127.0.0.1:{second_port}"}
+
+
+async def test_a_broken_file_keeps_the_last_good_config_serving(mesh: Mesh) -> None:
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    version = (await admin_json(sc, "/config"))["version"]
+    good = config_file(sc).read_text()
+    config_file(sc).write_text(good + "---\nkind: Service\nname: broken\nendpoints: [{address: nowhere}]\n")
+    with trio.fail_after(5):
+        while (await admin_json(sc, "/config"))["last_error"] is None:
+            await trio.sleep(0.05)
+    shown = await admin_json(sc, "/config")
+    assert shown["version"] == version  # still the last good one
+    assert "mesh.yaml" in shown["last_error"]["message"] and shown["last_error"]["time"].endswith("Z")
+    assert await reloads(sc, "failure") == 1
+    async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
+        assert (await client.get("/info", headers={"host": "orders"})).status_code == 200  # still served
+    config_file(sc).write_text(good + "# touched\n")
+    with trio.fail_after(5):
+        while (await admin_json(sc, "/config"))["last_error"] is not None:
+            await trio.sleep(0.05)
+    assert await reloads(sc, "success") == 1
+
+
+async def test_a_configmap_style_symlink_swap_is_noticed(mesh: Mesh, tmp_path: Path) -> None:
+    first, second = Named("first"), Named("second")
+    first_port, second_port = await mesh.origin(first), await mesh.origin(second)
+    sc = await mesh.sidecar(services=[service("orders", first_port)])
+    directory = config_file(sc).parent
+    docs = list(yaml.safe_load_all(config_file(sc).read_text()))
+    # The shape Kubernetes mounts: mesh.yaml -> ..data/mesh.yaml, ..data -> ..<timestamp>/
+    for version, port in (("..v1", first_port), ("..v2", second_port)):
+        (directory / version).mkdir()
+        docs[1]["endpoints"] = [{"address": f"127.0.0.1:{port}"}]
+        (directory / version / "mesh.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    os.symlink("..v1", directory / "..data")
+    temp = directory / ".mesh.tmp"
+    os.symlink("..data/mesh.yaml", temp)
+    os.replace(temp, config_file(sc))
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
+        assert (await client.get("/x")).text == "first"
+        os.symlink("..v2", directory / "..data_tmp")
+        os.replace(directory / "..data_tmp", directory / "..data")  # the atomic swap
+        with trio.fail_after(5):
+            while (await client.get("/x")).text != "second":
+                await trio.sleep(0.05)
+
+
+async def test_moving_a_listener_is_refused_with_a_clear_message(mesh: Mesh) -> None:
+    from .conftest import free_port
+
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    edit(sc, lambda docs: docs[0].update(outbound={"listen": f"127.0.0.1:{free_port()}"}))
+    with trio.fail_after(5):
+        while (await admin_json(sc, "/config"))["last_error"] is None:
+            await trio.sleep(0.05)
+    message = (await admin_json(sc, "/config"))["last_error"]["message"]
+    assert "outbound.listen" in message and "restart" in message
+    async with httpx.AsyncClient(base_url=sc.outbound_url) as client:  # the old listener still serves
+        assert (await client.get("/info", headers={"host": "orders"})).status_code == 200
