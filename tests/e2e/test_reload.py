@@ -16,7 +16,7 @@ import trio
 import yaml
 
 from .apps import Receive, Scope, Send, echo_app
-from .conftest import Mesh, SidecarHandle, service
+from .conftest import Mesh, SidecarHandle, mesh_service, service
 
 
 class Named:
@@ -159,7 +159,30 @@ async def test_a_rotated_certificate_is_served_to_new_handshakes_and_nothing_dro
 
     service_name = f"rotating-{os.getpid()}-{id(tmp_path) % 10000}"  # its own cert files: rotated below
     b = await mesh.sidecar(service=service_name, inbound_app=await mesh.origin())
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol="http1", retries={"attempts": 0})])
     context = mesh.pki.client_context()
+    statuses: list[int] = []
+    rotated = trio.Event()
+
+    async def traffic() -> None:  # through sidecar A to B (A's pooled connection to B) during the rotation
+        async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+            while not rotated.is_set():
+                statuses.append((await client.get("/info")).status_code)
+
+    async def rotate(old_serial: int) -> None:
+        files = mesh.pki.workload(service_name)
+        fresh = tmp_path / "fresh"
+        issue_workload(mesh.pki.ca_dir, spiffe_id(service_name), fresh)
+        os.replace(fresh / "key.pem", files / "key.pem")  # a pair caught half-written: key new, cert old
+        await trio.sleep(1.0)  # the watcher sees it, the loader refuses the mismatched pair
+        os.replace(fresh / "cert.pem", files / "cert.pem")
+        with trio.fail_after(5):
+            while True:
+                stream, serial = await handshake_serial()
+                await stream.aclose()
+                if serial != old_serial:
+                    return
+                await trio.sleep(0.1)
 
     async def handshake_serial() -> tuple[trio.SSLStream[trio.SocketStream], int]:
         stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", b.inbound), context)
@@ -168,19 +191,11 @@ async def test_a_rotated_certificate_is_served_to_new_handshakes_and_nothing_dro
         return stream, x509.load_der_x509_certificate(der).serial_number
 
     old_stream, old_serial = await handshake_serial()
-    files = mesh.pki.workload(service_name)
-    fresh = tmp_path / "fresh"
-    issue_workload(mesh.pki.ca_dir, spiffe_id(service_name), fresh)
-    os.replace(fresh / "key.pem", files / "key.pem")  # a pair caught half-written: key new, cert old
-    await trio.sleep(1.0)  # the watcher sees it, the loader refuses the mismatched pair
-    os.replace(fresh / "cert.pem", files / "cert.pem")
-    with trio.fail_after(5):
-        while True:
-            stream, serial = await handshake_serial()
-            await stream.aclose()
-            if serial != old_serial:
-                break
-            await trio.sleep(0.1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic)
+        await rotate(old_serial)
+        rotated.set()
+    assert len(statuses) > 10 and set(statuses) == {200}  # no request failed during the rotation
     # The connection opened before the rotation still carries requests.
     await old_stream.send_all(b"GET /info HTTP/1.1\r\nHost: app\r\n\r\n")
     with trio.fail_after(5):
@@ -190,3 +205,63 @@ async def test_a_rotated_certificate_is_served_to_new_handshakes_and_nothing_dro
     error = (await admin_json(b, "/config"))["last_error"]
     assert error is None  # the mismatched pair was refused, the whole pair then taken
     assert await reloads(b, "failure") >= 1 and await reloads(b, "success") >= 1
+
+
+class Slow(Named):
+    """As Named, but /slow waits for `release` first."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = trio.Event()
+        self.waiting = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/slow":
+            self.waiting += 1
+            await self.release.wait()
+        await super().__call__(scope, receive, send)
+
+
+async def wait_reloaded(sc: SidecarHandle, count: int) -> None:
+    with trio.fail_after(5):
+        while await reloads(sc, "success") < count:
+            await trio.sleep(0.05)
+
+
+async def test_connections_websockets_and_requests_in_flight_live_across_a_reload(mesh: Mesh) -> None:
+    from .ws_apps import WebSocketEcho, in_thread, open_websocket
+
+    leaving, staying = Slow("leaving"), Named("staying")
+    leaving_port, staying_port = await mesh.origin(leaving), await mesh.origin(staying)
+    ws_port = await mesh.origin(WebSocketEcho())
+    sc = await mesh.sidecar(
+        services=[service("orders", leaving_port, load_balancer="round_robin"), service("chat", ws_port)]
+    )
+    ws = await in_thread(lambda: open_websocket(sc.outbound, host="chat", legacy=True))
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as client:
+        assert (await client.get("/x")).text == "leaving"  # a pooled keep-alive connection from here on
+        slow: list[httpx.Response] = []
+        async with trio.open_nursery() as nursery:
+
+            async def slow_request() -> None:
+                async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}) as other:
+                    slow.append(await other.get("/slow", timeout=10))
+
+            nursery.start_soon(slow_request)
+            with trio.fail_after(5):
+                while leaving.waiting == 0:
+                    await trio.sleep(0.01)
+            # The endpoint with a request in flight is replaced by another one.
+            edit(sc, lambda docs: docs[1].update(endpoints=[{"address": f"127.0.0.1:{staying_port}"}]))
+            await wait_reloaded(sc, 1)
+            assert (await client.get("/x")).text == "staying"  # same client connection, new endpoint
+            leaving.release.set()
+        assert slow[0].status_code == 200 and slow[0].text == "leaving"  # it completed on the old one
+
+    def still_open() -> str:
+        ws.send("after the reload")
+        answer = ws.recv(timeout=5)
+        ws.close()
+        return str(answer)
+
+    assert await in_thread(still_open) == "after the reload"
