@@ -114,3 +114,45 @@ def test_the_configmaps_mesh_config_passes_sidecar_check(
         for source, target in zip(("cert.pem", "key.pem", "ca.pem"), names, strict=True):
             shutil.copy(issued / source, pod / "certs" / target)
         assert sidecar_main(["check", "-c", str(pod / "config")]) == 0, capsys.readouterr()
+
+
+COMPOSE = DEPLOY / "docker-compose.yaml"
+
+
+def test_the_compose_file_wires_apps_sidecars_collector_and_jaeger() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert set(services) == {
+        "certs",
+        "orders-sidecar",
+        "orders",
+        "frontend-sidecar",
+        "frontend",
+        "otel-collector",
+        "jaeger",
+    }
+    for app in ("orders", "frontend"):
+        assert services[app]["network_mode"] == f"service:{app}-sidecar"  # one network namespace, as a pod
+        assert services[app]["depends_on"][f"{app}-sidecar"]["condition"] == "service_healthy"
+        sidecar = services[f"{app}-sidecar"]
+        assert sidecar["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+        mounted = dict(volume.rsplit(":", 2)[:2] for volume in sidecar["volumes"])
+        assert mounted[f"./compose/{app}"] == "/etc/sidecar/config" and (DEPLOY / "compose" / app).is_dir()
+        assert mounted["certs"] == "/etc/sidecar/certs"
+    collector = yaml.safe_load((DEPLOY / "compose" / "otel-collector.yaml").read_text())
+    assert collector["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger"]
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+
+
+def test_the_compose_mesh_configs_pass_sidecar_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca = tmp_path / "certs" / "ca"
+    init_ca("mesh.local", ca)
+    for workload in ("orders", "frontend"):
+        issue_workload(ca, f"spiffe://mesh.local/ns/default/sa/{workload}", tmp_path / "certs" / workload)
+        config = tmp_path / "config"  # /etc/sidecar/config next to /etc/sidecar/certs
+        shutil.rmtree(config, ignore_errors=True)
+        shutil.copytree(DEPLOY / "compose" / workload, config)
+        assert sidecar_main(["check", "-c", str(config)]) == 0, capsys.readouterr()
+        sidecar_doc = next(d for d in yaml.safe_load_all((config / "sidecar.yaml").read_text()) if d)
+        assert sidecar_doc["tracing"]["endpoint"] == "http://otel-collector:4318"
