@@ -7,6 +7,12 @@ with its own certificate) that crosses frontend's outbound sidecar and an orders
 and prints what happened: outcomes, latency, the load split across replicas, the hops and identities
 a request carried, that request's trace tree across the sidecars, and where to look next.
 
+Midway through, it injects a fault: orders-2's app process is killed (its sidecar keeps running and
+answers 502 for it). Frontend's sidecar then retries those requests on orders-1, ejects orders-2
+after two gateway errors in a row (outlier detection), and a short burst of concurrent requests
+fills the small circuit breaker on `orders`, whose overflow answers are 503 `overflow`. The summary's
+"resilience" section reads frontend sidecar's `/metrics` and `/clusters` to show it.
+
 Every sidecar exports its spans over OTLP/HTTP to a small receiver inside this process
 (`demo_traces.py`); the demo client sends each request with a `traceparent` of its own, so it knows
 the trace id of the request it shows.
@@ -36,6 +42,9 @@ from .demo_traces import SpanRecord, TraceReceiver, render_tree
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TRUST_DOMAIN = "demo.local"
 CLIENTS = 4  # concurrent demo clients
+BURST = 6 * CLIENTS  # concurrent requests of the burst that fills the circuit breaker
+MAX_REQUESTS = CLIENTS + 2  # frontend's circuit_breaker.max_requests for orders: steady traffic fits, a burst not
+FAULTY = "orders-2"  # the replica whose app the fault kills
 REPORT_EVERY = 10.0  # seconds between summaries when running until Ctrl-C
 TRACE_WAIT = 3.0  # seconds the summary waits for the example request's spans
 EXPORT_DELAY_MS = "200"  # the sidecars' OTEL_BSP_SCHEDULE_DELAY: spans leave 5x sooner than by default
@@ -60,12 +69,19 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     example: dict[str, Any] | None = None
     example_trace: str | None = None  # the trace id the example request was sent with
+    fault_at: float | None = None  # when the fault was injected (monotonic)
+    before: list[int] = field(default_factory=lambda: [0, 0])  # [succeeded, all] before the fault
+    after: list[int] = field(default_factory=lambda: [0, 0])  # [succeeded, all] after it
+    burst: dict[str, int] = field(default_factory=dict)  # the breaker burst's outcomes
 
     def record(self, status: str, latency: float, replica: str | None) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.latencies.append(latency)
         if replica:
             self.replicas[replica] = self.replicas.get(replica, 0) + 1
+        phase = self.before if self.fault_at is None else self.after
+        phase[0] += status == "200"
+        phase[1] += 1
 
 
 @dataclass
@@ -83,6 +99,7 @@ class Demo:
 
         self.workdir = workdir
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.apps: dict[str, subprocess.Popen[bytes]] = {}  # example app processes by replica name
         self.nodes: list[Node] = []
         self.traces = TraceReceiver()
         self.collector: int | None = None  # the receiver's port, once it listens
@@ -106,9 +123,11 @@ class Demo:
         context.load_cert_chain(out / "cert.pem", out / "key.pem")
         return context
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.processes.append(process)
+        return process
 
     def sidecar(self, name: str, app_port: int, services: list[dict[str, Any]]) -> Node:
         node = Node(name, _free_port(), _free_port(), _free_port(), app_port)
@@ -135,10 +154,11 @@ class Demo:
         self.nodes.append(node)
         return node
 
-    def example(self, script: str, port: int, *extra: str) -> None:
-        self.spawn(
+    def example(self, script: str, port: int, *extra: str, name: str | None = None) -> None:
+        process = self.spawn(
             f"app-{script}-{port}", [sys.executable, str(EXAMPLES / f"{script}.py"), "--port", str(port), *extra]
         )
+        self.apps[name or script] = process
 
     def stop(self) -> None:
         for process in self.processes:
@@ -172,6 +192,17 @@ def _traceparent() -> tuple[str, str]:
     return trace_id, f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01"
 
 
+async def _checkout(client: Any, url: str, traceparent: str) -> tuple[str, dict[str, Any]]:
+    """One GET /checkout: its outcome ("200", "503 overflow", ...) and the orders answer frontend passed
+    on. A reply made by a sidecar names its reason in `x-sidecar-reason`: frontend's own sidecar sets it
+    on the response we see; one orders' side made (frontend's outbound sidecar, after retries, or the
+    orders sidecar) reaches us in frontend's JSON as `sidecar_reason`."""
+    r = await client.get(url, headers={"host": "frontend", "traceparent": traceparent})
+    body = r.json() if r.headers.get("content-type") == "application/json" else {}
+    reason = r.headers.get("x-sidecar-reason") or body.get("sidecar_reason")
+    return str(r.status_code) + (f" {reason}" if reason else ""), body.get("orders") or {}
+
+
 async def _traffic(client: Any, url: str, tally: Tally, traces: TraceReceiver) -> None:
     import httpx
 
@@ -179,19 +210,117 @@ async def _traffic(client: Any, url: str, tally: Tally, traces: TraceReceiver) -
         start = time.monotonic()
         trace_id, traceparent = _traceparent()
         try:
-            r = await client.get(url, headers={"host": "frontend", "traceparent": traceparent})
-            body = r.json() if r.headers.get("content-type") == "application/json" else {}
-            orders = body.get("orders") or {}
-            status = str(r.status_code) + (
-                f" {r.headers['x-sidecar-reason']}" if "x-sidecar-reason" in r.headers else ""
-            )
+            status, orders = await _checkout(client, url, traceparent)
             tally.record(status, time.monotonic() - start, orders.get("replica"))
-            if tally.example is None and r.status_code == 200:
+            if tally.example is None and status == "200":
                 tally.example = orders
                 tally.example_trace = trace_id
                 traces.pin(trace_id)  # its spans outlive the receiver's limit
         except httpx.HTTPError as exc:
             tally.record(type(exc).__name__, time.monotonic() - start, None)
+
+
+def _kill_app(demo: Demo, tally: Tally, name: str) -> None:
+    """The fault: SIGKILL the example app behind `name`'s sidecar (by its PID; the sidecar lives on)."""
+    process = demo.apps[name]
+    process.kill()
+    process.wait()
+    tally.fault_at = time.monotonic()
+    print(f"fault: {name}'s app (pid {process.pid}) killed at {tally.fault_at - tally.started:.1f} s", flush=True)
+
+
+async def _burst(client: Any, url: str, tally: Tally, admin: str) -> None:
+    """BURST requests at once, more than frontend's breaker on orders lets in flight: the excess is
+    answered 503 `overflow` at once. While it runs, frontend's /metrics is polled for the breaker."""
+    import httpx
+
+    async def one() -> None:
+        try:
+            status, _ = await _checkout(client, url, _traceparent()[1])
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        tally.burst[status] = tally.burst.get(status, 0) + 1
+
+    async def watch(cancel: trio.CancelScope) -> None:
+        async with httpx.AsyncClient(timeout=2) as plain:
+            with cancel:
+                while True:
+                    try:
+                        text = (await plain.get(f"{admin}/metrics")).text
+                    except httpx.HTTPError:
+                        text = ""
+                    if _metric(text, "sidecar_circuit_breaker_open") > 0:
+                        tally.burst["breaker open seen"] = 1
+                    await trio.sleep(0.005)
+
+    watching = trio.CancelScope()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(watch, watching)
+        async with trio.open_nursery() as nursery:
+            for _ in range(BURST):
+                nursery.start_soon(one)
+        watching.cancel()
+
+
+def _metric(text: str, name: str, service: str = "orders") -> float:
+    """A sample of `name{...service="orders"...}` in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name) and f'service="{service}"' in line and line[len(name)] in "{ ":
+            try:
+                return float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+async def _resilience_section(tally: Tally, demo: Demo, frontend: Node) -> list[str]:
+    """What retries, outlier ejection and the circuit breaker did, from frontend sidecar's admin."""
+    import httpx
+
+    admin = f"http://127.0.0.1:{frontend.admin}"
+    try:
+        async with httpx.AsyncClient(timeout=5) as plain:
+            metrics = (await plain.get(f"{admin}/metrics")).text
+            clusters = (await plain.get(f"{admin}/clusters")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return ["resilience:", f"  frontend sidecar's admin did not answer: {type(exc).__name__}"]
+    names = {f"127.0.0.1:{node.inbound}": node.name for node in demo.nodes}
+    service: dict[str, Any] = next((s for s in clusters.get("services", []) if s.get("name") == "orders"), {})
+    overflows = sum(n for status, n in [*tally.statuses.items(), *tally.burst.items()] if status == "503 overflow")
+    burst = {k: v for k, v in tally.burst.items() if k != "breaker open seen"}
+
+    def rate(phase: list[int]) -> str:
+        return f"{phase[0] / phase[1]:.1%} of {phase[1]}" if phase[1] else "-"
+
+    lines = ["resilience (frontend sidecar's /metrics and /clusters, service orders):"]
+    if tally.fault_at is None:
+        lines.append("  fault: not injected yet")
+    else:
+        lines.append(f"  fault:       {FAULTY}'s app killed at {tally.fault_at - tally.started:.1f} s")
+    lines += [
+        f"  retries:     {_metric(metrics, 'sidecar_upstream_retries_total'):.0f}"
+        "  (502s from the dead replica's sidecar, tried again on the other one)",
+        f"  ejections:   {_metric(metrics, 'sidecar_upstream_ejections_total'):.0f}"
+        "  (outlier_detection: consecutive_gateway_errors 2)",
+    ]
+    for endpoint in service.get("endpoints", []):
+        address = endpoint.get("address", "?")
+        state = "EJECTED" if endpoint.get("ejected") else ("healthy" if endpoint.get("healthy") else "unhealthy")
+        lines.append(
+            f"    {names.get(address, address):<10} {address:<16} {state:<9} "
+            f"active_requests {endpoint.get('active_requests', 0)}"
+        )
+    lines.append(
+        f"  breaker:     {overflows} answers 503 overflow (circuit_breaker.max_requests {MAX_REQUESTS}; "
+        f"open now: {'yes' if service.get('breaker_open') else 'no'}"
+        + (", seen open during the burst" if tally.burst.get("breaker open seen") else "")
+        + ")"
+    )
+    if burst:
+        outcome = ", ".join(f"{n} x {status}" for status, n in sorted(burst.items()))
+        lines.append(f"    burst of {sum(burst.values())} concurrent requests: {outcome}")
+    lines.append(f"  succeeded:   before the fault {rate(tally.before)}, after it {rate(tally.after)}")
+    return lines
 
 
 def _trace_complete(spans: list[SpanRecord]) -> bool:
@@ -218,7 +347,7 @@ async def _trace_section(tally: Tally, demo: Demo) -> list[str]:
     return lines
 
 
-def _summary(tally: Tally, demo: Demo, frontend: Node, trace: list[str]) -> str:
+def _summary(tally: Tally, demo: Demo, frontend: Node, trace: list[str], resilience: list[str]) -> str:
     total = sum(tally.statuses.values())
     elapsed = (tally.stopped or time.monotonic()) - tally.started
     lat = sorted(tally.latencies)
@@ -234,6 +363,7 @@ def _summary(tally: Tally, demo: Demo, frontend: Node, trace: list[str]) -> str:
         f"latency through two sidecars and two apps: p50 {pct(0.5)}, p99 {pct(0.99)}",
         "orders replicas (least_request balancing):",
         *(f"  {replica:<28} {count}" for replica, count in sorted(tally.replicas.items())),
+        *resilience,
     ]
     if tally.example:
         lines += [
@@ -278,7 +408,7 @@ async def _mesh(demo: Demo, duration: float | None) -> None:
     orders_ports = [_free_port(), _free_port()]
     orders_nodes = []
     for i, port in enumerate(orders_ports, start=1):
-        demo.example("orders", port, "--name", f"orders-{i}")
+        demo.example("orders", port, "--name", f"orders-{i}", name=f"orders-{i}")
         orders_nodes.append(demo.sidecar(f"orders-{i}", port, []))
     frontend_port = _free_port()
     orders_service = {
@@ -287,6 +417,11 @@ async def _mesh(demo: Demo, duration: float | None) -> None:
         "load_balancer": "least_request",
         "timeouts": {"connect": "500ms", "request": "5s"},
         "tls": {"mode": "mutual", "identity": spiffe_id("orders")},
+        # The policies the fault shows at work. Retries keep their defaults (2 on gateway errors);
+        # two gateway errors in a row eject an endpoint for longer than a demo run; and few requests
+        # may be in flight, so that a burst fills the breaker (and steady traffic does not).
+        "outlier_detection": {"consecutive_gateway_errors": 2, "base_ejection": "300s", "interval": "1s"},
+        "circuit_breaker": {"max_requests": MAX_REQUESTS},
     }
     frontend = demo.sidecar("frontend", frontend_port, [orders_service])
     demo.example("frontend", frontend_port, "--sidecar", f"127.0.0.1:{frontend.outbound}")
@@ -302,18 +437,34 @@ async def _mesh(demo: Demo, duration: float | None) -> None:
         )
         tally = Tally()
         url = f"https://127.0.0.1:{frontend.inbound}/checkout"
+        admin = f"http://127.0.0.1:{frontend.admin}"
+
+        async def summary() -> str:
+            trace = await _trace_section(tally, demo)
+            return _summary(tally, demo, frontend, trace, await _resilience_section(tally, demo, frontend))
+
         async with trio.open_nursery() as nursery:
             for _ in range(CLIENTS):
                 nursery.start_soon(_traffic, client, url, tally, demo.traces)
-            if duration is not None:
-                await trio.sleep(duration)
+            if duration is not None:  # the fault at a third of the run, the burst at two thirds
+                await trio.sleep(duration / 3)
+                _kill_app(demo, tally, FAULTY)
+                await trio.sleep(duration / 3)
+                await _burst(client, url, tally, admin)
+                await trio.sleep(max(0.0, tally.started + duration - time.monotonic()))
                 nursery.cancel_scope.cancel()
                 tally.stopped = time.monotonic()
-            else:
+            else:  # the fault after the first report, the burst halfway to the second
+                await trio.sleep(REPORT_EVERY)
+                print(await summary(), flush=True)
+                _kill_app(demo, tally, FAULTY)
+                await trio.sleep(REPORT_EVERY / 2)
+                await _burst(client, url, tally, admin)
+                await trio.sleep(REPORT_EVERY / 2)
                 while True:
+                    print(await summary(), flush=True)
                     await trio.sleep(REPORT_EVERY)
-                    print(_summary(tally, demo, frontend, await _trace_section(tally, demo)), flush=True)
-        print(_summary(tally, demo, frontend, await _trace_section(tally, demo)), flush=True)
+        print(await summary(), flush=True)
 
 
 def _installed(module: str) -> bool:
