@@ -1,7 +1,8 @@
 """`sidecar demo` (SPEC §9) and its trace receiver against real sidecars: the spans two sidecars
 export land in the demo's receiver as one tree, and `sidecar demo --duration N` prints the trace tree
 of one request across the mesh (frontend's SERVER and CLIENT spans, orders' SERVER span under the
-CLIENT one)."""
+CLIENT one), and, after killing orders-2's app at a third of the run, a resilience section with
+retries, orders-2 ejected, 503 overflow answers of the breaker burst and success after the fault."""
 
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ async def test_sidecars_export_one_tree_to_the_demo_receiver(mesh: Mesh) -> None
     assert "-> orders-1" in lines[0] and " 200 " in lines[1]
 
 
-def test_demo_prints_the_trace_tree_of_one_request(tmp_path: Path) -> None:
+def test_demo_kills_a_replica_and_prints_resilience_and_the_trace_tree(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the demo's throwaway mesh goes under tmp_path
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "demo", "--duration", "1"],
+        [sys.executable, "-m", "sidecar", "demo", "--duration", "4"],
         capture_output=True,
         text=True,
         timeout=90,
@@ -66,3 +67,19 @@ def test_demo_prints_the_trace_tree_of_one_request(tmp_path: Path) -> None:
     assert re.search(r"-> orders-[12]$", tree[client]), out
     assert re.match(r"      orders +SERVER GET /orders/42 +200 ", tree[client + 1]), out
     assert "no spans from" not in out
+    # The fault, and what frontend's sidecar did about it.
+    assert re.search(r"^fault: orders-2's app \(pid \d+\) killed at 1\.\d s$", out, re.M), out
+    _, found, rest = out.partition("resilience (frontend sidecar's /metrics and /clusters, service orders):")
+    assert found, out
+    section = list(takewhile(lambda line: line.startswith("  "), rest.splitlines()[1:]))
+    text = "\n".join(section)
+    retries = re.search(r"^  retries: +(\d+) ", text, re.M)
+    assert retries and int(retries.group(1)) > 0, out
+    ejections = re.search(r"^  ejections: +(\d+) ", text, re.M)
+    assert ejections and int(ejections.group(1)) >= 1, out
+    assert re.search(r"^    orders-2 +127\.0\.0\.1:\d+ +EJECTED ", text, re.M), out
+    assert re.search(r"^    orders-1 +127\.0\.0\.1:\d+ +healthy ", text, re.M), out
+    overflows = re.search(r"^  breaker: +(\d+) answers 503 overflow", text, re.M)
+    assert overflows and int(overflows.group(1)) > 0, out
+    after = re.search(r"after it (\d+\.\d)% of (\d+)", text)
+    assert after and int(after.group(2)) > 0 and float(after.group(1)) >= 90.0, out
