@@ -290,7 +290,7 @@ async def _resilience_section(tally: Tally, demo: Demo, frontend: Node) -> list[
     burst = {k: v for k, v in tally.burst.items() if k != "breaker open seen"}
 
     def rate(phase: list[int]) -> str:
-        return f"{phase[0] / phase[1]:.1%} of {phase[1]}" if phase[1] else "-"
+        return f"{phase[0]} of {phase[1]} ({phase[0] / phase[1]:.2%})" if phase[1] else "-"
 
     lines = ["resilience (frontend sidecar's /metrics and /clusters, service orders):"]
     if tally.fault_at is None:
@@ -320,6 +320,7 @@ async def _resilience_section(tally: Tally, demo: Demo, frontend: Node) -> list[
         outcome = ", ".join(f"{n} x {status}" for status, n in sorted(burst.items()))
         lines.append(f"    burst of {sum(burst.values())} concurrent requests: {outcome}")
     lines.append(f"  succeeded:   before the fault {rate(tally.before)}, after it {rate(tally.after)}")
+    lines.append("               (the steady clients only; the burst is counted under breaker)")
     return lines
 
 
