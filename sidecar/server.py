@@ -121,13 +121,15 @@ class Runtime:
                 tracing = Tracing(service, settings)
             except (OSError, ValueError) as error:  # an unreadable OTEL_EXPORTER_OTLP_CERTIFICATE, a bad URL
                 log.error("tracing_disabled", error=str(error), endpoint=settings.endpoint)
-        if tracing is not None:
-            self.metrics.dropped_spans_source = lambda: tracing.dropped
         access_log = access_logger() if access_log_wanted() else None
         self._tracing_settings = settings
         self.telemetry = Telemetry(service, self.metrics, tracing, access_log)
         if current is not None and current.tracing is not None:
+            current.tracing.retire()  # its worker sends what is queued, then ends
             self._retired_tracing.append(current.tracing)
+        # One running total across every tracer this process had, so the counter never goes back.
+        tracers = [*self._retired_tracing, *([tracing] if tracing is not None else [])]
+        self.metrics.dropped_spans_source = lambda: sum(t.dropped for t in tracers)
 
     def _rejected(self, direction: str, conn: ConnectionInfo, protocol: str, status: int, reason: str) -> None:
         record_rejected(self.current_telemetry(), direction, conn, protocol, status, reason)

@@ -162,7 +162,7 @@ class Tracing:
 
     def _ended(self, span: Span) -> None:
         queue = self._queue
-        if len(queue) >= self.max_queue:
+        if len(queue) >= self.max_queue or (self._stopping and not self._worker.is_alive()):
             self.dropped_in_queue += 1
             return
         queue.append(span)
@@ -225,6 +225,12 @@ class Tracing:
             sys.stdout.write(json.dumps(record, default=str) + "\n")
         sys.stdout.flush()
         return True
+
+    def retire(self) -> None:
+        """Stop taking spans' export further: the worker sends what is queued and ends (a reload
+        replaced this tracer). Does not wait."""
+        self._stopping = True
+        self._wake.set()
 
     def shutdown(self) -> None:
         """Send what is queued, for at most `SHUTDOWN_WAIT` seconds (the worker is a daemon thread:

@@ -265,3 +265,28 @@ async def test_connections_websockets_and_requests_in_flight_live_across_a_reloa
         return str(answer)
 
     assert await in_thread(still_open) == "after the reload"
+
+
+async def test_new_connections_after_a_reload_do_not_offer_a_session_of_the_old_context(mesh: Mesh) -> None:
+    slow = Slow("orders")
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin(slow))
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol="http1", retries={"attempts": 0})])
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+        assert (await client.get("/x")).status_code == 200  # A keeps B's session ticket for resumption
+        edit(a, lambda docs: docs[1].update(timeouts={"request": "14s"}))  # any change: new TLS contexts
+        await wait_reloaded(a, 1)
+        statuses: list[int] = []
+        async with trio.open_nursery() as nursery:  # two at once: one pooled connection, one new
+
+            async def get(path: str) -> None:
+                async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as other:
+                    statuses.append((await other.get(path)).status_code)
+
+            nursery.start_soon(get, "/slow")
+            with trio.fail_after(5):
+                while slow.waiting == 0:
+                    await trio.sleep(0.01)
+            nursery.start_soon(get, "/x")
+            await trio.sleep(0.5)
+            slow.release.set()
+    assert statuses == [200, 200]

@@ -147,3 +147,15 @@ def test_ending_twice_exports_once(monkeypatch: Any) -> None:
     span.end(9)
     made.shutdown()
     assert [s.end_ns for batch in sent.batches for s in batch] == [5]
+
+
+def test_a_retired_tracer_sends_what_it_has_then_counts_late_spans_as_dropped() -> None:
+    made, sent = tracing()
+    made.start("before", SERVER, None, {}).end(1)
+    late = made.start("late", SERVER, None, {})
+    made.retire()
+    made._worker.join(5)
+    assert not made._worker.is_alive()
+    late.end(2)  # a request that began before the reload and ended after it
+    assert [span.name for batch in sent.batches for span in batch] == ["before"]
+    assert made.dropped == 1
