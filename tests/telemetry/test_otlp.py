@@ -88,3 +88,14 @@ def test_an_empty_batch_is_an_empty_request() -> None:
 )
 def test_exporter_headers_from_the_environment_format(text: str | None, expected: dict[str, str]) -> None:
     assert parse_headers(text) == expected
+
+
+def test_a_large_batch_is_encoded_in_slices_with_a_pause_between_them() -> None:
+    records = [
+        Span(0xABC, number + 1, None, 1, "GET", CLIENT, number, {"mesh.service": "orders"}, None)
+        for number in range(70)
+    ]
+    pauses: list[int] = []
+    sliced = encode_spans(records, RESOURCE, pause=lambda: pauses.append(1))
+    assert sliced == encode_spans(records, RESOURCE)
+    assert len(pauses) == 3  # 32 + 32 + 6
