@@ -157,13 +157,20 @@ class Runtime:
                 )
             self.apply(snapshot)
         except (ConfigError, ReloadRefused, OSError, ssl.SSLError) as error:
-            self.metrics.config_reloads["failure"] += 1
-            self.config_error = (_now_rfc3339(), str(error))
-            log.error("config_reload_failed", directory=str(directory), error=str(error))
+            self._reload_failed(str(directory), str(error))
+            return
+        except Exception as error:  # a bug must not end the sidecar: the running config stays
+            log.exception("config_reload_crashed", directory=str(directory))
+            self._reload_failed(str(directory), f"internal error: {error!r}")
             return
         self.metrics.config_reloads["success"] += 1
         self.config_error = None
         log.info("config_reloaded", version=snapshot.version, files=len(snapshot.files))
+
+    def _reload_failed(self, directory: str, message: str) -> None:
+        self.metrics.config_reloads["failure"] += 1
+        self.config_error = (_now_rfc3339(), message)
+        log.error("config_reload_failed", directory=directory, error=message)
 
     async def _watch_config(self) -> None:
         await watch(str(self.snapshot.directory), self.watched_files, self.reload)

@@ -62,15 +62,19 @@ async def watch(
 ) -> None:
     """Call `on_change` whenever the directory's config files or `files()` (the files the current
     config names) change and then hold still; forever."""
-    last = fingerprint(directory, files())
+
+    async def look() -> Fingerprint:  # in a thread: a stat on a network filesystem may be slow
+        return await trio.to_thread.run_sync(fingerprint, directory, list(files()))
+
+    last = await look()
     while True:
         await trio.sleep(interval)
-        current = fingerprint(directory, files())
+        current = await look()
         if current == last:
             continue
         while True:  # wait for the writer to finish
             await trio.sleep(settle)
-            again = fingerprint(directory, files())
+            again = await look()
             if again == current:
                 break
             current = again

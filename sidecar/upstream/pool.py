@@ -169,6 +169,8 @@ class ConnectionPool:
         if self.tls is not None and conn.exchanges == 0:
             self._keep_session(conn.stream)
         conn.exchanges += 1
+        if self.endpoint.removed and not conn.active:  # the endpoint left the config: its last stream ended
+            conn.close()
 
     def connection_closed(self, conn: H2ClientConnection) -> None:
         if conn in self.h2_conns:
@@ -215,8 +217,12 @@ class ConnectionPool:
             self._close(conn)
 
     def _keep_session(self, stream: trio.abc.Stream) -> None:
-        """After a whole exchange the server's session ticket has arrived: keep it for resumption."""
-        if isinstance(stream, TlsStream):
+        """After a whole exchange the server's session ticket has arrived: keep it for resumption,
+        unless the connection was made with contexts a reload has replaced since (a session resumes
+        only with its own context)."""
+        if isinstance(stream, TlsStream) and self.tls is not None:
+            if stream.sock.context is not self.tls.contexts.get(self.protocol):
+                return
             session = stream.session
             if session is not None and session.has_ticket:
                 self.tls_session = session

@@ -290,3 +290,33 @@ async def test_new_connections_after_a_reload_do_not_offer_a_session_of_the_old_
             await trio.sleep(0.5)
             slow.release.set()
     assert statuses == [200, 200]
+
+
+async def test_a_session_from_a_connection_opened_before_a_reload_is_not_kept_after_it(mesh: Mesh) -> None:
+    slow = Slow("orders")
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin(slow))
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol="http1", retries={"attempts": 0})])
+    statuses: list[int] = []
+
+    async def get(path: str) -> None:
+        async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+            statuses.append((await client.get(path)).status_code)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(get, "/slow")  # the first exchange on a fresh TLS connection, across the reload
+        with trio.fail_after(5):
+            while slow.waiting == 0:
+                await trio.sleep(0.01)
+        edit(a, lambda docs: docs[1].update(timeouts={"request": "14s"}))
+        await wait_reloaded(a, 1)
+        slow.release.set()
+    slow.release = trio.Event()
+    async with trio.open_nursery() as nursery:  # the pooled connection busy: the second needs a new one
+        nursery.start_soon(get, "/slow")
+        with trio.fail_after(5):
+            while slow.waiting < 2:
+                await trio.sleep(0.01)
+        nursery.start_soon(get, "/x")
+        await trio.sleep(0.5)
+        slow.release.set()
+    assert statuses == [200, 200, 200]
