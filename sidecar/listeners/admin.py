@@ -6,9 +6,10 @@ when asked, from the current snapshot and live state; HEAD answers as GET withou
 - `/metrics`: Prometheus text format, from `telemetry/prometheus.py` (one private registry per Runtime).
 - `/config`: the current snapshot's version (sha256 of its files), files, effective config, and the
   last failed reload (`runtime.config_error`) or null.
-- `/clusters`: every outbound service (`"direction": "outbound"`, config order), then the local app
-  behind the inbound listener, named after this Sidecar's own service (`"direction": "inbound"`),
-  when there is one. Beyond SPEC §11's keys each service carries `retries`, `ejections` and
+- `/clusters`: `services` lists every upstream service this sidecar calls (config order), exactly
+  SPEC §11's list; the local app behind the inbound listener, when there is one, is shown apart under
+  `app` (named after this Sidecar's own service), so `services` holds nothing but upstream services.
+  Beyond SPEC §11's keys each entry carries `direction`, `retries`, `ejections` and
   `open_connections`, and each endpoint `times_ejected`.
 """
 
@@ -77,9 +78,8 @@ def _service(stats: ClusterStatistics, name: str, direction: str) -> dict[str, A
 def clusters_document(runtime: Runtime) -> dict[str, Any]:
     services = [_service(stats, stats.name, "outbound") for stats in runtime.registry.statistics()]
     app = runtime.registry.app
-    if app is not None:
-        services.append(_service(app.statistics(), runtime.snapshot.sidecar.service, "inbound"))
-    return {"services": services}
+    local = None if app is None else _service(app.statistics(), runtime.snapshot.sidecar.service, "inbound")
+    return {"services": services, "app": local}
 
 
 def admin_handler(runtime: Runtime) -> Handler:

@@ -117,15 +117,16 @@ async def test_clusters_show_endpoints_at_rest_and_requests_in_flight(mesh: Mesh
     endpoint = {"address": f"127.0.0.1:{port}", "healthy": True, "ejected": False, "active_requests": 0}
 
     doc = await get_json(sc, "/clusters")
-    assert [(s["name"], s["direction"]) for s in doc["services"]] == [("orders", "outbound"), ("frontend", "inbound")]
-    for entry in doc["services"]:
+    assert [(s["name"], s["direction"]) for s in doc["services"]] == [("orders", "outbound")]  # upstreams only
+    assert (doc["app"]["name"], doc["app"]["direction"]) == ("frontend", "inbound")  # the local app, apart
+    for entry in [*doc["services"], doc["app"]]:
         assert entry["breaker_open"] is False
         assert [{key: e[key] for key in endpoint} for e in entry["endpoints"]] == [endpoint]
         assert all(type(e[key]) is type(value) for e in entry["endpoints"] for key, value in endpoint.items())
 
     async def active(direction: str) -> int:
         doc = await get_json(sc, "/clusters")
-        (entry,) = [s for s in doc["services"] if s["direction"] == direction]
+        (entry,) = [s for s in [*doc["services"], doc["app"]] if s["direction"] == direction]
         return int(entry["endpoints"][0]["active_requests"])
 
     async def call_outbound() -> None:
@@ -225,3 +226,9 @@ async def test_metrics_of_ejections_open_breakers_and_refused_handshakes_move(me
 
 async def _at_least(sc: SidecarHandle, key: tuple[str, frozenset[tuple[str, str]]], value: float) -> bool:
     return (await scrape(sc))[key] >= value
+
+
+async def test_clusters_of_a_sidecar_without_inbound_has_no_app(mesh: Mesh) -> None:
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
+    doc = await get_json(sc, "/clusters")
+    assert doc["app"] is None and [s["name"] for s in doc["services"]] == ["orders"]
