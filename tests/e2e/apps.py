@@ -14,6 +14,16 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body of an ASGI HTTP request (test apps only: small bodies)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Routes:
     /info         JSON of method, path, query, headers (lower-case), body length, HTTP version

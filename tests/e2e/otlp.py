@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from .apps import Receive, Scope, Send, echo_app
+from .apps import Receive, Scope, Send, echo_app, read_body
 
 SPAN_KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
@@ -51,12 +51,7 @@ class OtlpReceiver:
         if scope["type"] != "http":
             await echo_app(scope, receive, send)  # lifespan
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.exports += 1
         self.arrived.set()
         if scope["path"] != "/v1/traces":

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import trio
 
-from .apps import RawOrigin, Receive, Scope, Send, echo_app
+from .apps import RawOrigin, Receive, Scope, Send, echo_app, read_body
 from .conftest import Mesh, free_port, service
 
 
@@ -29,12 +29,7 @@ class FlakyOrigin:
         if scope["type"] != "http":
             await echo_app(scope, receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = dict(scope["headers"])
         attempt = headers.get(b"x-sidecar-attempt")
         self.seen.append((scope["method"], attempt.decode() if attempt else None, body))
@@ -50,6 +45,23 @@ class FlakyOrigin:
 
 async def client_for(sc: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "orders"}, timeout=20)
+
+
+async def expect_cut_short(sc: Any, length: int) -> None:
+    """GET /x through `sc`: a 200 whose body (announced as `length` bytes) stops short, cut after the
+    300 ms stream idle timeout, well before the test's own deadline."""
+    async with await client_for(sc) as client:
+        started = trio.current_time()
+        with trio.fail_after(5):
+            try:
+                async with client.stream("GET", "/x") as r:
+                    assert r.status_code == 200
+                    received: bytes | None = b"".join([chunk async for chunk in r.aiter_raw()])
+            except httpx.HTTPError:
+                received = None
+        took = trio.current_time() - started
+    assert received is None or len(received) < length  # cut short, not completed
+    assert 0.25 < took < 2
 
 
 async def test_get_is_retried_on_503_until_it_succeeds(mesh: Mesh) -> None:
@@ -282,18 +294,7 @@ async def test_a_response_body_that_stalls_is_cut_after_the_idle_timeout(mesh: M
     origin = RawOrigin(respond)
     port = await nursery.start(origin.serve)
     sc = await mesh.sidecar(services=[service("orders", port, timeouts={"idle": "300ms"})])
-    async with await client_for(sc) as client:
-        started = trio.current_time()
-        with trio.fail_after(5):
-            try:
-                async with client.stream("GET", "/x") as r:
-                    assert r.status_code == 200
-                    received = b"".join([chunk async for chunk in r.aiter_raw()])
-            except httpx.HTTPError:
-                received = None
-        took = trio.current_time() - started
-    assert received is None or len(received) < 1000  # cut short, not completed
-    assert 0.25 < took < 2
+    await expect_cut_short(sc, length=1000)
     with trio.fail_after(2):
         await closed.wait()  # and the upstream connection was closed, not kept
 
@@ -313,20 +314,9 @@ async def test_a_stalled_http2_response_body_is_cut_and_its_stream_reset(mesh: M
 
     origin = await mesh.origin(stalling)  # hypercorn, h2c with prior knowledge
     sc = await mesh.sidecar(services=[service("orders", origin, protocol="http2", timeouts={"idle": "300ms"})])
-    async with await client_for(sc) as client:
-        started = trio.current_time()
-        with trio.fail_after(5):
-            try:
-                async with client.stream("GET", "/x") as r:
-                    assert r.status_code == 200
-                    received = b"".join([chunk async for chunk in r.aiter_raw()])
-            except httpx.HTTPError:
-                received = None
-        took = trio.current_time() - started
-        assert received is None or len(received) < 1000  # cut short, not completed
-        assert 0.25 < took < 2
-        with trio.fail_after(2):
-            await reset.wait()  # the origin's stream was reset, not left open
+    await expect_cut_short(sc, length=1000)
+    with trio.fail_after(2):
+        await reset.wait()  # the origin's stream was reset, not left open
 
 
 async def test_retries_across_two_sidecars_over_the_http2_hop(mesh: Mesh) -> None:

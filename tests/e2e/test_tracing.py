@@ -107,16 +107,21 @@ async def test_sample_ratio_zero_exports_nothing_but_still_propagates(mesh: Mesh
     assert {s.trace_id for s in receiver.spans} == {APP_TRACE}
 
 
-async def test_each_retry_is_its_own_client_span_with_a_resend_count(mesh: Mesh) -> None:
+async def retried_once(mesh: Mesh, headers: dict[str, str]) -> tuple[list[ReceivedSpan], FlakyOrigin]:
+    """One GET through a sidecar to an origin that fails its first request (503), so it is retried
+    once; the spans the sidecar exported."""
     receiver = OtlpReceiver()
     origin = FlakyOrigin(failures=1)
     sc = await mesh.sidecar(
         services=[service("orders", await mesh.origin(origin))], tracing=tracing(await mesh.origin(receiver))
     )
     async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
-        r = await client.get("/x", headers={"host": "orders", "traceparent": f"00-{APP_TRACE}-{APP_SPAN}-01"})
-    assert r.status_code == 200
-    spans = await receiver.wait_for(2)
+        assert (await client.get("/x", headers={"host": "orders", **headers})).status_code == 200
+    return await receiver.wait_for(2), origin
+
+
+async def test_each_retry_is_its_own_client_span_with_a_resend_count(mesh: Mesh) -> None:
+    spans, origin = await retried_once(mesh, {"traceparent": f"00-{APP_TRACE}-{APP_SPAN}-01"})
     first, second = sorted(by_kind(spans, "CLIENT"), key=lambda s: s.attributes.get("http.request.resend_count", 0))
     assert first.parent_span_id == second.parent_span_id == APP_SPAN  # siblings under the app's span
     assert "http.request.resend_count" not in first.attributes
@@ -175,13 +180,6 @@ async def test_a_dead_or_hanging_collector_never_holds_a_request_up(
 
 
 async def test_retries_of_a_request_without_trace_context_share_one_trace(mesh: Mesh) -> None:
-    receiver = OtlpReceiver()
-    origin = FlakyOrigin(failures=1)
-    sc = await mesh.sidecar(
-        services=[service("orders", await mesh.origin(origin))], tracing=tracing(await mesh.origin(receiver))
-    )
-    async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
-        assert (await client.get("/x", headers={"host": "orders"})).status_code == 200
-    first, second = await receiver.wait_for(2)
+    (first, second), _ = await retried_once(mesh, {})
     assert first.trace_id == second.trace_id and first.span_id != second.span_id
     assert first.parent_span_id == second.parent_span_id == ""  # roots of the one trace
