@@ -732,7 +732,7 @@ class H2Connection:
             if self.client:
                 self._response_block(stream_id, stream, headers, end_stream)
             else:
-                self._request_trailers(stream_id, stream, headers, end_stream)
+                self._trailers(stream_id, stream, headers, end_stream)
         except Malformed:
             self._stream_error(stream_id, _PROTOCOL_ERROR)
         except _StreamError as error:
@@ -771,8 +771,8 @@ class H2Connection:
         self.open_inbound += 1
         self._events.append((HEADERS_RECEIVED, stream_id, headers, end_stream, self.decoder.list_size))
 
-    def _request_trailers(self, stream_id: int, stream: Stream, headers: list[Header], end_stream: bool) -> None:
-        """A second header block on a request stream: trailers (server side)."""
+    def _trailers(self, stream_id: int, stream: Stream, headers: list[Header], end_stream: bool) -> None:
+        """A header block after the head: trailers, which end the stream (either side)."""
         if not end_stream:
             raise _StreamError(_PROTOCOL_ERROR, "trailers without END_STREAM")
         headers = check_trailers(headers)
@@ -784,13 +784,7 @@ class H2Connection:
     def _response_block(self, stream_id: int, stream: Stream, headers: list[Header], end_stream: bool) -> None:
         """A header block on a request stream (client side): informational, final, or trailers."""
         if stream.head_received:
-            if not end_stream:
-                raise _StreamError(_PROTOCOL_ERROR, "trailers without END_STREAM")
-            headers = check_trailers(headers)
-            if stream.expected_length >= 0 and stream.received != stream.expected_length:
-                raise _StreamError(_PROTOCOL_ERROR, "DATA does not match Content-Length")
-            self._end_remote(stream_id, stream)
-            self._events.append((TRAILERS_RECEIVED, stream_id, headers))
+            self._trailers(stream_id, stream, headers, end_stream)
             return
         status, length = check_response(headers)
         if status < 200:

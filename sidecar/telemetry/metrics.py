@@ -68,7 +68,7 @@ class RequestMetrics:
     __slots__ = ("config_reloads", "dropped_spans_source", "durations", "requests")
 
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.requests: Counter[tuple[str, str, int]] = Counter()  # the code as a string only when scraped
         self.durations: dict[tuple[str, str], Histogram] = {}
         self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
         self.dropped_spans_source: Callable[[], int] = lambda: 0  # tracing sets its own counter here
@@ -79,7 +79,7 @@ class RequestMetrics:
         return self.dropped_spans_source()
 
     def request_finished(self, direction: str, service: str, status: int, seconds: float) -> None:
-        self.requests[(direction, service, str(status))] += 1
+        self.requests[(direction, service, status)] += 1
         key = (direction, service)
         histogram = self.durations.get(key)
         if histogram is None:

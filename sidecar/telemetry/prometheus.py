@@ -66,7 +66,7 @@ class RuntimeCollector:
             labels=("direction", "service", "code"),
         )
         for (direction, service, code), count in sorted(metrics.requests.items()):
-            requests.add_metric((direction, service, code), count)
+            requests.add_metric((direction, service, str(code)), count)
         yield requests
         durations = HistogramMetricFamily(
             "sidecar_request_duration_seconds",

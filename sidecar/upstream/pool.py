@@ -60,7 +60,9 @@ class ConnectionPool:
         self.idle: list[H1ClientConnection] = []
         self.open_connections = 0
         self.tls: UpstreamTls | None = None
-        self.tls_session: ssl.SSLSession | None = None  # the latest, offered for resumption
+        # The latest session, with the context it came from: it resumes only with that context (not
+        # another protocol's, nor the ones a reload put in its place).
+        self.tls_session: tuple[ssl.SSLContext, ssl.SSLSession] | None = None
         self.handshakes = 0
         self.protocol = "http1"  # http1 | http2 | auto (ALPN decides; plaintext auto is HTTP/1.1)
         self.h2_conns: list[H2ClientConnection] = []
@@ -181,8 +183,8 @@ class ConnectionPool:
         endpoint = self.endpoint
         server_name = None if tls.mutual else (tls.server_name or endpoint.hostname)
         context = tls.contexts[protocol]
-        # A session resumes only with the context it came from: the one of the pool's own protocol.
-        session = self.tls_session if protocol == self.protocol else None
+        kept = self.tls_session
+        session = kept[1] if kept is not None and kept[0] is context else None
         stream = TlsStream.wrap(tcp, context, server_side=False, server_hostname=server_name, session=session)
         try:
             await stream.do_handshake()
@@ -217,15 +219,11 @@ class ConnectionPool:
             self._close(conn)
 
     def _keep_session(self, stream: trio.abc.Stream) -> None:
-        """After a whole exchange the server's session ticket has arrived: keep it for resumption,
-        unless the connection was made with contexts a reload has replaced since (a session resumes
-        only with its own context)."""
-        if isinstance(stream, TlsStream) and self.tls is not None:
-            if stream.sock.context is not self.tls.contexts.get(self.protocol):
-                return
+        """After a whole exchange the server's session ticket has arrived: keep it for resumption."""
+        if isinstance(stream, TlsStream):
             session = stream.session
             if session is not None and session.has_ticket:
-                self.tls_session = session
+                self.tls_session = (stream.sock.context, session)
 
     def _close(self, conn: H1ClientConnection) -> None:
         self.open_connections -= 1

@@ -345,8 +345,6 @@ class Cluster:
         pool = endpoint.pool
         pool.idle_timeout = self.settings.idle_timeout
         pool.stream_idle_timeout = self.settings.stream_idle_timeout
-        if pool.tls is not self.settings.tls:  # new contexts (a reload): a kept session belongs to the old
-            pool.tls_session = None
         pool.tls = self.settings.tls
         pool.protocol = self.settings.protocol
         pool.background = self.background

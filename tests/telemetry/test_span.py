@@ -5,7 +5,6 @@ sending batches through a scripted exporter."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -140,7 +139,7 @@ def test_an_unsampled_span_is_never_queued() -> None:
     assert sent.batches == [] and made.dropped == 0
 
 
-def test_ending_twice_exports_once(monkeypatch: Any) -> None:
+def test_ending_twice_exports_once() -> None:
     made, sent = tracing()
     span = made.start("GET", SERVER, None, {})
     span.end(5)
@@ -159,3 +158,17 @@ def test_a_retired_tracer_sends_what_it_has_then_counts_late_spans_as_dropped() 
     late.end(2)  # a request that began before the reload and ended after it
     assert [span.name for batch in sent.batches for span in batch] == ["before"]
     assert made.dropped == 1
+
+
+def test_the_console_exporter_prints_each_span_as_a_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    made = Tracing("orders", TracingSettings("console", "unused", 1.0), {"OTEL_BSP_SCHEDULE_DELAY": "20"})
+    span = made.start("GET", SERVER, None, {"url.path": "/x"})
+    span.set_error("503")
+    span.end(5)
+    made.shutdown()
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines() if text.startswith("{")]
+    assert (line["name"], line["kind"], line["status"]) == ("GET", "SERVER", "ERROR")
+    assert line["attributes"] == {"url.path": "/x", "error.type": "503"}
+    assert line["resource"]["service.name"] == "orders" and line["trace_id"] == f"{span.trace_id:032x}"
