@@ -17,14 +17,18 @@ the cluster is told when an endpoint's availability changed so its balancer is r
   into 503s. So a service with one endpoint is ejected only with `max_ejection_percent: 100`, and two
   endpoints at the default 50 % lose at most one. An endpoint kept in by the cap stays counted: its
   next failure ejects it as soon as there is room.
-- **Return**: a review every `interval` returns the endpoints whose time is up, so an ejection lasts
-  between its time and its time plus one interval (Envoy's sweep). The multiplier decays: an endpoint
-  back in service for `base_ejection` has its count of ejections lowered by one, at each review, so a
-  flaky endpoint's ejections grow while it keeps failing and shrink back once it has recovered.
+- **Return** is on time: each cluster's detector has a task that sleeps until the earliest
+  `ejected_until` among its ejected endpoints (an ejection that ends sooner moves that wake-up
+  earlier) and returns every endpoint whose time is up, so an ejection lasts exactly its time.
+- **Decay**: a review every `interval` lowers the multiplier: an endpoint back in service for
+  `base_ejection` has its count of ejections lowered by one, at each review, so a flaky endpoint's
+  ejections grow while it keeps failing and shrink back once it has recovered. The interval has no
+  say in when an endpoint returns.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import structlog
@@ -43,11 +47,12 @@ GATEWAY_ERRORS = frozenset({502, 503, 504})
 class OutlierDetector:
     """Consecutive 5xx / gateway-error ejection for the endpoints of one cluster."""
 
-    __slots__ = ("cluster", "policy")
+    __slots__ = ("_timer", "cluster", "policy")
 
     def __init__(self, cluster: Cluster, policy: OutlierDetection) -> None:
         self.cluster = cluster
         self.policy = policy
+        self._timer: trio.CancelScope | None = None  # the return task's sleep, due at the next return
 
     def record(self, endpoint: Endpoint, status: int | None) -> None:
         """Count the outcome of one try: its response status, or None when no response came."""
@@ -82,6 +87,9 @@ class OutlierDetector:
         endpoint.consecutive_5xx = 0
         endpoint.consecutive_gateway_errors = 0
         self.cluster.ejections += 1
+        timer = self._timer
+        if timer is not None and endpoint.ejected_until < timer.deadline:
+            timer.deadline = endpoint.ejected_until  # the return task wakes for this one first
         log.warning(
             "endpoint_ejected",
             service=self.cluster.name,
@@ -92,25 +100,48 @@ class OutlierDetector:
         self.cluster.availability_changed()
         return True
 
-    def review(self, now: float) -> None:
-        """Return the endpoints whose ejection time is up; decay the multiplier of recovered ones."""
+    def next_return(self) -> float:
+        """When the next ejected endpoint is due back (trio time; inf when none is ejected)."""
+        return min((e.ejected_until for e in self.cluster.endpoints if e.ejected), default=math.inf)
+
+    def return_due(self, now: float) -> None:
+        """Return the endpoints whose ejection time is up."""
         returned = False
-        base = self.policy.base_ejection
         for endpoint in self.cluster.endpoints:
-            if endpoint.ejected:
-                if now >= endpoint.ejected_until:
-                    endpoint.ejected = False
-                    endpoint.returned_at = now
-                    returned = True
-                    log.info("endpoint_returned", service=self.cluster.name, endpoint=endpoint.address)
-            elif endpoint.times_ejected and now - endpoint.returned_at >= base:
-                endpoint.times_ejected -= 1
+            if endpoint.ejected and now >= endpoint.ejected_until:
+                endpoint.ejected = False
                 endpoint.returned_at = now
+                returned = True
+                log.info("endpoint_returned", service=self.cluster.name, endpoint=endpoint.address)
         if returned:
             self.cluster.availability_changed()
 
+    def review(self, now: float) -> None:
+        """Decay the multiplier of endpoints back in service for `base_ejection` (every `interval`)."""
+        base = self.policy.base_ejection
+        for endpoint in self.cluster.endpoints:
+            if not endpoint.ejected and endpoint.times_ejected and now - endpoint.returned_at >= base:
+                endpoint.times_ejected -= 1
+                endpoint.returned_at = now
+
     async def run(self) -> None:
-        """Review ejections every `interval`, for as long as the cluster keeps this policy."""
+        """Return ejected endpoints on time and review the multipliers every `interval`, for as long
+        as the cluster keeps this policy."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._return_on_time)
+            await self._review_every_interval()
+
+    async def _return_on_time(self) -> None:
+        """Sleep until the next endpoint is due back (`eject` moves the wake-up earlier), return it."""
+        try:
+            while True:
+                with trio.CancelScope(deadline=self.next_return()) as self._timer:
+                    await trio.sleep_forever()
+                self.return_due(trio.current_time())
+        finally:
+            self._timer = None
+
+    async def _review_every_interval(self) -> None:
         interval = self.policy.interval
         while True:
             await trio.sleep(interval)

@@ -1,5 +1,6 @@
 """sidecar.upstream.outlier: consecutive 5xx / gateway-error ejection, its timing, the max percent cap,
-and the return of ejected endpoints (trio's MockClock: time only moves when the test sleeps)."""
+and the return of ejected endpoints exactly when their time is up (trio's MockClock: time only moves
+when the test sleeps)."""
 
 from __future__ import annotations
 
@@ -102,41 +103,89 @@ async def test_without_outlier_detection_record_does_nothing() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Timing: base x times ejected, the cap, the return at a review
+# Timing: base x times ejected, the cap, the return exactly when the time is up
 # --------------------------------------------------------------------------------------------------
 
+# A review every 10 s, ejections of 3 s: the interval must not delay a return (SPEC §11).
+ON_TIME = OutlierDetection(consecutive_5xx=1, interval=10.0, base_ejection=3.0, max_ejection_percent=50)
+JUST = 1e-6  # seconds: a hair before / after a deadline
 
-async def test_ejection_lasts_base_times_count_and_returns_at_a_review(
-    cluster: Cluster, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+
+async def test_an_ejection_ends_exactly_when_its_time_is_up_not_at_a_review(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
+    cluster = make_cluster(4, outlier_detection=ON_TIME)
     await start(cluster, nursery)
     a = cluster.endpoints[0]
-    await trio.sleep(0.5)  # between two reviews (at 1, 2, 3, ...)
-    fail(cluster, a, 5)
-    assert a.ejected_until == pytest.approx(10.5)
-    await trio.sleep(9.9)  # t = 10.4
-    assert a.ejected
-    await trio.sleep(1.0)  # t = 11.4: the review at 11 returned it
+    await trio.sleep(0.5)
+    fail(cluster, a, 1)
+    assert a.ejected_until == pytest.approx(3.5)
+    await trio.sleep_until(a.ejected_until - JUST)
+    assert a.ejected and "10.0.0.1:80" not in picked(cluster)
+    await trio.sleep(2 * JUST)  # t = 3.5: back at its time, long before the review at 10
     assert not a.ejected and a.available
+    assert a.returned_at == a.ejected_until
     assert "10.0.0.1:80" in picked(cluster)
-    fail(cluster, a, 5)  # the second ejection: twice as long
+
+    await trio.sleep_until(4.2)
+    fail(cluster, a, 1)  # the second ejection: twice as long
     assert a.times_ejected == 2
-    assert a.ejected_until - trio.current_time() == pytest.approx(20.0)
-    await trio.sleep(19.5)  # t = 30.9
+    assert a.ejected_until - trio.current_time() == pytest.approx(6.0)
+    await trio.sleep_until(a.ejected_until - JUST)  # t = 10.2: the review at 10 did not return it
     assert a.ejected
-    await trio.sleep(1.0)  # t = 31.9: its time was up at 31.4, the next review is at 32
-    assert a.ejected
-    await trio.sleep(0.2)
-    assert not a.ejected
+    await trio.sleep(2 * JUST)
+    assert not a.ejected and a.returned_at == a.ejected_until == pytest.approx(10.2)
 
 
-async def test_ejection_time_is_capped_at_300s(autojump_clock: trio.testing.MockClock) -> None:
+async def test_ejection_time_is_capped_at_300s_and_ends_on_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     policy = OutlierDetection(consecutive_5xx=1, base_ejection=120.0, max_ejection_percent=100)
     cluster = make_cluster(2, outlier_detection=policy)
+    await start(cluster, nursery)
     a = cluster.endpoints[0]
     a.times_ejected = 2  # the third ejection would last 360 s
+    await trio.sleep(0.5)  # off the reviews' beat (every 10 s)
     fail(cluster, a, 1)
     assert a.ejected_until - trio.current_time() == MAX_EJECTION == 300.0
+    await trio.sleep_until(a.ejected_until - JUST)
+    assert a.ejected
+    await trio.sleep(2 * JUST)  # t = 300.5, not the review at 310
+    assert not a.ejected and a.returned_at == a.ejected_until
+
+
+async def test_a_shorter_ejection_after_a_longer_one_ends_on_its_own_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    cluster = make_cluster(4, outlier_detection=ON_TIME)
+    await start(cluster, nursery)
+    a, b = cluster.endpoints[:2]
+    a.times_ejected = 3  # its next ejection lasts 12 s
+    await trio.sleep(0.5)
+    fail(cluster, a, 1)
+    await trio.sleep(0.5)
+    fail(cluster, b, 1)  # ejected while the return task sleeps until a's later time
+    assert (a.ejected_until, b.ejected_until) == (pytest.approx(12.5), pytest.approx(4.0))
+    await trio.sleep_until(b.ejected_until + JUST)
+    assert not b.ejected and b.returned_at == b.ejected_until
+    assert a.ejected
+    await trio.sleep_until(a.ejected_until - JUST)
+    assert a.ejected
+    await trio.sleep(2 * JUST)
+    assert not a.ejected and a.returned_at == a.ejected_until
+
+
+async def test_endpoints_due_at_the_same_time_return_together(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    cluster = make_cluster(4, outlier_detection=ON_TIME)
+    await start(cluster, nursery)
+    a, b = cluster.endpoints[:2]
+    fail(cluster, a, 1)
+    fail(cluster, b, 1)
+    assert cluster.available_count == 2
+    await trio.sleep(3 + JUST)
+    assert not a.ejected and not b.ejected and cluster.available_count == 4
 
 
 async def test_the_multiplier_decays_once_the_endpoint_has_recovered(
@@ -237,6 +286,35 @@ async def test_ejection_state_survives_a_reload_for_endpoints_that_stay(
     assert "10.0.0.1:80" not in picked(cluster, 200)
     await trio.sleep(11)  # the review task kept running across the reload
     assert not a.ejected
+
+
+async def test_ejections_end_on_time_across_a_policy_reload(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    cluster = make_cluster(4, outlier_detection=ON_TIME)
+    await start(cluster, nursery)
+    a, b, c = cluster.endpoints[:3]
+    await trio.sleep(0.5)
+    fail(cluster, a, 1)  # due back at 3.5
+    await trio.sleep(0.5)
+    reloaded = OutlierDetection(consecutive_5xx=1, interval=20.0, base_ejection=5.0, max_ejection_percent=75)
+    cluster.configure(make_settings(4, outlier_detection=reloaded))
+    fail(cluster, b, 1)  # before the new policy's task has started: 5 s, due back at 6
+    assert b.ejected_until == pytest.approx(6.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(nursery.child_tasks) == 1  # the old policy's tasks are gone
+    await trio.sleep_until(a.ejected_until - JUST)
+    assert a.ejected
+    await trio.sleep(2 * JUST)  # the ejection made under the old policy keeps its time
+    assert not a.ejected and a.returned_at == a.ejected_until
+    await trio.sleep_until(b.ejected_until + JUST)
+    assert not b.ejected and b.returned_at == b.ejected_until
+    await trio.sleep_until(7.0)
+    fail(cluster, c, 1)  # under the new policy, with its task running
+    await trio.sleep_until(12.0 - JUST)
+    assert c.ejected
+    await trio.sleep(2 * JUST)  # not at the review at 20
+    assert not c.ejected and c.returned_at == pytest.approx(12.0)
 
 
 async def test_a_changed_policy_applies_to_the_next_failures(cluster: Cluster, nursery: trio.Nursery) -> None:
