@@ -7,7 +7,8 @@ is required. ``build`` walks plain data (dicts, lists and scalars, as YAML gives
 
 - every error is collected, each with its field path (``("to", 1, "weight")``), before one
   ``ValidationError`` is raised; fields are checked in declaration order, then unknown keys in order;
-- a key that is not a field is an error ("unknown field");
+- a key that is not a field is an error ("unknown field"), with a hint when a field of the model
+  that was not given is spelled closely (``unknown field (did you mean 'load_balancer'?)``);
 - a field set to ``None`` (``null``) counts as not set, so its default applies;
 - ``Model.check`` (rules across fields) runs only once every field of its model is valid.
 
@@ -248,6 +249,17 @@ class Model:
         }
 
 
+def _unknown_field(key: object, fields: Mapping[str, _Field], given: Mapping[str, Any]) -> str:
+    """The message for an unknown key: with the closest field not given, when one is close (a typo, a case)."""
+    if not isinstance(key, str):
+        return "unknown field"
+    import difflib  # only on this error path: the running proxy never needs it
+
+    candidates = [name for name in fields if name not in given]
+    close = difflib.get_close_matches(key.lower(), candidates, n=1)
+    return f"unknown field (did you mean {close[0]!r}?)" if close else "unknown field"
+
+
 def build(model: type[M], data: object, *, from_file: bool) -> M:
     """Read plain ``data`` (a mapping) as ``model``; raises ``ValidationError`` listing every problem."""
     if isinstance(data, model):
@@ -268,7 +280,7 @@ def build(model: type[M], data: object, *, from_file: bool) -> M:
             errors.append(FieldError((name,), "field required"))
         else:
             values[name] = field.default
-    errors += [FieldError((key,), "unknown field") for key in given if key not in fields]
+    errors += [FieldError((key,), _unknown_field(key, fields, given)) for key in given if key not in fields]
     if errors:
         raise ValidationError(errors)
     instance = object.__new__(model)  # the values are checked already: no second pass through __init__

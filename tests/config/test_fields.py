@@ -80,6 +80,20 @@ def test_every_error_with_its_path_fields_first_then_unknown_keys() -> None:
     ]
 
 
+def test_unknown_field_hint_names_a_close_field_not_given() -> None:
+    assert errors(Tree, {"name": "a", "leaves": [{"colour": "red", "cuont": 2}], "Tags": []}) == [
+        "leaves[0].colour: unknown field (did you mean 'color'?)",
+        "leaves[0].cuont: unknown field (did you mean 'count'?)",
+        "Tags: unknown field (did you mean 'tags'?)",
+    ]
+    # the close field is written already, nothing is close, or the key is not a string: no hint
+    assert errors(Leaf, {"color": "red", "colour": "red", "xyz": 1, 7: 1}) == [
+        "colour: unknown field",
+        "xyz: unknown field",
+        "[7]: unknown field",
+    ]
+
+
 def test_null_means_not_set() -> None:
     tree = build(Tree, {"name": "oak", "leaves": [{"count": None}], "top": None, "wait": None}, from_file=True)
     assert (tree.leaves, tree.top, tree.wait) == ((Leaf(),), None, 2.0)

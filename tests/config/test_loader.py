@@ -270,7 +270,7 @@ SERVICE_ERRORS = [
           connect: 1s
           per_retry: 5s
         """,
-        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_retry: unknown field"],
+        ["5: endpoints[0].zone: unknown field", "8: timeouts.per_retry: unknown field (did you mean 'per_try'?)"],
     ),
     (  # a missing key: the line where its parent mapping starts
         """
@@ -473,6 +473,53 @@ SERVICE_ERRORS = [
         ],
     ),
 ]
+
+
+def test_unknown_fields_get_a_hint_at_every_depth(config_dir: ConfigDir) -> None:
+    config_dir.write(
+        "sidecar.yaml",
+        """
+        kind: Sidecar
+        service: frontend
+        Inbound: {listen: 0.0.0.0:15006}
+        limits: {header_read_timout: 5s}
+        """,
+    )
+    config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: orders
+        load_balancr: round_robin
+        endpoints: [{address: "o:1", wieght: 2}]
+        timeouts: {timeout: 1s}
+        timeout: 2s
+        retries: {backoff: {bse: 10ms}, attempts: 2, attempt: 3}
+        mirror: {to: shadow}
+        """,
+    )
+    config_dir.write(
+        "routes.yaml",
+        """
+        kind: Route
+        host: shop
+        rules: [{match: {path_prefx: /a}, to: [{servce: orders}]}]
+        """,
+    )
+    hints = [issue.split(": ", 1)[1] for issue in config_dir.issues() if "unknown field" in issue]
+    assert hints == [
+        "rules[0].match.path_prefx: unknown field (did you mean 'path_prefix'?)",
+        "rules[0].to[0].servce: unknown field (did you mean 'service'?)",
+        "load_balancr: unknown field (did you mean 'load_balancer'?)",
+        "endpoints[0].wieght: unknown field (did you mean 'weight'?)",
+        "timeouts.timeout: unknown field",  # nothing close: no hint
+        "timeout: unknown field",  # 'timeouts' is written already: not offered
+        "retries.backoff.bse: unknown field (did you mean 'base'?)",
+        "retries.attempt: unknown field",  # 'attempts' is written already
+        "mirror: unknown field",
+        "Inbound: unknown field (did you mean 'inbound'?)",  # the case differs
+        "limits.header_read_timout: unknown field (did you mean 'header_read_timeout'?)",
+    ]
 
 
 @pytest.mark.parametrize(("text", "expected"), SERVICE_ERRORS)
