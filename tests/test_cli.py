@@ -65,3 +65,11 @@ def test_run_with_a_bad_config_exits_1(tmp_path: Path) -> None:
     result = run("run", "-c", str(tmp_path))
     assert result.returncode == 1
     assert "service" in result.stderr
+
+
+def test_missing_config_directory_is_named_without_a_line_number(tmp_path: Path) -> None:
+    missing = tmp_path / "mesh-config"
+    for command in ("check", "run"):
+        result = run(command, "-c", str(missing))
+        assert result.returncode == 1, command
+        assert result.stderr.splitlines()[0] == f"{missing}: config directory not found", result.stderr

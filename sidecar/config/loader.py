@@ -13,7 +13,9 @@ documents; empty ones are skipped. Every problem in every file is collected befo
 input never escapes as anything but a ``ConfigError``.
 
 Line numbers: an issue points at the line of the offending key; a missing key points at the line
-where its parent mapping starts; a list item at the line where the item starts.
+where its parent mapping starts; a list item at the line where the item starts. A problem with no
+line to point at (a missing or unreadable directory, no Sidecar in it, a file that cannot be read)
+is ``FILE: message``, without a made-up line.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 
 @dataclass(frozen=True)
 class ConfigIssue:
-    """One problem found in the config directory."""
+    """One problem found in the config directory: ``FILE:LINE: path: message``, or ``FILE: message``
+    for a problem with no line to point at (the directory itself, a file that cannot be read)."""
 
     file: str
-    line: int
+    line: int | None
     path: str
     message: str
 
     def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.file}: {self.message}"
         return f"{self.file}:{self.line}: {self.path}: {self.message}"
 
 
@@ -274,7 +279,7 @@ def _raw_str(document: _Document, key: str) -> str | None:
 def _check_sidecars(directory: str, documents: list[_Document], issues: list[ConfigIssue], *, complete: bool) -> None:
     sidecars = [d for d in documents if d.kind == "Sidecar"]
     if not sidecars and complete:
-        issues.append(ConfigIssue(directory, 1, "kind", "no Sidecar found (exactly one is required)"))
+        issues.append(ConfigIssue(directory, None, "", "no Sidecar found (exactly one is required)"))
     for extra in sidecars[1:]:
         first = sidecars[0].where(("kind",))
         issues.append(extra.issue(("kind",), f"more than one Sidecar (first at {first})"))
@@ -404,9 +409,14 @@ def _read_directory(directory: str, issues: list[ConfigIssue]) -> list[tuple[str
     """``(name, path as found, content)`` per config file, sorted by name; ``None`` if DIR is unreadable."""
     try:
         names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        issues.append(ConfigIssue(directory, None, "", "config directory not found"))
+        return None
+    except NotADirectoryError:
+        issues.append(ConfigIssue(directory, None, "", "not a directory (expected the config directory)"))
+        return None
     except OSError as exc:
-        message = f"cannot read config directory: {exc.strerror or exc}"
-        issues.append(ConfigIssue(directory, 1, "directory", message))
+        issues.append(ConfigIssue(directory, None, "", f"cannot read config directory: {exc.strerror or exc}"))
         return None
     files = []
     for name in names:
@@ -419,7 +429,7 @@ def _read_directory(directory: str, issues: list[ConfigIssue]) -> list[tuple[str
             with open(found, "rb") as stream:
                 files.append((name, found, stream.read()))
         except OSError as exc:
-            issues.append(ConfigIssue(found, 1, "file", f"cannot read: {exc.strerror or exc}"))
+            issues.append(ConfigIssue(found, None, "", f"cannot read: {exc.strerror or exc}"))
     return files
 
 
@@ -447,7 +457,7 @@ def load_directory(directory: str | Path) -> Snapshot:
         _check_routes(documents, _check_services(documents, issues), issues, complete=complete)
     identity = _check_tls(directory_text, documents, issues)
     if issues:
-        ordered = sorted(dict.fromkeys(issues), key=lambda issue: (issue.file, issue.line))
+        ordered = sorted(dict.fromkeys(issues), key=lambda issue: (issue.file, issue.line or 0))
         raise ConfigError(ordered)
 
     assert files is not None

@@ -829,26 +829,33 @@ def test_more_than_one_sidecar(config_dir: ConfigDir) -> None:
 
 def test_no_sidecar(config_dir: ConfigDir) -> None:
     config_dir.write("services.yaml", "kind: Service\nname: orders\nendpoints: [{address: 'o:1'}]\n")
-    assert config_dir.issues() == [f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)"]
+    assert config_dir.issues() == [f"{config_dir.path}: no Sidecar found (exactly one is required)"]
 
 
 def test_empty_directory(config_dir: ConfigDir) -> None:
-    assert config_dir.issues() == [f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)"]
+    assert config_dir.issues() == [f"{config_dir.path}: no Sidecar found (exactly one is required)"]
 
 
 def test_missing_directory(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError) as caught:
         load_directory(missing)
-    assert caught.value.issues == (
-        ConfigIssue(str(missing), 1, "directory", "cannot read config directory: No such file or directory"),
-    )
+    assert caught.value.issues == (ConfigIssue(str(missing), None, "", "config directory not found"),)
+    assert str(caught.value) == f"{missing}: config directory not found"
+
+
+def test_config_path_that_is_a_file(tmp_path: Path) -> None:
+    file = tmp_path / "mesh.yaml"
+    file.write_text("kind: Sidecar\nservice: a\n")
+    with pytest.raises(ConfigError) as caught:
+        load_directory(file)
+    assert str(caught.value) == f"{file}: not a directory (expected the config directory)"
 
 
 def test_unreadable_file(config_dir: ConfigDir) -> None:
     config_dir.with_sidecar()
     (config_dir.path / "broken.yaml").symlink_to(config_dir.path / "gone.yaml")
-    assert config_dir.issues() == [f"{config_dir.path}/broken.yaml:1: file: cannot read: No such file or directory"]
+    assert config_dir.issues() == [f"{config_dir.path}/broken.yaml: cannot read: No such file or directory"]
 
 
 def test_yaml_syntax_error_and_other_files_still_checked(config_dir: ConfigDir) -> None:
@@ -958,7 +965,7 @@ def test_no_echo_errors_after_a_yaml_error(config_dir: ConfigDir) -> None:
 def test_field_named_file_is_not_mistaken_for_a_lost_file(config_dir: ConfigDir) -> None:
     routes = config_dir.write("routes.yaml", "kind: Route\nhost: shop\nfile: x\nrules: [{to: [{service: nope}]}]\n")
     assert config_dir.issues() == [
-        f"{config_dir.path}:1: kind: no Sidecar found (exactly one is required)",
+        f"{config_dir.path}: no Sidecar found (exactly one is required)",
         f"{routes}:3: file: unknown field",
     ]
 
