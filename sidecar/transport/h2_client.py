@@ -66,7 +66,7 @@ class _Exchange:
         self.status = 0
         self.headers: Headers | None = None
         self.body: H2Body | None = None
-        self.error: ProxyError | None = None
+        self.error: Exception | None = None  # a ProxyError, or DownstreamGone from the request body
 
 
 class H2ClientConnection:
@@ -210,7 +210,13 @@ class H2ClientConnection:
             else:
                 h2c.end_stream(stream_id)
             self.kick()
-        except (ProxyError, DownstreamGone):
+        except (ProxyError, DownstreamGone) as exc:
+            # The downstream body turned bad or went away: the upstream request can never be whole.
+            # The try ends now (RST_STREAM CANCEL): its caller gets the failure (a local reply, or
+            # the end of the exchange when the client left), a response already started is cut.
+            exchange = self._exchanges.get(stream_id)
+            if exchange is not None:
+                self._fail(exchange, exc)
             self._forget(stream_id, reset=True)
         except (H2StateError, *_STREAM_ERRORS):
             pass  # the stream or connection ended: the response side reports it
@@ -295,7 +301,7 @@ class H2ClientConnection:
             self.pool.connection_closed(self)
             close_stream_now(self.stream)
 
-    def _fail(self, exchange: _Exchange, error: ProxyError) -> None:
+    def _fail(self, exchange: _Exchange, error: Exception) -> None:
         if not exchange.ready.is_set():
             exchange.error = error
             exchange.ready.set()

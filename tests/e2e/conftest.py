@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,35 @@ def mesh_service(name: str, *sidecars: SidecarHandle, **fields: Any) -> dict[str
 async def mesh(nursery: trio.Nursery, tmp_path: Path, pki: Pki) -> AsyncIterator[Mesh]:
     yield Mesh(nursery, tmp_path, pki)
     nursery.cancel_scope.cancel()
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One combination of the failure matrix (see `matrix.py`): the downstream protocol (the app's
+    connection to sidecar A), the hop between two sidecars, and the protocol of the app behind B."""
+
+    downstream: str  # http1 | h2c
+    hop: str  # http1 | auto (HTTP/2 by ALPN, the default)
+    app: str  # http1 | h2c
+
+    def __str__(self) -> str:
+        return f"{self.downstream}-hop_{'h2' if self.hop == 'auto' else 'h1'}-app_{self.app}"
+
+
+PAIRINGS = [Pairing(d, h, a) for d in ("http1", "h2c") for h in ("http1", "auto") for a in ("http1", "h2c")]
+
+
+@pytest.fixture(params=PAIRINGS, ids=str)
+def pairing(request: pytest.FixtureRequest) -> Pairing:
+    """Every pairing of downstream protocol, hop protocol and app protocol."""
+    param: Pairing = request.param
+    return param
+
+
+@pytest.fixture(params=["http1", "h2c"])
+def downstream(request: pytest.FixtureRequest) -> str:
+    """The protocol of the app's connection to the outbound listener."""
+    return str(request.param)
 
 
 class Process:
