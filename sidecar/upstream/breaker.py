@@ -3,7 +3,9 @@
 `max_connections`: open connections to all the service's endpoints; `max_pending`: requests waiting
 for a connection (or an HTTP/2 stream slot); `max_requests`: requests in flight; `max_retries`:
 retries in flight. A request that would cross a threshold is answered 503 `overflow` at once, never
-queued. The counters are plain integers bumped on the request path: O(1), no allocation.
+queued; `max_connections` refuses only a request that must open a connection (one that finds a pooled
+connection free takes it), and `is_open` reads the thresholds the same way. The counters are plain
+integers bumped on the request path: O(1), no allocation.
 """
 
 from __future__ import annotations
@@ -60,13 +62,16 @@ class Breaker:
     def retry_allowed(self) -> bool:
         return self.retries < self.thresholds.max_retries
 
-    def is_open(self, open_connections: int) -> bool:
-        """Whether any threshold is full now (`sidecar_circuit_breaker_open`). `max_retries: 0` means
-        no retries at all, not a breaker that is always open."""
+    def is_open(self, open_connections: int, must_connect: bool) -> bool:
+        """Whether a new request would be answered 503 `overflow` now (`sidecar_circuit_breaker_open`,
+        SPEC §11): `max_requests` or `max_pending` is full, or `max_retries` (for a retry), or
+        `max_connections` is full and no open connection can take the request (`must_connect`: it
+        would have to open one). Idle pooled connections at `max_connections` alone leave it closed.
+        `max_retries: 0` means no retries at all, not a breaker that is always open."""
         t = self.thresholds
         return (
             self.requests >= t.max_requests
             or self.pending >= t.max_pending
             or (t.max_retries > 0 and self.retries >= t.max_retries)
-            or open_connections >= t.max_connections
+            or (must_connect and open_connections >= t.max_connections)
         )

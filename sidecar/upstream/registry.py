@@ -147,8 +147,8 @@ class EndpointStatistics:
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatistics:
-    """One service as `/clusters` shows it: its endpoints, whether a breaker threshold is full, and
-    its ejections and retries so far (`sidecar_upstream_ejections_total`,
+    """One service as `/clusters` shows it: its endpoints, whether a new request would get 503
+    `overflow` (`breaker_open`), its ejections and retries so far (`sidecar_upstream_ejections_total`,
     `sidecar_upstream_retries_total`), and its open connections (`sidecar_upstream_connections_active`)."""
 
     name: str
@@ -425,9 +425,15 @@ class Cluster:
     def statistics(self) -> ClusterStatistics:
         endpoints = tuple(e.statistics() for e in self.endpoints)
         connections = self.open_connections
-        return ClusterStatistics(
-            self.name, endpoints, self.ejections, self.breaker.is_open(connections), self.retries, connections
-        )
+        breaker_open = self.breaker.is_open(connections, self.must_connect())
+        return ClusterStatistics(self.name, endpoints, self.ejections, breaker_open, self.retries, connections)
+
+    def must_connect(self) -> bool:
+        """Whether a new request would have to open a connection (and so meet `max_connections`):
+        some endpoint is available and none has a connection the request would take. With none
+        available the answer is `no_healthy_upstream` before any connection. Changes nothing."""
+        available = [e for e in self.endpoints if e.available]
+        return bool(available) and not any(_takes_without_connecting(e.pool) for e in available)
 
     async def resolve(self) -> None:
         """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""
@@ -448,6 +454,14 @@ class Cluster:
                     seen.add(ip)
                     resolved.append((ip, address.port, weight, address.host))
         self.set_endpoints(resolved)
+
+
+def _takes_without_connecting(pool: ConnectionPool) -> bool:
+    """Whether a request sent to `pool` now would not open a connection, as `call._exchange` goes:
+    an HTTP/2 connection with a free stream slot; an idle HTTP/1.1 connection (taken, or, when the peer
+    closed it, closed first, which frees its place under `max_connections`); an HTTP/2 connection
+    being opened, which the request waits for (as a pending request)."""
+    return bool(pool.idle) or pool.h2_connecting is not None or any(conn.capacity > 0 for conn in pool.h2_conns)
 
 
 async def _run_policies(scope: trio.CancelScope, tasks: list[Callable[[], Awaitable[None]]]) -> None:

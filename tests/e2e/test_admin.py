@@ -1,6 +1,7 @@
 """The admin listener's JSON and Prometheus pages over real sockets (SPEC §6, §11): `/config`,
 `/clusters` (at rest and with a request held in flight at the origin) and `/metrics` (parsed with
-prometheus_client's parser, pooled connections and retries as the upstream registry counts them)."""
+prometheus_client's parser, pooled connections and retries as the upstream registry counts them), and
+the breaker shown open exactly while a new request would get 503 `overflow`."""
 
 from __future__ import annotations
 
@@ -222,6 +223,87 @@ async def test_metrics_of_ejections_open_breakers_and_refused_handshakes_move(me
         with contextlib.suppress(httpx.HTTPError):
             await plain.get(f"http://127.0.0.1:{b.inbound}/")
     await wait_for(lambda: _at_least(b, tls_failures, 1))
+
+
+def narrow(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> float:
+    return scraped[name, frozenset({("service", "narrow")})]
+
+
+async def narrow_cluster(sc: SidecarHandle) -> Any:
+    (entry,) = [s for s in (await get_json(sc, "/clusters"))["services"] if s["name"] == "narrow"]
+    return entry
+
+
+def assert_overflow(r: httpx.Response) -> None:
+    assert r.status_code == 503 and r.headers["x-sidecar-reason"] == "overflow"
+    assert r.headers["x-sidecar-overloaded"] == "true"
+
+
+async def test_idle_pooled_connections_at_max_connections_leave_the_breaker_closed(mesh: Mesh) -> None:
+    holding = HoldingOrigin()
+    sc = await mesh.sidecar(
+        services=[service("narrow", await mesh.origin(holding), circuit_breaker={"max_connections": 2})]
+    )
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "narrow"}, timeout=10) as client:
+        held: list[int] = []
+
+        async def hold() -> None:
+            held.append((await client.get("/hold")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(hold)
+            await holding.wait_held(2)  # two connections, both carrying a request: a third must open one
+            entry = await narrow_cluster(sc)
+            assert (entry["open_connections"], entry["breaker_open"]) == (2, True)
+            assert narrow(await scrape(sc), "sidecar_circuit_breaker_open") == 1
+            assert_overflow(await client.get("/x"))
+            holding.release.set()
+        assert held == [200, 200]
+
+        async def both_back_in_the_pool() -> bool:
+            return (await narrow_cluster(sc))["endpoints"][0]["active_requests"] == 0
+
+        await wait_for(both_back_in_the_pool)
+        entry = await narrow_cluster(sc)
+        assert (entry["open_connections"], entry["breaker_open"]) == (2, False)  # two idle: nothing refused
+        scraped = await scrape(sc)
+        assert narrow(scraped, "sidecar_upstream_connections_active") == 2
+        assert narrow(scraped, "sidecar_circuit_breaker_open") == 0
+        for _ in range(3):
+            r = await client.get("/x")
+            assert r.status_code == 200 and r.text == "ok"  # served on a pooled connection
+        assert (await narrow_cluster(sc))["open_connections"] == 2
+
+
+async def test_breaker_open_while_a_request_at_max_requests_is_in_flight(mesh: Mesh) -> None:
+    holding = HoldingOrigin()
+    sc = await mesh.sidecar(
+        services=[service("narrow", await mesh.origin(holding), circuit_breaker={"max_requests": 1})]
+    )
+    async with httpx.AsyncClient(base_url=sc.outbound_url, headers={"host": "narrow"}, timeout=10) as client:
+        assert (await client.get("/x")).status_code == 200  # leaves an idle pooled connection
+        assert narrow(await scrape(sc), "sidecar_circuit_breaker_open") == 0
+        held: list[int] = []
+
+        async def hold() -> None:
+            held.append((await client.get("/hold")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold)
+            await holding.wait_held(1)
+            assert (await narrow_cluster(sc))["breaker_open"] is True
+            assert narrow(await scrape(sc), "sidecar_circuit_breaker_open") == 1
+            assert_overflow(await client.get("/x"))
+            holding.release.set()
+        assert held == [200]
+
+        async def closed() -> bool:
+            return narrow(await scrape(sc), "sidecar_circuit_breaker_open") == 0
+
+        await wait_for(closed)
+        assert (await narrow_cluster(sc))["breaker_open"] is False
+        assert (await client.get("/x")).status_code == 200
 
 
 async def _at_least(sc: SidecarHandle, key: tuple[str, frozenset[tuple[str, str]]], value: float) -> bool:
