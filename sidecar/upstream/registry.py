@@ -13,7 +13,7 @@ endpoint set changes, so a pick costs what it did before health existed. `record
 outcome to outlier detection in O(1).
 
 The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections; its nursery
-also runs each service's policy tasks (outlier reviews, health checks), restarted when a reload
+also runs each service's policy tasks (outlier returns and reviews, health checks), restarted when a reload
 changes those policies and stopped when the service goes away.
 """
 
@@ -465,7 +465,7 @@ def _takes_without_connecting(pool: ConnectionPool) -> bool:
 
 
 async def _run_policies(scope: trio.CancelScope, tasks: list[Callable[[], Awaitable[None]]]) -> None:
-    """A cluster's policy tasks (outlier reviews, health checks), until the cluster cancels `scope`."""
+    """A cluster's policy tasks (outlier returns and reviews, health checks), until the cluster cancels `scope`."""
     with scope:
         async with trio.open_nursery() as nursery:
             for task in tasks:
