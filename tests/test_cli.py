@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from textwrap import dedent
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +74,70 @@ def test_missing_config_directory_is_named_without_a_line_number(tmp_path: Path)
         result = run(command, "-c", str(missing))
         assert result.returncode == 1, command
         assert result.stderr.splitlines()[0] == f"{missing}: config directory not found", result.stderr
+
+
+def test_check_reports_a_newcomers_mistakes_of_every_kind_in_one_run(tmp_path: Path) -> None:
+    """A typo'd field, bad durations, a route to a service that does not exist (in a Route with an
+    error of its own), a certificate file that is not there and a file that is not YAML: one run
+    names them all, and nothing else."""
+    from sidecar.certs import init_ca, issue_workload
+
+    config = tmp_path / "mesh-config"
+    init_ca("mesh.local", tmp_path / "ca")
+    issue_workload(tmp_path / "ca", "spiffe://mesh.local/ns/default/sa/frontend", config / "certs")
+    (config / "sidecar.yaml").write_text(
+        dedent(
+            """\
+            kind: Sidecar
+            service: frontend
+            tls:
+              cert: certs/frontend.pem  # the file is certs/cert.pem
+              key: certs/key.pem
+              ca: certs/ca.pem
+            inbound: {listen: 0.0.0.0:15006, app: 127.0.0.1:8080}
+            drain_timeout: 20
+            """
+        )
+    )
+    (config / "services.yaml").write_text(
+        dedent(
+            """\
+            kind: Service
+            name: orders
+            load_balancr: round_robin
+            endpoints:
+              - address: orders.default.svc:15006
+            timeouts:
+              request: 2 seconds
+            """
+        )
+    )
+    (config / "routes.yaml").write_text(
+        dedent(
+            """\
+            kind: Route
+            host: shop
+            rules:
+              - match: {path_prefix: /api}
+                to: [{service: order}]
+                timeout: 5
+            """
+        )
+    )
+    (config / "notes.yaml").write_text("payments: [wip\n")
+    result = run("check", "-c", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[:2] == [
+        f"{config}/notes.yaml:2: yaml: invalid YAML: expected ',' or ']', but got '<stream end>'"
+        " (while parsing a flow sequence at line 1)",
+        f"{config}/routes.yaml:5: rules[0].to[0].service: route to unknown service 'order' (did you mean 'orders'?)",
+    ]
+    assert lines[2].startswith(f"{config}/routes.yaml:6: rules[0].timeout: invalid duration 5 "), lines
+    assert lines[3] == f"{config}/services.yaml:3: load_balancr: unknown field (did you mean 'load_balancer'?)"
+    assert lines[4].startswith(f"{config}/services.yaml:7: timeouts.request: invalid duration '2 seconds' "), lines
+    assert lines[5].startswith(f"{config}/sidecar.yaml:4: tls.cert: cannot read "), lines
+    assert lines[5].endswith("certs/frontend.pem: No such file or directory"), lines
+    assert lines[6].startswith(f"{config}/sidecar.yaml:8: drain_timeout: invalid duration 20 "), lines
+    assert len(lines) == 7, lines

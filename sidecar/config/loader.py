@@ -12,6 +12,23 @@ dotfiles (and so Kubernetes' ``..data`` entries) and subfolders are skipped. A f
 documents; empty ones are skipped. Every problem in every file is collected before raising, and bad
 input never escapes as anything but a ``ConfigError``.
 
+All errors in one run: one mistake must not hide another until it is fixed, and must not be echoed
+by errors that would go away with it. So:
+
+- A YAML error costs only the document it is in: reading resumes at the next ``---`` line (which
+  always starts a document). What can be read of the lost document, its ``kind:`` and ``name:``,
+  still counts for the checks across documents. A file that is not UTF-8 is lost whole (its
+  documents' ``kind`` and ``name`` still read); an unreadable file is lost with nothing known.
+- Every document that loaded is validated, and the checks across documents run over all of them,
+  valid or not, reading the data as written: a Route with a bad ``timeout`` still has its targets
+  checked, a Service with a bad field still counts as defined.
+- "route to unknown service X" is left out when X is the name of a Service (valid or not, lost or
+  not) or of a document whose kind is missing, wrong or unreadable (``kind: Servce``), and while a
+  Service has no readable name (it may be X). A target that is no valid name is the schema's error.
+- "no Sidecar found" is left out while a document may be the Sidecar: one whose kind is missing or
+  wrong, or a lost one whose kind is Sidecar or could not be read.
+- Unknown fields and unknown services name the closest known one, when one is close.
+
 Line numbers: an issue points at the line of the offending key; a missing key points at the line
 where its parent mapping starts; a list item at the line where the item starts. A problem with no
 line to point at (a missing or unreadable directory, no Sidecar in it, a file that cannot be read)
@@ -20,7 +37,9 @@ is ``FILE: message``, without a made-up line.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +52,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .certfiles import check_ca_bundle, check_workload_cert, spiffe_id_of
 from .fields import FieldPath, Model, ValidationError, format_path, show
-from .notation import normalize_host
+from .notation import normalize_host, parse_name
 from .schema import FILE_CONTEXT, KINDS, RouteConfig, ServiceConfig, ServiceTls, SidecarConfig, SidecarTls
 from .snapshot import Snapshot, content_version
 
@@ -201,37 +220,110 @@ def _yaml_issue(file: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
     return ConfigIssue(file, 1, "yaml", f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
-def _documents(file: str, content: bytes, issues: list[ConfigIssue], unread: list[ConfigIssue]) -> Iterator[_Document]:
-    """The non-empty documents of one file, converted.
+@dataclass(frozen=True)
+class _Lost:
+    """What could still be read of a document lost to a YAML error: its top-level ``kind`` (``None``
+    when it is not one of ``KINDS`` or cannot be read) and ``name`` (``None`` when unreadable)."""
 
-    Problems that lose documents (bad encoding, YAML errors) go to ``unread``, others to ``issues``.
+    kind: str | None
+    name: str | None
+
+
+_SEPARATOR_RE = re.compile(r"^---(?=[ \t\r\n]|$)", re.M)  # a `---` line starts a document, always
+_LOST_KEY_RE = re.compile(r"""(?:^|[\s{,])(kind|name)[ \t]*:[ \t]+("[^"\n]*"|'[^'\n]*'|[^\s,{}\[\]#"']+)""")
+_LINE_BREAK_RE = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")  # what YAML counts as a line break
+
+
+def _lost(text: str) -> _Lost:
+    """The first ``kind: X`` and ``name: Y`` written in a lost document (block or flow style)."""
+    found: dict[str, str] = {}
+    for match in _LOST_KEY_RE.finditer(text):
+        key, value = match.groups()
+        found.setdefault(key, value[1:-1] if value[0] in "'\"" else value)
+    kind, name = found.get("kind"), found.get("name")
+    return _Lost(kind if kind in KINDS else None, name if name else None)
+
+
+def _yaml_error_at(exc: BaseException, segment_start: int, padding: int, end: int) -> int | None:
+    """Where in the file text a YAML error was found (``None``: not known)."""
+    index: int | None = None
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        index = mark.index if mark is not None else None
+    elif isinstance(exc, yaml.reader.ReaderError):
+        index = exc.position
+    if index is None:
+        return None
+    return min(max(segment_start, segment_start + index - padding), end)
+
+
+def _compose(
+    file: str, text: str, issues: list[ConfigIssue], lost: list[_Lost], start: int = 0, end: int | None = None
+) -> Iterator[Node]:
+    """The composed documents of ``text[start:end]``, reading past YAML errors.
+
+    A YAML error costs only the document it is in: its problem is reported, what can be read of it
+    goes to ``lost``, and composing starts again at the next ``---`` line (a document marker at the
+    start of a line always starts a document in YAML: no scalar or flow collection may hold one).
+    The text before ``start`` is replaced by as many line breaks, so marks keep the file's lines.
+    """
+    end = len(text) if end is None else end
+    while start < end:
+        padding = len(_LINE_BREAK_RE.findall(text, 0, start))
+        segment = "\n" * padding + text[start:end]
+        last_end = start  # where the last document composed here ends
+        nodes = yaml.compose_all(segment, Loader=yaml.SafeLoader)
+        try:
+            for node in nodes:
+                last_end = start + node.end_mark.index - padding if node is not None else last_end
+                yield node
+            return
+        except (yaml.YAMLError, RecursionError) as exc:
+            separators = [match.start() for match in _SEPARATOR_RE.finditer(text, start, end)]
+            at = _yaml_error_at(exc, start, padding, end)
+            if isinstance(exc, yaml.YAMLError) and at is not None:
+                issues.append(_yaml_issue(file, segment, exc))
+                # The failing document starts at the last `---` before the error (an error found
+                # at a `---` belongs to the document before it); composing resumes at the next one.
+                failed = max((s for s in separators if s < at), default=start)
+                resume = min((s for s in separators if s >= at and s > start), default=end)
+            else:  # nested too deeply for the composer, or no mark: the document after the last one read
+                failed = min((s for s in separators if s >= last_end), default=end) if last_end > start else start
+                resume = min((s for s in separators if s > failed), default=end)
+                line = len(_LINE_BREAK_RE.findall(text, 0, failed)) + 1
+                problem = "document nested too deeply" if isinstance(exc, RecursionError) else f"invalid YAML: {exc}"
+                issues.append(ConfigIssue(file, line, "yaml", problem.splitlines()[0]))
+            if isinstance(exc, yaml.reader.ReaderError):  # found before any document was composed
+                yield from _compose(file, text, issues, lost, start, failed)
+            lost.append(_lost(text[failed:resume]))
+            start = resume
+
+
+def _documents(file: str, content: bytes, issues: list[ConfigIssue], lost: list[_Lost]) -> Iterator[_Document]:
+    """The non-empty documents of one file, converted; what can be read of those lost goes to ``lost``.
+
+    A file that is not UTF-8 is lost whole (its ``kind`` and ``name`` lines still read, per document).
     """
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = content[: exc.start].count(b"\n") + 1
-        unread.append(ConfigIssue(file, line, "yaml", "file is not valid UTF-8"))
+        issues.append(ConfigIssue(file, line, "yaml", "file is not valid UTF-8"))
+        text = content.decode("utf-8-sig", errors="replace")
+        bounds = [0, *(m.start() for m in _SEPARATOR_RE.finditer(text)), len(text)]
+        lost += [_lost(text[a:b]) for a, b in itertools.pairwise(bounds) if text[a:b].strip()]
         return
-    nodes = yaml.compose_all(text, Loader=yaml.SafeLoader)
-    while True:
-        try:
-            node = next(nodes)
-        except StopIteration:
-            return
-        except yaml.YAMLError as exc:  # the documents before it were still checked
-            unread.append(_yaml_issue(file, text, exc))
-            return
+    for node in _compose(file, text, issues, lost):
         if node is None or _is_empty(node):
             continue
         document = _Document(file)
         try:
             document.data = _Converter(document, issues).convert(node, ())
-        except _TooLarge:
+        except (_TooLarge, RecursionError) as exc:
             line = node.start_mark.line + 1
-            unread.append(ConfigIssue(file, line, "yaml", "document too large (check aliases)"))
-            continue
-        except RecursionError:
-            unread.append(ConfigIssue(file, node.start_mark.line + 1, "yaml", "document nested too deeply"))
+            problem = "too large (check aliases)" if isinstance(exc, _TooLarge) else "nested too deeply"
+            issues.append(ConfigIssue(file, line, "yaml", f"document {problem}"))
+            lost.append(_lost(text[node.start_mark.index : node.end_mark.index]))
             continue
         yield document
 
@@ -276,17 +368,20 @@ def _raw_str(document: _Document, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _check_sidecars(directory: str, documents: list[_Document], issues: list[ConfigIssue], *, complete: bool) -> None:
+def _check_sidecars(directory: str, documents: list[_Document], lost: list[_Lost], issues: list[ConfigIssue]) -> None:
+    """Exactly one Sidecar. "No Sidecar" is left out while a document may be the Sidecar meant: one
+    lost (or a file unread) whose kind is Sidecar or unknown, or one whose kind is missing or wrong."""
     sidecars = [d for d in documents if d.kind == "Sidecar"]
-    if not sidecars and complete:
+    maybe = any(d.kind is None for d in documents) or any(gone.kind in (None, "Sidecar") for gone in lost)
+    if not sidecars and not maybe:
         issues.append(ConfigIssue(directory, None, "", "no Sidecar found (exactly one is required)"))
     for extra in sidecars[1:]:
         first = sidecars[0].where(("kind",))
         issues.append(extra.issue(("kind",), f"more than one Sidecar (first at {first})"))
 
 
-def _check_services(documents: list[_Document], issues: list[ConfigIssue]) -> set[str]:
-    """Unique names, unique hosts; returns every service name written, valid document or not."""
+def _check_services(documents: list[_Document], issues: list[ConfigIssue]) -> None:
+    """Unique names (valid document or not), unique hosts."""
     by_name: dict[str, _Document] = {}
     by_host: dict[str, str] = {}
     for document in (d for d in documents if d.kind == "Service"):
@@ -309,11 +404,29 @@ def _check_services(documents: list[_Document], issues: list[ConfigIssue]) -> se
                 issues.append(document.issue(path, message))
             else:
                 by_host[host] = name
-    return set(by_name)
 
 
-def _check_routes(documents: list[_Document], services: set[str], issues: list[ConfigIssue], *, complete: bool) -> None:
-    """One Route per host; every target names a Service."""
+def _service_names(documents: list[_Document], lost: list[_Lost]) -> tuple[set[str], bool]:
+    """The names a route may mean, and whether a Service has no readable name.
+
+    The names: the ``name`` of every Service, valid or not, and of every document, loaded or lost,
+    whose kind is missing, wrong or unreadable.
+    """
+    names = {name for d in documents if d.kind in ("Service", None) and (name := _raw_str(d, "name")) is not None}
+    names.update(gone.name for gone in lost if gone.kind in ("Service", None) and gone.name is not None)
+    unnamed = any(d.kind == "Service" and _raw_str(d, "name") is None for d in documents)
+    unnamed = unnamed or any(gone.kind == "Service" and gone.name is None for gone in lost)
+    return names, unnamed
+
+
+def _check_routes(documents: list[_Document], lost: list[_Lost], issues: list[ConfigIssue]) -> None:
+    """One Route per host; every target names a Service.
+
+    Targets are read from the data as written, so a Route with other errors still has them checked;
+    a target whose own ``service`` is wrong is reported by the schema alone. "Unknown service" is
+    left out while a Service (loaded or lost) has no readable name: it may be that one.
+    """
+    services, unnamed = _service_names(documents, lost)
     by_host: dict[str, _Document] = {}
     for document in (d for d in documents if d.kind == "Route"):
         route = document.model if isinstance(document.model, RouteConfig) else None
@@ -327,11 +440,31 @@ def _check_routes(documents: list[_Document], services: set[str], issues: list[C
             issues.append(document.issue(("host",), message))
         elif host is not None:
             by_host[host] = document
-        for r, rule in enumerate(route.rules if route else ()):
-            for t, target in enumerate(rule.to):
-                if complete and target.service not in services:
-                    path: FieldPath = ("rules", r, "to", t, "service")
-                    issues.append(document.issue(path, f"route to unknown service {target.service!r}"))
+        if unnamed:
+            continue
+        for path, service in _targets(document.data):
+            if service not in services:
+                issues.append(document.issue(path, f"route to unknown service {service!r}{_hint(service, services)}"))
+
+
+def _hint(name: str, names: set[str]) -> str:
+    import difflib  # only on this error path
+
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _targets(data: dict[str, Any]) -> Iterator[tuple[FieldPath, str]]:
+    """``(path, service)`` of every target of a Route as written whose ``service`` is a valid name."""
+    rules = data.get("rules")
+    for r, rule in enumerate(rules if isinstance(rules, list) else ()):
+        to = rule.get("to") if isinstance(rule, dict) else None
+        for t, target in enumerate(to if isinstance(to, list) else ()):
+            service = target.get("service") if isinstance(target, dict) else None
+            try:
+                yield ("rules", r, "to", t, "service"), parse_name(service)
+            except ValueError:
+                continue
 
 
 def _tls_section(document: _Document, model: type[_Tls]) -> _Tls | None:
@@ -405,8 +538,13 @@ def _tls_mode_written(document: _Document) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_directory(directory: str, issues: list[ConfigIssue]) -> list[tuple[str, str, bytes]] | None:
-    """``(name, path as found, content)`` per config file, sorted by name; ``None`` if DIR is unreadable."""
+def _read_directory(
+    directory: str, issues: list[ConfigIssue], lost: list[_Lost]
+) -> list[tuple[str, str, bytes]] | None:
+    """``(name, path as found, content)`` per config file, sorted by name; ``None`` if DIR is unreadable.
+
+    A file that cannot be read is a lost document of which nothing is known.
+    """
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -430,6 +568,7 @@ def _read_directory(directory: str, issues: list[ConfigIssue]) -> list[tuple[str
                 files.append((name, found, stream.read()))
         except OSError as exc:
             issues.append(ConfigIssue(found, None, "", f"cannot read: {exc.strerror or exc}"))
+            lost.append(_Lost(None, None))
     return files
 
 
@@ -441,20 +580,17 @@ def load_directory(directory: str | Path) -> Snapshot:
     """
     directory_text = os.fspath(directory)
     issues: list[ConfigIssue] = []
-    unread: list[ConfigIssue] = []  # problems that cost documents: unreadable files, YAML errors
-    files = _read_directory(directory_text, unread)
+    lost: list[_Lost] = []  # what is known of the documents lost to YAML errors and unreadable files
+    files = _read_directory(directory_text, issues, lost)
     documents: list[_Document] = []
     for _name, found, content in files or ():
-        for document in _documents(found, content, issues, unread):
+        for document in _documents(found, content, issues, lost):
             _validate(document, issues)
             documents.append(document)
-    # A lost document may be the Sidecar or a routed-to Service: then "no Sidecar" and "unknown
-    # service" would only echo the problem already reported.
-    complete = not unread
-    issues += unread
     if files is not None:
-        _check_sidecars(directory_text, documents, issues, complete=complete)
-        _check_routes(documents, _check_services(documents, issues), issues, complete=complete)
+        _check_sidecars(directory_text, documents, lost, issues)
+        _check_services(documents, issues)
+        _check_routes(documents, lost, issues)
     identity = _check_tls(directory_text, documents, issues)
     if issues:
         ordered = sorted(dict.fromkeys(issues), key=lambda issue: (issue.file, issue.line or 0))

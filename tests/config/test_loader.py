@@ -933,6 +933,8 @@ def test_many_errors_in_many_files_all_reported(config_dir: ConfigDir) -> None:
         config_dir.load()
     expected = [
         f"{routes}:4: rules[0].to: weights add up to 90, must be 100",
+        f"{routes}:4: rules[0].to[1].service: route to unknown service 'payments'",  # in the same run
+        f"{routes}:5: rules[1].to[0].service: route to unknown service 'nope'",
         f"{services}:7: name: duplicate service name 'orders' (first defined at {services}:2)",
         f"{services}:8: endpoints[0].address: invalid address 'o:99999' (port must be 1..65535)",
         f"{sidecar}:1: tls: field required (mutual-TLS service 'orders' needs the workload certificate)",
@@ -941,6 +943,8 @@ def test_many_errors_in_many_files_all_reported(config_dir: ConfigDir) -> None:
     assert str(caught.value) == "\n".join(expected)
     assert [(i.file, i.line, i.path) for i in caught.value.issues] == [
         (routes, 4, "rules[0].to"),
+        (routes, 4, "rules[0].to[1].service"),
+        (routes, 5, "rules[1].to[0].service"),
         (services, 7, "name"),
         (services, 8, "endpoints[0].address"),
         (sidecar, 1, "tls"),
@@ -957,9 +961,183 @@ def test_format_path() -> None:
 
 def test_no_echo_errors_after_a_yaml_error(config_dir: ConfigDir) -> None:
     bad = config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: [a\n")
-    config_dir.write("routes.yaml", "kind: Route\nhost: shop\nrules: [{to: [{service: orders}]}]\n")
-    [issue] = config_dir.issues()  # neither "no Sidecar found" nor "route to unknown service"
+    routes = config_dir.write("routes.yaml", "kind: Route\nhost: shop\nrules: [{to: [{service: orders}]}]\n")
+    unknown, issue = config_dir.issues()  # not "no Sidecar found": the lost document is one
     assert issue.startswith(f"{bad}:3: yaml: invalid YAML: ")
+    assert unknown == f"{routes}:3: rules[0].to[0].service: route to unknown service 'orders'"  # no Service at all
+
+
+SERVICE = "kind: Service\nname: {name}\nendpoints: [{{address: 'o:1'}}]\n"
+
+
+def test_a_yaml_error_costs_only_its_own_document(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    file = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: orders
+          endpoints: []
+        ---
+        kind: Service
+        name: payments
+        endpoints: [{address: "p:1"}]
+        retries: {attempts: 99}
+        ---
+        kind: Service
+        name: stock
+        endpoints: [{address: [s:1}]
+        ---
+        kind: Service
+        name: users
+        endpoints: [{address: "u:1"}]
+        mirror: true
+        """,
+    )
+    issues = config_dir.issues()
+    assert issues[0].startswith(f"{file}:3: yaml: invalid YAML: mapping values are not allowed here")
+    assert issues[1] == f"{file}:8: retries.attempts: must be at most 10, got 99"
+    assert issues[2].startswith(f"{file}:12: yaml: invalid YAML: ")
+    assert issues[3] == f"{file}:17: mirror: unknown field"
+    assert len(issues) == 4
+
+
+def test_a_flow_collection_left_open_ends_at_the_next_document(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    file = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "o:1"}
+        ---
+        kind: Service
+        name: payments
+        endpoints: [{address: "p:1"}]
+        mirror: true
+        """,
+    )
+    issues = config_dir.issues()
+    assert issues[0].startswith(f"{file}:4: yaml: invalid YAML: expected ',' or ']', but got '<document start>'")
+    assert issues[1:] == [f"{file}:8: mirror: unknown field"]
+
+
+def test_control_character_in_one_document_of_several(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    text = SERVICE.format(name="a") + "mirror: 1\n---\n" + SERVICE.format(name="b\x07") + "---\n"
+    text += SERVICE.format(name="c") + "mirror: 2\n"
+    (config_dir.path / "services.yaml").write_text(text)
+    file = f"{config_dir.path}/services.yaml"
+    assert config_dir.issues() == [
+        f"{file}:4: mirror: unknown field",
+        f"{file}:7: yaml: invalid YAML: special characters are not allowed (#x0007)",
+        f"{file}:13: mirror: unknown field",
+    ]
+
+
+def test_document_nested_too_deeply_for_the_yaml_composer(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    deep = "[" * 5000 + "]" * 5000
+    text = (
+        SERVICE.format(name="a") + "---\n" + SERVICE.format(name="b") + f"x: {deep}\n---\n" + SERVICE.format(name="c")
+    )
+    (config_dir.path / "services.yaml").write_text(text + "mirror: 1\n")
+    route = "kind: Route\nhost: shop\nrules: [{to: [{service: b, weight: 50}, {service: d, weight: 50}]}]\n"
+    config_dir.write("routes.yaml", route)
+    file = f"{config_dir.path}/services.yaml"
+    assert config_dir.issues() == [
+        f"{config_dir.path}/routes.yaml:3: rules[0].to[1].service: route to unknown service 'd'",  # 'b' is read
+        f"{file}:4: yaml: document nested too deeply",
+        f"{file}:13: mirror: unknown field",
+    ]
+
+
+def test_cross_references_are_checked_over_the_documents_that_loaded(config_dir: ConfigDir) -> None:
+    config_dir.write("sidecar.yaml", f"kind: Sidecar\nservice: web\n{tls_section(config_dir.workload)}\nmirror: 1\n")
+    services = config_dir.write(
+        "services.yaml",
+        """
+        kind: Service
+        name: orders
+        endpoints: [{address: "o:1"}]
+        timeouts: {request: 5}
+        ---
+        kind: Service
+        name: "payments"  # its document is lost, its name is still read
+        endpoints: [{address: [p:1}]
+        ---
+        kind: Servce
+        name: stock
+        endpoints: [{address: "s:1"}]
+        """,
+    )
+    routes = config_dir.write(
+        "routes.yaml",
+        """
+        kind: Route
+        host: shop
+        rules:
+          - match: {path_prefx: /}
+            to: [{service: orders, weight: 25}, {service: payments, weight: 25}, {service: stock, weight: 25},
+                 {service: ordres, weight: 25}, {service: "no such", weight: 0}]
+            timeout: 5
+        """,
+    )
+    sidecar = f"{config_dir.path}/sidecar.yaml"
+    issues = config_dir.issues()
+    assert issues == [
+        f"{routes}:4: rules[0].match.path_prefx: unknown field (did you mean 'path_prefix'?)",
+        f"{routes}:6: rules[0].to[4].service: invalid name 'no such' (must be non-empty, without spaces)",
+        f"{routes}:6: rules[0].to[3].service: route to unknown service 'ordres' (did you mean 'orders'?)",
+        f"{routes}:7: rules[0].timeout: invalid duration 5 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+        f"{services}:4: timeouts.request: invalid duration 5 (a duration needs a unit: use e.g. 250ms, 1s, 2m)",
+        issues[5],
+        f"{services}:10: kind: unknown kind 'Servce' (expected Sidecar, Service or Route)",
+        f"{sidecar}:4: mirror: unknown field",
+    ]
+    assert issues[5].startswith(f"{services}:8: yaml: invalid YAML: ")
+
+
+def test_no_sidecar_is_not_reported_while_a_document_may_be_it(config_dir: ConfigDir) -> None:
+    config_dir.write("services.yaml", SERVICE.format(name="orders"))
+    config_dir.write("sidecar.yaml", "kind: Sidecr\nservice: web\n")
+    assert config_dir.issues() == [
+        f"{config_dir.path}/sidecar.yaml:1: kind: unknown kind 'Sidecr' (expected Sidecar, Service or Route)"
+    ]
+    config_dir.write("sidecar.yaml", "service: web\n")
+    assert config_dir.issues() == [f"{config_dir.path}/sidecar.yaml:1: kind: field required"]
+    config_dir.write("sidecar.yaml", "kind: Sidecar\nservice: [web\n")
+    assert len(config_dir.issues()) == 1
+    config_dir.write("sidecar.yaml", "kind: Route\nhost: [shop\n")  # a lost Route: the Sidecar is missing
+    assert config_dir.issues()[0] == f"{config_dir.path}: no Sidecar found (exactly one is required)"
+
+
+def test_unknown_service_is_left_out_while_a_service_has_no_readable_name(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    config_dir.write("routes.yaml", "kind: Route\nhost: shop\nrules: [{to: [{service: orders}]}]\n")
+    for services in (
+        "kind: Service\nendpoints: [{address: 'o:1'}]\n",  # name left out
+        "kind: Service\nname: 5\nendpoints: [{address: 'o:1'}]\n",
+        "{kind: Service, name: orders, endpoints: [{address: o:1}\n",  # lost, flow style: nothing read
+    ):
+        config_dir.write("services.yaml", services)
+        assert not any("unknown service" in issue for issue in config_dir.issues()), services
+    config_dir.write("services.yaml", SERVICE.format(name="payments"))
+    assert any("unknown service 'orders'" in issue for issue in config_dir.issues())
+
+
+def test_a_file_that_is_not_utf8_still_names_its_kinds_and_services(config_dir: ConfigDir) -> None:
+    config_dir.with_sidecar()
+    (config_dir.path / "services.yaml").write_bytes(
+        b"# caf\xe9\nkind: Service\nname: orders\nendpoints: [{address: 'o:1'}]\n---\n" + b"kind: Sidecar\n"
+    )
+    routes = config_dir.write(
+        "routes.yaml", "kind: Route\nhost: shop\nrules: [{to: [{service: orders}]}, {to: [{service: x}]}]"
+    )
+    assert config_dir.issues() == [
+        f"{routes}:3: rules[1].to[0].service: route to unknown service 'x'",
+        f"{config_dir.path}/services.yaml:1: yaml: file is not valid UTF-8",
+    ]
 
 
 def test_field_named_file_is_not_mistaken_for_a_lost_file(config_dir: ConfigDir) -> None:
@@ -967,6 +1145,7 @@ def test_field_named_file_is_not_mistaken_for_a_lost_file(config_dir: ConfigDir)
     assert config_dir.issues() == [
         f"{config_dir.path}: no Sidecar found (exactly one is required)",
         f"{routes}:3: file: unknown field",
+        f"{routes}:4: rules[0].to[0].service: route to unknown service 'nope'",
     ]
 
 
