@@ -25,12 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="A service-mesh sidecar proxy.", parents=[log_format])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    run = sub.add_parser("run", parents=[log_format], help="run the proxy until SIGTERM/SIGINT")
-    run.add_argument(
-        "-c", "--config", metavar="DIR", help="config directory (default $SIDECAR_CONFIG or ./mesh-config)"
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "-c", "--config", metavar="DIR", help="config directory (default $SIDECAR_CONFIG, else ./mesh-config)"
     )
-    check = sub.add_parser("check", help="validate a config directory")
-    check.add_argument("-c", "--config", metavar="DIR")
+    sub.add_parser("run", parents=[log_format, config], help="run the proxy until SIGTERM/SIGINT")
+    sub.add_parser(
+        "check",
+        parents=[config],
+        help="validate a config directory",
+        description="Validate a config directory: every problem is printed on stderr as "
+        "FILE:LINE: field.path: message, and the exit code is 1 if there is any.",
+    )
     certs = sub.add_parser("certs", help="development PKI: a mesh CA and SPIFFE workload certificates")
     certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
     certs_sub.required = True

@@ -141,3 +141,11 @@ def test_check_reports_a_newcomers_mistakes_of_every_kind_in_one_run(tmp_path: P
     assert lines[5].endswith("certs/frontend.pem: No such file or directory"), lines
     assert lines[6].startswith(f"{config}/sidecar.yaml:8: drain_timeout: invalid duration 20 "), lines
     assert len(lines) == 7, lines
+
+
+def test_check_and_run_help_say_what_the_config_option_is_and_its_default() -> None:
+    for command in ("check", "run"):
+        result = run(command, "-h")
+        assert result.returncode == 0
+        text = " ".join(result.stdout.split())  # argparse wraps to the terminal width
+        assert "-c DIR, --config DIR config directory (default $SIDECAR_CONFIG, else ./mesh-config)" in text, text
