@@ -15,8 +15,10 @@ request answered without any try (no route, a full breaker, no healthy endpoint)
 CLIENT span, carrying the reason. A span ends when its response ends; an error sets the span's
 status and `error.type` (the SPEC §5 reason, else the status code for a 5xx).
 
-Access log: one JSON line on stdout with exactly SPEC §11's fields, written through a structlog
-logger of its own. Off (`SIDECAR_ACCESS_LOG=off`, or a log level above info), nothing is built.
+Access log: one line on stdout per request with exactly SPEC §11's fields, written through a
+structlog logger of its own: JSON, or a line for humans when the process logs in the `console`
+format (`telemetry/logging.py`, which picks the renderer once per logger). Off
+(`SIDECAR_ACCESS_LOG=off`, or a log level above info), nothing is built.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..http.errors import ProxyError
+from .logging import access_renderer
 from .span import CLIENT, SERVER, Parent, Span, parse_traceparent
 
 if TYPE_CHECKING:
@@ -54,11 +57,12 @@ def access_log_wanted(environ: os._Environ[str] | dict[str, str] = os.environ) -
     return environ.get("SIDECAR_LOG_LEVEL", "info").strip().lower() in ("debug", "info")
 
 
-def access_logger() -> Any:
-    """A structlog logger of its own for access lines: JSON, no `event` or `level` key added."""
+def access_logger(fmt: str | None = None) -> Any:
+    """A structlog logger of its own for access lines, no `event` or `level` key added: JSON, or
+    `console` lines (`fmt`, default the process log format)."""
     return structlog.wrap_logger(
         structlog.WriteLogger(sys.stdout),
-        processors=[structlog.processors.JSONRenderer()],
+        processors=[access_renderer(fmt)],
         wrapper_class=structlog.BoundLogger,
         cache_logger_on_first_use=True,
     )

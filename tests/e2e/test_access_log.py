@@ -1,11 +1,16 @@
 """The access log (one JSON line per request, exactly SPEC §11's fields) and the request metrics
 (`sidecar_requests_total`, `sidecar_request_duration_seconds`) as real traffic flows through one and
 two sidecars: outbound and inbound lines of one request, replies the sidecar makes itself, retries,
-a client that leaves, and the switch that turns the log off."""
+a client that leaves, the switch that turns the log off, and `--log-format console`, which makes
+access lines human-readable too."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +18,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Mesh, mesh_service, service, spiffe_id
+import sidecar.telemetry.logging
+
+from .conftest import SIDECAR_BIN, Mesh, free_port, mesh_service, service, spiffe_id, wait_ready, write_config
 from .test_resilience import FlakyOrigin
 
 FIELDS = {
@@ -172,3 +179,82 @@ async def test_a_request_refused_before_it_is_parsed_is_logged_and_counted(
     assert line["direction"] == "outbound" and line["service"] == "unknown" and line["method"] is None
     values = await metrics(sc.admin_url)
     assert values["sidecar_requests_total", (("code", "400"), ("direction", "outbound"), ("service", "unknown"))] == 1
+
+
+def json_lines(text: str) -> list[str]:
+    found = []
+    for line in text.splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        found.append(line)
+    return found
+
+
+async def test_console_format_makes_access_lines_human_readable(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sidecar.telemetry.logging, "_format", "console")  # as `--log-format console` sets it
+    flaky = FlakyOrigin(failures=1)
+    sc = await mesh.sidecar(services=[service("orders", await mesh.origin(flaky))])
+    async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
+        retried = await client.get("/x?secret=1", headers={"host": "orders", "x-request-id": "r-1"})
+        unrouted = await client.get("/x", headers={"host": "nowhere"})
+    assert (retried.status_code, unrouted.status_code) == (200, 404)
+    stream = await trio.open_tcp_stream("127.0.0.1", sc.outbound)
+    async with stream:  # refused before it is parsed: no method, path or trace
+        await stream.send_all(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        with trio.fail_after(5):
+            assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 400")
+    out = capsys.readouterr().out
+    assert json_lines(out) == []
+    lines = [line for line in out.splitlines() if " [access   ] " in line]
+    assert len(lines) == 3, out
+    ok, no_route, refused = lines
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[access   \] outbound GET orders/x HTTP/1\.1 200 [\d.]+ ms"
+        r" service=orders upstream=127\.0\.0\.1:\d+ attempts=2 bytes_in=0 bytes_out=\d+ request_id=r-1",
+        ok,
+    ), ok  # the time is the request's start, as in the JSON line; no query string; null fields left out
+    assert ok[:24].endswith("Z") and ok[10] == "T"  # the request's start, as in the JSON line
+    assert " outbound GET nowhere/x HTTP/1.1 404 " in no_route
+    assert " reason=no_route service=unknown attempts=0 bytes_in=0 " in no_route and "upstream=" not in no_route
+    assert " outbound - - HTTP/1.1 400 0.0 ms reason=bad_request service=unknown attempts=0 " in refused
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_run_log_format_applies_to_the_access_log(tmp_path: Path, fmt: str) -> None:
+    outbound, admin = free_port(), free_port()
+    sidecar_doc = {
+        "kind": "Sidecar",
+        "service": "client",
+        "outbound": {"listen": f"127.0.0.1:{outbound}"},
+        "admin": {"listen": f"127.0.0.1:{admin}"},
+        "drain_timeout": "1s",
+    }
+    config = write_config(tmp_path / "mesh-config", [sidecar_doc])
+    log = tmp_path / "sidecar.log"
+    env = dict(os.environ, SIDECAR_LOG_LEVEL="info")
+    env.pop("SIDECAR_ACCESS_LOG", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*SIDECAR_BIN, "run", "--log-format", fmt, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            trio.run(wait_ready, admin)
+            assert httpx.get(f"http://127.0.0.1:{outbound}/x", headers={"host": "nowhere"}).status_code == 404
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    text = log.read_text()
+    access = [line for line in text.splitlines() if "nowhere" in line]
+    assert len(access) == 1, text
+    if fmt == "console":
+        assert json_lines(text) == [], text  # neither the process lines nor the access line
+        assert " [access   ] outbound GET nowhere/x HTTP/1.1 404 " in access[0]
+        assert " reason=no_route service=unknown " in access[0]
+    else:
+        assert json_lines(text) == text.splitlines(), text
+        entry = json.loads(access[0])
+        assert set(entry) == FIELDS and (entry["status"], entry["reason"]) == (404, "no_route")
