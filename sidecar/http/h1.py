@@ -45,6 +45,10 @@ class ProtocolViolation(ValueError):
     """The peer broke HTTP/1.1 framing. Server side turns it into 400, client side into 502."""
 
 
+class TrailersTooLarge(ProtocolViolation):
+    """A chunked body's trailer section is over its limit (server side: 431, like a head)."""
+
+
 Framing = dict[bytes, list[bytes]]  # values of the _FRAMING_FIELDS present, by lower-case name
 
 
@@ -203,15 +207,17 @@ class ChunkedDecoder:
 
     `next(buf)` returns a non-empty data chunk, None when it needs more bytes, or END when the
     last chunk and the trailer section are read (then `trailers` is set, or None if there were none).
+    A trailer section over `max_trailers` bytes raises `TrailersTooLarge`.
     """
 
-    __slots__ = ("_remaining", "_state", "trailers")
+    __slots__ = ("_max_trailers", "_remaining", "_state", "trailers")
 
     _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
 
-    def __init__(self) -> None:
+    def __init__(self, max_trailers: int = MAX_TRAILERS) -> None:
         self._state = self._SIZE
         self._remaining = 0
+        self._max_trailers = max_trailers
         self.trailers: Headers | None = None
 
     @property
@@ -261,9 +267,11 @@ class ChunkedDecoder:
                     return END
                 end = buf.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(buf) > MAX_TRAILERS:
-                        raise ProtocolViolation("trailer section too large")
+                    if len(buf) > self._max_trailers:
+                        raise TrailersTooLarge("trailer section too large")
                     return None
+                if end > self._max_trailers:
+                    raise TrailersTooLarge("trailer section too large")
                 self.trailers = Headers(_parse_fields(bytes(buf[: end + 2])))
                 del buf[: end + 4]
                 self._state = self._DONE

@@ -143,7 +143,7 @@ HEADERS_RECEIVED = 1
 INFORMATIONAL_RECEIVED = 2
 """(kind, stream_id, headers): a 1xx response (client side)."""
 TRAILERS_RECEIVED = 3
-"""(kind, stream_id, headers): trailers; the stream's remote side has ended."""
+"""(kind, stream_id, headers, list_size): trailers; the stream's remote side has ended."""
 DATA_RECEIVED = 4
 """(kind, stream_id, data, flow_controlled_length, end_stream): pass `flow_controlled_length` to
 `acknowledge()` once `data` is consumed (0 when there is nothing to acknowledge)."""
@@ -779,7 +779,7 @@ class H2Connection:
         if stream.expected_length >= 0 and stream.received != stream.expected_length:
             raise _StreamError(_PROTOCOL_ERROR, "DATA does not match Content-Length")
         self._end_remote(stream_id, stream)
-        self._events.append((TRAILERS_RECEIVED, stream_id, headers))
+        self._events.append((TRAILERS_RECEIVED, stream_id, headers, self.decoder.list_size))
 
     def _response_block(self, stream_id: int, stream: Stream, headers: list[Header], end_stream: bool) -> None:
         """A header block on a request stream (client side): informational, final, or trailers."""

@@ -1,10 +1,11 @@
 """`WireBody`: a message body read off an HTTP/1.1 connection, one chunk per `read()`.
 
-It knows the three HTTP/1.1 framings (Content-Length, chunked, until close), enforces a size
-limit while streaming, can send `100 Continue` when first read, and tells its owner exactly once
-how it ended (`on_end` after the last byte, `on_abort` when closed early) so connections go back
-to their pool only when their message was read to the end. An upstream response body that waits
-longer than its `stall_timeout` for more bytes ends with 504 `upstream_timeout` (a stalled stream).
+It knows the three HTTP/1.1 framings (Content-Length, chunked, until close), enforces size limits
+on the body and its trailer section while streaming, can send `100 Continue` when first read, and
+tells its owner exactly once how it ended (`on_end` after the last byte, `on_abort` when closed
+early) so connections go back to their pool only when their message was read to the end. An
+upstream response body that waits longer than its `stall_timeout` for more bytes ends with 504
+`upstream_timeout` (a stalled stream).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import NoReturn
 import trio
 
 from ..http.errors import BodyTooLarge, UpstreamTimeout
-from ..http.h1 import CHUNKED, END, UNTIL_CLOSE, ChunkedDecoder, ProtocolViolation
+from ..http.h1 import CHUNKED, END, MAX_TRAILERS, UNTIL_CLOSE, ChunkedDecoder, ProtocolViolation
 from ..http.message import Headers
 from .wire import RECEIVE_SIZE, Wire
 
 ErrorFactory = Callable[[str], Exception]
+ViolationFactory = Callable[[ProtocolViolation], Exception]
 
 
 class WireBody:
@@ -47,15 +49,16 @@ class WireBody:
         framing: int,
         *,
         truncated: ErrorFactory,
-        violation: ErrorFactory,
+        violation: ViolationFactory,
         on_end: Callable[[], None] | None = None,
         on_abort: Callable[[], None] | None = None,
         limit: int = 0,
+        max_trailers: int = MAX_TRAILERS,
         on_first_read: Callable[[], Awaitable[None]] | None = None,
         stall_timeout: float | None = None,
     ) -> None:
         self._wire = wire
-        self._decoder = ChunkedDecoder() if framing == CHUNKED else None
+        self._decoder = ChunkedDecoder(max_trailers) if framing == CHUNKED else None
         self._remaining = framing  # bytes left, or UNTIL_CLOSE / CHUNKED
         self.length: int | None = framing if framing >= 0 else None
         self.trailers: Headers | None = None
@@ -90,7 +93,7 @@ class WireBody:
                     data = decoder.next(wire.buf)
                 except ProtocolViolation as exc:
                     self._abort()
-                    raise self._fail_violation(str(exc)) from None
+                    raise self._fail_violation(exc) from None
                 if data is None:
                     if not await self._fill():
                         self._abort()

@@ -49,8 +49,8 @@ def _truncated(message: str) -> Exception:
     return UpstreamReset("upstream closed the connection mid-response", detail=message)
 
 
-def _violation(message: str) -> Exception:
-    return UpstreamProtocolError(detail=message)
+def _violation(violation: ProtocolViolation) -> Exception:
+    return UpstreamProtocolError(detail=str(violation))
 
 
 class H1ClientConnection:

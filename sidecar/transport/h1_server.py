@@ -25,7 +25,9 @@ from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLa
 from ..http.h1 import (
     CHUNKED,
     UNTIL_CLOSE,
+    ProtocolViolation,
     RequestHead,
+    TrailersTooLarge,
     chunk_bytes,
     last_chunk_bytes,
     parse_request_head,
@@ -38,7 +40,7 @@ from ..http.websocket import is_websocket_upgrade
 from ..pipeline.handler import Handler
 from ..pipeline.local_reply import call_guarded, error_response
 from .body import WireBody
-from .listener import ConnectionTimer, Listener
+from .listener import ConnectionTimer, Listener, stream_fd
 from .tunnel import UpgradedBody, splice
 from .wire import Wire
 
@@ -68,8 +70,10 @@ def _downstream_gone(message: str) -> Exception:
     return DownstreamGone(message)
 
 
-def _bad_body(message: str) -> Exception:
-    return BadRequest(message)
+def _bad_body(violation: ProtocolViolation) -> Exception:
+    if isinstance(violation, TrailersTooLarge):
+        return HeadersTooLarge("request trailer fields too large")
+    return BadRequest(str(violation))
 
 
 class H1Server:
@@ -87,7 +91,7 @@ class H1Server:
         self.limits = limits
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
-        self.timer = ConnectionTimer()
+        self.timer = ConnectionTimer(stream_fd(stream))
 
     async def serve(self) -> None:
         timer = self.timer
@@ -119,17 +123,22 @@ class H1Server:
                 rejected(self.conn, "HTTP/1.1", error.status, error.reason)
             return False
         body = request.body
-        if body is EMPTY_BODY:
-            response = await self._call(request)
-            keep_alive = await self._write(request, response, keep_alive)
-        else:
-            async with trio.open_nursery() as nursery:
-                request.task_nursery = nursery
+        timer = self.timer
+        try:
+            if body is EMPTY_BODY:
+                timer.watch_hangup = True  # nothing more to read for this request: a hang-up is the end
                 response = await self._call(request)
                 keep_alive = await self._write(request, response, keep_alive)
-                nursery.cancel_scope.cancel()
-            if not getattr(body, "done", True) or getattr(body, "failed", False):
-                keep_alive = False  # the rest of the body is still on the wire, or it was bad
+            else:
+                async with trio.open_nursery() as nursery:
+                    request.task_nursery = nursery
+                    response = await self._call(request)
+                    keep_alive = await self._write(request, response, keep_alive)
+                    nursery.cancel_scope.cancel()
+                if not getattr(body, "done", True) or getattr(body, "failed", False):
+                    keep_alive = False  # the rest of the body is still on the wire, or it was bad
+        finally:
+            timer.watch_hangup = False
         return keep_alive
 
     async def _read_head(self) -> bytes | None:
@@ -226,7 +235,9 @@ class H1Server:
                 framing,
                 truncated=_downstream_gone,
                 violation=_bad_body,
+                on_end=self._body_read,
                 limit=limit,
+                max_trailers=self.limits.max_request_headers,
                 on_first_read=on_first_read,
             )
         if head.values(b"expect"):
@@ -250,6 +261,10 @@ class H1Server:
             scheme=self.scheme,
         )
         return request, keep_alive
+
+    def _body_read(self) -> None:
+        """The request body was read to its end: from now on a hang-up means the client left."""
+        self.timer.watch_hangup = True
 
     async def _send_continue(self) -> None:
         try:
@@ -340,6 +355,7 @@ class H1Server:
         if not isinstance(upstream, UpgradedBody):  # only an upgrade exchange upstream yields a 101
             await self._reply_and_close(UpstreamProtocolError(detail="101 without an upgraded connection"))
             return
+        self.timer.watch_hangup = False  # the tunnel reads the connection from now on
         await self.wire.send(response_head_bytes(101, response.reason, response.headers, 0, head_only=True))
         await splice(self.wire, upstream.wire, upstream.idle_timeout)
 

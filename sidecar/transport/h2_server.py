@@ -314,7 +314,11 @@ class H2Server:
                 self._start_stream(event[1], event[2], event[3], event[4])
             elif kind == TRAILERS_RECEIVED:
                 body = bodies.get(event[1])
-                if body is not None:
+                if body is None:
+                    continue
+                if event[3] > self.limits.max_request_headers:  # the header limit covers trailers too
+                    body.fail(HeadersTooLarge("request trailer fields too large"))
+                else:
                     body.end(Headers(fields_from_h2(event[2], from_mesh=self.mesh_peer)))
             elif kind == STREAM_RESET:
                 self._stream_reset(event[1], by_client=event[3])

@@ -9,12 +9,21 @@ Header read timeouts are enforced here too, by one watchdog task per listener ra
 scope per request: each connection keeps a `ConnectionTimer` whose deadline it moves as it starts
 and stops waiting for a request head, and the watchdog cancels the connections past their deadline.
 Precision is one tick (a fifth of the timeout, at most half a second).
+
+The same watchdog notices clients that hang up while their request is in flight on a connection
+nobody reads (an HTTP/1.1 request whose body is read, waiting for or receiving its response): the
+connection sets `watch_hangup`, and each tick one `poll()` over those sockets asks for POLLRDHUP
+(the peer closed or shut down its sending side). Such a connection is cancelled, which ends its
+upstream try at once (HTTP/1.1 upstream connection closed, HTTP/2 stream reset), as nginx and Envoy
+end a request whose client left. A client that half-closes after its request is taken as gone too.
+No task and no system call per request: one poll per tick for all the connections in flight.
 """
 
 from __future__ import annotations
 
 import errno
 import math
+import select
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -32,15 +41,27 @@ _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
 
 
+_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+
 class ConnectionTimer:
-    """A connection's cancel scope, and when it must have read its next request head by."""
+    """A connection's cancel scope, when it must have read its next request head by, and whether
+    the watchdog should look for the peer hanging up (`fd`: the socket; -1 when it has none)."""
 
-    __slots__ = ("deadline", "idle", "scope")
+    __slots__ = ("deadline", "fd", "idle", "scope", "watch_hangup")
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int = -1) -> None:
         self.scope = trio.CancelScope()
         self.deadline = math.inf  # inf while not waiting for a head
         self.idle = False  # waiting for a head with nothing received yet: drain may close it
+        self.fd = fd
+        self.watch_hangup = False  # a request is in flight and nobody reads the connection
+
+
+def stream_fd(stream: object) -> int:
+    """The socket under a stream (TCP or TLS), or -1 (in-memory streams in tests)."""
+    fileno = getattr(stream, "fileno", None)
+    return fileno() if fileno is not None else -1
 
 
 class Listener:
@@ -109,9 +130,16 @@ class Listener:
         while True:
             await trio.sleep(self.tick)
             now = trio.current_time()
+            watched: dict[int, ConnectionTimer] | None = None
             for timer in self.timers:
                 if timer.deadline <= now:
                     timer.scope.cancel()
+                elif timer.watch_hangup and timer.fd >= 0:
+                    if watched is None:
+                        watched = {}
+                    watched[timer.fd] = timer
+            if watched:
+                cancel_hung_up(watched)
 
     def drain(self) -> None:
         """Stop accepting, refuse new connections, and close the idle ones."""
@@ -131,3 +159,13 @@ class Listener:
         while self.connections:
             self._quiet = trio.Event()
             await self._quiet.wait()
+
+
+def cancel_hung_up(watched: dict[int, ConnectionTimer]) -> None:
+    """Cancel the connections (by socket) whose peer has hung up."""
+    poller = select.poll()
+    for fd in watched:
+        poller.register(fd, select.POLLRDHUP)
+    for fd, events in poller.poll(0):
+        if events & _HANGUP:
+            watched[fd].scope.cancel()

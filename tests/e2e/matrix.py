@@ -54,6 +54,7 @@ class _Marker:
 BAD = _Marker("BAD")  # a malformed piece: HTTP/1.1 a chunk size that is not hex; HTTP/2 DATA past content-length
 STALL = _Marker("STALL")  # send nothing more, and do not leave
 LEAVE = _Marker("LEAVE")  # the client goes away: HTTP/1.1 closes the connection, HTTP/2 resets the stream
+RESPONSE_STARTED = _Marker("RESPONSE_STARTED")  # send nothing until the response head has arrived
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Reply:
     complete: bool = False  # the response ended as its framing says (not cut)
     reset: int | None = None  # HTTP/2: the error code of an RST_STREAM on the request's stream
     closed: bool = False  # the connection ended (HTTP/1.1 close; HTTP/2 close or GOAWAY) before the reply ended
+    started: trio.Event = field(default_factory=trio.Event, repr=False)  # set when the head arrives
 
     @property
     def reason(self) -> str | None:
@@ -139,12 +141,12 @@ class H1Client:
         head = f"{method} {path} HTTP/1.1\r\n".encode() + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
         reply = Reply()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_body, head, body, length is None)
+            nursery.start_soon(self._send_body, head, body, length is None, reply)
             await self._read_reply(reply)
             nursery.cancel_scope.cancel()
         return reply
 
-    async def _send_body(self, head: bytes, body: Sequence[Step] | None, chunked: bool) -> None:
+    async def _send_body(self, head: bytes, body: Sequence[Step] | None, chunked: bool, reply: Reply) -> None:
         assert self.stream is not None
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(head)
@@ -155,6 +157,8 @@ class H1Client:
                     await self.stream.send_all(f"{len(step):x}\r\n".encode() + step + b"\r\n" if chunked else step)
                 elif isinstance(step, Wait):
                     await step.until()
+                elif step is RESPONSE_STARTED:
+                    await reply.started.wait()
                 elif isinstance(step, Trailers):
                     assert chunked, "trailers need a chunked body"
                     await self.stream.send_all(
@@ -199,6 +203,7 @@ class H1Client:
             elif isinstance(event, h11.Response):
                 reply.status = event.status_code
                 reply.headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+                reply.started.set()
             elif isinstance(event, h11.Data):
                 reply.body += event.data
             elif isinstance(event, h11.EndOfMessage):
@@ -294,6 +299,7 @@ class H2Client:
             fields = {k.decode().lower(): v.decode() for k, v in event.headers}
             state.reply.status = int(fields.pop(":status"))
             state.reply.headers = fields
+            state.reply.started.set()
         elif isinstance(event, h2.events.DataReceived):
             if state is not None:
                 state.reply.body += event.data
@@ -338,12 +344,12 @@ class H2Client:
         await self._flush()
         async with trio.open_nursery() as nursery:
             if body is not None:
-                nursery.start_soon(self._send_body, stream_id, body, length)
+                nursery.start_soon(self._send_body, stream_id, body, length, state.reply)
             await state.done.wait()
             nursery.cancel_scope.cancel()
         return state.reply
 
-    async def _send_body(self, stream_id: int, body: Sequence[Step], length: int | None) -> None:
+    async def _send_body(self, stream_id: int, body: Sequence[Step], length: int | None, reply: Reply) -> None:
         sent = 0
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.StreamClosedError):
             for step in body:
@@ -352,6 +358,8 @@ class H2Client:
                     sent += len(step)
                 elif isinstance(step, Wait):
                     await step.until()
+                elif step is RESPONSE_STARTED:
+                    await reply.started.wait()
                 elif isinstance(step, Trailers):
                     self.h2.send_headers(stream_id, list(step.fields), end_stream=True)
                     await self._flush()
@@ -580,14 +588,18 @@ class RudeApp(Recorder):
                         conn.send_data(event.stream_id, b"c" * 10)
                         conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
                 elif isinstance(event, h2.events.DataReceived):
-                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     request = seen[event.stream_id]
                     request.received += len(event.data)
-                    if request.path == "/reset-body":
+                    if request.path == "/reset-body" and not request.gone.is_set():
+                        request.gone.set()
                         conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
                 elif isinstance(event, h2.events.StreamEnded):
                     request = seen[event.stream_id]
                     request.ended = True
+                    if request.path in ("/garbage", "/cut"):
+                        continue  # answered already
                     conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", b"2")])
                     conn.send_data(event.stream_id, b"ok", end_stream=True)
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id in seen:

@@ -1,42 +1,299 @@
-"""Every local reply and failure path over every protocol pairing (see `matrix.py`):
-downstream HTTP/1.1 and h2c x hop HTTP/1.1 and HTTP/2 x app HTTP/1.1 and h2c."""
+"""Every local reply and failure path over every protocol pairing (see `matrix.py`): downstream
+HTTP/1.1 and h2c x hop HTTP/1.1 and HTTP/2 x app HTTP/1.1 and h2c.
+
+Each failure gets its reply at once (well before the request timeout the path is built with), the
+upstream try ends with it (the app sees the request vanish, nothing stays in flight), and the sidecars
+keep serving. A request body that turns bad before any response byte gets its local reply; after the
+response started, the response is cut (HTTP/1.1: the connection closes short; HTTP/2: RST_STREAM).
+"""
 
 from __future__ import annotations
 
 import h2.errors
+import pytest
+import trio
 
-from .conftest import Mesh, Pairing
-from .matrix import BAD, MatrixPath, RecordingApp
+from .conftest import Mesh, Pairing, free_port
+from .matrix import BAD, LEAVE, RESPONSE_STARTED, STALL, H2Client, MatrixPath, RecordingApp, Reply, RudeApp, Trailers
+
+CANCEL = h2.errors.ErrorCodes.CANCEL
+PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 
 
-async def test_body_crossing_the_limit_after_forwarding_started_is_413(mesh: Mesh, pairing: Pairing) -> None:
+def assert_local_reply(reply: Reply, status: int, reason: str) -> None:
+    assert (reply.status, reply.reason) == (status, reason), reply
+    assert reply.complete, reply
+    assert b"127.0.0.1" not in reply.body  # never an internal address
+
+
+async def assert_vanished(app: RecordingApp | RudeApp, path: str) -> None:
+    """The app saw the request go away (the upstream try was ended, not left to time out)."""
+    (seen,) = app.of(path)
+    with trio.fail_after(5):
+        await seen.gone.wait()
+    assert not seen.ended
+
+
+# --------------------------------------------------------------------------------------------------
+# Request bodies that turn bad after the head went upstream
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["a", "b"])
+async def test_body_crossing_the_limit_while_streaming_is_413(mesh: Mesh, pairing: Pairing, where: str) -> None:
+    """The limit is crossed after the head was forwarded: at sidecar A (outbound) or at B (inbound)."""
     app = RecordingApp()
-    path = await MatrixPath(mesh, pairing).build(app, a_fields={"limits": {"max_request_body": "1KiB"}})
-    client = await path.client()
-    reply = await path.exchange(
-        client, "POST", "/read", body=[b"a" * 600, app.head_seen("/read"), b"b" * 600, b"c" * 600]
+    limits = {"limits": {"max_request_body": "1KiB"}}
+    path = await MatrixPath(mesh, pairing).build(
+        app, a_fields=limits if where == "a" else None, b_fields=limits if where == "b" else None
     )
-    assert reply.status == 413 and reply.reason == "too_large", reply
-    if pairing.downstream == "http1":
-        assert await client.closed()
-    (seen,) = app.of("/read")
-    assert not seen.ended  # the app never got a whole request
+    client = await path.client()
+    body = [b"a" * 600, app.head_seen("/read"), b"b" * 600, b"c" * 600]
+    reply = await path.exchange(client, "POST", "/read", body=body)
+    assert_local_reply(reply, 413, "too_large")
+    if pairing.downstream == "http1" and where == "a":
+        assert await client.closed()  # the rest of the body is never read
+    await assert_vanished(app, "/read")
     await path.settled()
     await path.serves()
 
 
-async def test_malformed_chunk_after_forwarding_started_is_400(mesh: Mesh, pairing: Pairing) -> None:
+async def test_body_over_the_limit_known_up_front_is_413_and_never_forwarded(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, a_fields={"limits": {"max_request_body": "1KiB"}})
+    client = await path.client()
+    reply = await path.exchange(client, "POST", "/read", body=[b"x" * 2048], length=2048)
+    assert_local_reply(reply, 413, "too_large")
+    if pairing.downstream == "http1":
+        assert await client.closed()
+    assert app.seen == []
+    await path.settled()
+    await path.serves()
+
+
+async def test_malformed_body_after_forwarding_started_is_400(mesh: Mesh, pairing: Pairing) -> None:
+    """HTTP/1.1: a chunk size that is not hex; HTTP/2: more DATA than the content-length said."""
     app = RecordingApp()
     path = await MatrixPath(mesh, pairing).build(app)
     client = await path.client()
     length = None if pairing.downstream == "http1" else 1200
     reply = await path.exchange(client, "POST", "/read", body=[b"a" * 600, app.head_seen("/read"), BAD], length=length)
     if pairing.downstream == "http1":
-        assert reply.status == 400 and reply.reason == "bad_request", reply
+        assert_local_reply(reply, 400, "bad_request")
         assert await client.closed()
-    else:  # HTTP/2: a malformed request is a stream error, with or without a 400 first
-        assert reply.status == 400 or reply.reset == h2.errors.ErrorCodes.PROTOCOL_ERROR, reply
-    (seen,) = app.of("/read")
-    assert not seen.ended
+    else:  # RFC 9113 §8.1.1: a stream error, with or without a 400 first
+        assert reply.status == 400 or reply.reset == PROTOCOL_ERROR, reply
+        assert reply.status is None or reply.reason == "bad_request", reply
+    await assert_vanished(app, "/read")
     await path.settled()
     await path.serves()
+
+
+async def test_trailers_over_the_header_limit_are_431(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, a_fields={"limits": {"max_request_headers": "4KiB"}})
+    client = await path.client()
+    big = Trailers(((b"x-checksum", b"c" * 6000),))
+    reply = await path.exchange(client, "POST", "/read", body=[b"a" * 600, app.head_seen("/read"), big])
+    assert_local_reply(reply, 431, "too_large")
+    if pairing.downstream == "http1":
+        assert await client.closed()
+    await assert_vanished(app, "/read")
+    await path.settled()
+    await path.serves()
+
+
+async def test_body_turning_bad_after_the_response_started_cuts_the_response(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, a_fields={"limits": {"max_request_body": "1KiB"}})
+    client = await path.client()
+    reply = await path.exchange(client, "POST", "/echo", body=[b"a" * 600, RESPONSE_STARTED, b"b" * 600])
+    assert reply.status == 200 and reply.cut, reply
+    if pairing.downstream == "http1":
+        assert reply.closed
+    else:
+        assert reply.reset is not None
+    await assert_vanished(app, "/echo")
+    await path.settled()
+    await path.serves()
+
+
+async def test_client_leaving_mid_body_ends_the_upstream_try(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    client = await path.client()
+    length = None if pairing.downstream == "http1" else 5000
+    reply = await path.exchange(
+        client, "POST", "/read", body=[b"a" * 600, app.head_seen("/read"), LEAVE], length=length
+    )
+    assert reply.status is None
+    await assert_vanished(app, "/read")
+    await path.settled()
+    if isinstance(client, H2Client):  # the stream went, the connection stays
+        assert (await path.exchange(client, "GET", "/info")).status == 200
+    await path.serves()
+
+
+async def test_client_leaving_while_waiting_for_the_response_ends_the_upstream_try(
+    mesh: Mesh, pairing: Pairing
+) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    client = await path.client()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.exchange, "GET", "/hold")
+        await app.arrived("/hold")
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+    await assert_vanished(app, "/hold")
+    await path.settled()
+    await path.serves()
+
+
+async def test_body_that_stalls_gets_504_at_the_request_timeout(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, service_fields={"timeouts": {"request": "500ms"}})
+    client = await path.client()
+    length = None if pairing.downstream == "http1" else 5000
+    reply = await path.exchange(
+        client, "POST", "/read", body=[b"a" * 600, app.head_seen("/read"), STALL], length=length
+    )
+    assert_local_reply(reply, 504, "upstream_timeout")
+    if pairing.downstream == "http1":
+        assert await client.closed()
+    await assert_vanished(app, "/read")
+    await path.settled()
+    await path.serves()
+
+
+# --------------------------------------------------------------------------------------------------
+# The app misbehaves
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_app_resetting_mid_request_body_is_502_reset(mesh: Mesh, pairing: Pairing) -> None:
+    app = RudeApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    client = await path.client()
+    length = None if pairing.downstream == "http1" else 5000
+    reply = await path.exchange(
+        client, "POST", "/reset-body", body=[b"a" * 600, app.head_seen("/reset-body"), STALL], length=length
+    )
+    assert_local_reply(reply, 502, "upstream_reset")
+    if pairing.downstream == "http1":
+        assert await client.closed()  # the rest of the body was never read
+    await path.settled()
+    await path.serves()
+
+
+async def test_app_cutting_its_response_cuts_the_response(mesh: Mesh, pairing: Pairing) -> None:
+    app = RudeApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    client = await path.client()
+    reply = await path.exchange(client, "GET", "/cut")
+    assert reply.status == 200 and reply.cut, reply
+    assert len(reply.body) < 100
+    await path.settled()
+    await path.serves()
+
+
+@pytest.mark.parametrize(
+    ("app_path", "reason"), [("/close", "upstream_reset"), ("/garbage", "upstream_protocol_error")]
+)
+async def test_app_failing_before_a_response_is_502(mesh: Mesh, pairing: Pairing, app_path: str, reason: str) -> None:
+    app = RudeApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    client = await path.client()
+    reply = await path.exchange(client, "POST", app_path, body=[b"a" * 100], length=100)
+    assert_local_reply(reply, 502, reason)
+    assert len(app.of(app_path)) == 1  # a POST is not retried (by either sidecar)
+    await path.settled()
+    await path.serves()
+
+
+async def test_dead_app_is_502_connect_failure(mesh: Mesh, pairing: Pairing) -> None:
+    path = await MatrixPath(mesh, pairing).build(None)
+    client = await path.client()
+    reply = await path.exchange(client, "GET", "/info")
+    assert_local_reply(reply, 502, "upstream_connect_failure")
+    await path.settled()
+
+
+async def test_slow_app_is_504_and_the_app_sees_the_request_go(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, service_fields={"timeouts": {"request": "500ms"}})
+    client = await path.client()
+    reply = await path.exchange(client, "GET", "/hold")
+    assert_local_reply(reply, 504, "upstream_timeout")
+    for seen in app.of("/hold"):
+        with trio.fail_after(5):
+            await seen.gone.wait()
+    await path.settled()
+    await path.serves()
+
+
+# --------------------------------------------------------------------------------------------------
+# Replies made before anything is forwarded
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_unknown_host_is_404_no_route(mesh: Mesh, pairing: Pairing) -> None:
+    path = await MatrixPath(mesh, pairing).build(RecordingApp())
+    client = await path.client()
+    client.authority = b"nowhere.example"
+    assert_local_reply(await path.exchange(client, "GET", "/info"), 404, "no_route")
+
+
+async def test_caller_outside_the_allow_list_is_403(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(
+        app, b_inbound={"allow": ["spiffe://mesh.local/ns/default/sa/billing"]}
+    )
+    client = await path.client()
+    assert_local_reply(await path.exchange(client, "POST", "/read", body=[b"a" * 100]), 403, "unauthorized")
+    assert app.seen == []
+    await path.settled()
+
+
+async def test_headers_over_the_limit_are_431(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, a_fields={"limits": {"max_request_headers": "4KiB"}})
+    client = await path.client()
+    reply = await path.exchange(client, "GET", "/info", headers=[(b"x-big", b"a" * 5000)])
+    assert_local_reply(reply, 431, "too_large")
+    assert app.seen == []
+    await path.serves()
+
+
+async def test_no_endpoint_left_is_503_no_healthy_upstream(mesh: Mesh, pairing: Pairing) -> None:
+    path = await MatrixPath(mesh, pairing).build(
+        RecordingApp(), service_fields={"endpoints": [{"address": "no-such-host.invalid:15006"}]}
+    )
+    client = await path.client()
+    assert_local_reply(await path.exchange(client, "GET", "/info"), 503, "no_healthy_upstream")
+
+
+async def test_full_breaker_is_503_overflow(mesh: Mesh, pairing: Pairing) -> None:
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app, service_fields={"circuit_breaker": {"max_requests": 1}})
+    holder = await path.client()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder.exchange, "GET", "/hold")
+        await app.arrived("/hold")
+        client = await path.client()
+        reply = await path.exchange(client, "POST", "/read", body=[b"a" * 100])
+        assert_local_reply(reply, 503, "overflow")
+        assert reply.headers["x-sidecar-overloaded"] == "true"
+        nursery.cancel_scope.cancel()
+    await holder.aclose()
+    await path.settled()
+    await path.serves()
+
+
+async def test_dead_peer_sidecar_is_502_connect_failure(mesh: Mesh, pairing: Pairing) -> None:
+    path = await MatrixPath(mesh, pairing).build(
+        RecordingApp(), service_fields={"endpoints": [{"address": f"127.0.0.1:{free_port()}"}]}
+    )
+    client = await path.client()
+    assert_local_reply(await path.exchange(client, "POST", "/read", body=[b"a" * 100]), 502, "upstream_connect_failure")
+    await path.settled()

@@ -712,7 +712,8 @@ def test_request_trailers() -> None:
     conn = server()
     peer = Frames()
     conn.receive(peer.headers(1, REQUEST, end_stream=False) + data(1, b"x"))
-    assert conn.receive(peer.headers(1, [(b"x-checksum", b"1")])) == [(TRAILERS_RECEIVED, 1, [(b"x-checksum", b"1")])]
+    trailers = conn.receive(peer.headers(1, [(b"x-checksum", b"1")]))
+    assert trailers == [(TRAILERS_RECEIVED, 1, [(b"x-checksum", b"1")], 43)]  # 43: name, value and 32
     conn = server()
     peer = Frames()
     conn.receive(peer.headers(1, REQUEST, end_stream=False))
@@ -745,7 +746,7 @@ def test_client_request_and_response() -> None:
         (INFORMATIONAL_RECEIVED, 1, [(b":status", b"100")]),
         (HEADERS_RECEIVED, 1, [(b":status", b"200"), (b"content-length", b"2")], False),
         (DATA_RECEIVED, 1, b"ok", 2, False),
-        (TRAILERS_RECEIVED, 1, [(b"grpc-status", b"0")]),
+        (TRAILERS_RECEIVED, 1, [(b"grpc-status", b"0")], 44),
     ]
     assert conn.streams == {} and conn.open_outbound == 0
 
