@@ -146,6 +146,16 @@ class H1Client:
             nursery.cancel_scope.cancel()
         return reply
 
+    async def send_raw(self, data: bytes) -> Reply:
+        """Send `data` as it is (a malformed request, say) and read the reply to it."""
+        assert self.stream is not None
+        self.h11.send(h11.Request(method=data.split(b" ", 1)[0], target="/", headers=[(b"Host", b"x")]))
+        reply = Reply()
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(data)
+        await self._read_reply(reply)
+        return reply
+
     async def _send_body(self, head: bytes, body: Sequence[Step] | None, chunked: bool, reply: Reply) -> None:
         assert self.stream is not None
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -327,17 +337,20 @@ class H2Client:
         body: Sequence[Step] | None = None,
         length: int | None = None,
         headers: Iterable[tuple[bytes, bytes]] = (),
+        fields: list[tuple[bytes, bytes]] | None = None,
     ) -> Reply:
-        """Send a request on a new stream (with `content-length` when `length` is given) and read its reply."""
+        """Send a request on a new stream (with `content-length` when `length` is given) and read its
+        reply; `fields` replaces the whole header block, pseudo-header fields included."""
         stream_id = self.h2.get_next_available_stream_id()
         state = self.streams[stream_id] = _H2Stream()
-        fields = [
-            (b":method", method.encode()),
-            (b":scheme", b"http"),
-            (b":authority", self.authority),
-            (b":path", path.encode()),
-            *headers,
-        ]
+        if fields is None:
+            fields = [
+                (b":method", method.encode()),
+                (b":scheme", b"http"),
+                (b":authority", self.authority),
+                (b":path", path.encode()),
+                *headers,
+            ]
         if length is not None:
             fields.append((b"content-length", str(length).encode()))
         self.h2.send_headers(stream_id, fields, end_stream=body is None)

@@ -14,7 +14,19 @@ import pytest
 import trio
 
 from .conftest import Mesh, Pairing, free_port
-from .matrix import BAD, LEAVE, RESPONSE_STARTED, STALL, H2Client, MatrixPath, RecordingApp, Reply, RudeApp, Trailers
+from .matrix import (
+    BAD,
+    LEAVE,
+    RESPONSE_STARTED,
+    STALL,
+    H1Client,
+    H2Client,
+    MatrixPath,
+    RecordingApp,
+    Reply,
+    RudeApp,
+    Trailers,
+)
 
 CANCEL = h2.errors.ErrorCodes.CANCEL
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
@@ -235,6 +247,102 @@ async def test_slow_app_is_504_and_the_app_sees_the_request_go(mesh: Mesh, pairi
 # --------------------------------------------------------------------------------------------------
 # Replies made before anything is forwarded
 # --------------------------------------------------------------------------------------------------
+
+SMUGGLING = {
+    "content-length and transfer-encoding": (
+        b"POST /read HTTP/1.1\r\nHost: orders\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "differing content-lengths": (
+        b"POST /read HTTP/1.1\r\nHost: orders\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"
+    ),
+    "content-length list": b"POST /read HTTP/1.1\r\nHost: orders\r\nContent-Length: 4, 5\r\n\r\nabcde",
+    "obfuscated transfer-encoding": (
+        b"POST /read HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"
+    ),
+    "transfer-encoding list": (
+        b"POST /read HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "space before colon": b"POST /read HTTP/1.1\r\nHost: orders\r\nContent-Length : 5\r\n\r\nabcde",
+    "bare LF": b"GET /info HTTP/1.1\nHost: orders\n\n",
+    "obs-fold": b"GET /info HTTP/1.1\r\nHost: orders\r\nX-A: 1\r\n  folded\r\n\r\n",
+    "missing host": b"GET /info HTTP/1.1\r\n\r\n",
+    "two hosts": b"GET /info HTTP/1.1\r\nHost: orders\r\nHost: evil\r\n\r\n",
+    "bad request line": b"GET /info HTTP/1.1 extra\r\nHost: orders\r\n\r\n",
+    "control character": b"GET /info HTTP/1.1\r\nHost: orders\r\nX-A: a\x00b\r\n\r\n",
+    "smuggled second request": (
+        b"POST /read HTTP/1.1\r\nHost: orders\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: orders\r\n\r\n"
+    ),
+}
+"""HTTP/1.1 requests a proxy must refuse rather than guess at (RFC 9112 §6.3, §5.1, §5.2)."""
+
+_PSEUDO = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"orders"), (b":path", b"/read")]
+MALFORMED_H2 = {
+    "connection header": [*_PSEUDO, (b"connection", b"keep-alive")],
+    "transfer-encoding": [*_PSEUDO, (b"transfer-encoding", b"chunked")],
+    "te other than trailers": [*_PSEUDO, (b"te", b"gzip")],
+    "upper-case name": [*_PSEUDO, (b"X-Upper", b"1")],
+    "pseudo-header after a regular one": [*_PSEUDO[:3], (b"x-a", b"1"), _PSEUDO[3]],
+    "missing :path": _PSEUDO[:3],
+    "unknown pseudo-header": [*_PSEUDO, (b":protocol2", b"x")],
+    "control character in a value": [*_PSEUDO, (b"x-a", b"a\x00b")],
+    "differing content-lengths": [*_PSEUDO, (b"content-length", b"3"), (b"content-length", b"4")],
+    "empty :path": [*_PSEUDO[:3], (b":path", b"")],
+}
+"""HTTP/2 requests RFC 9113 §8.2 and §8.3 call malformed."""
+
+
+BAD_CHUNKS = {
+    "hex prefix": b"0x5\r\nhello\r\n0\r\n\r\n",
+    "negative": b"-5\r\nhello\r\n0\r\n\r\n",
+    "not hex": b"zz\r\nhello\r\n0\r\n\r\n",
+    "data longer than size": b"3\r\nhello\r\n0\r\n\r\n",
+    "oversized": b"fffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+}
+
+
+async def test_bad_chunks_are_400_and_close(mesh: Mesh, pairing: Pairing) -> None:
+    """However the chunked framing breaks, the reply is 400 and the connection closes; the app never
+    gets a whole request (its head may have gone upstream with the good bytes before the bad ones)."""
+    if pairing.downstream != "http1":
+        pytest.skip("chunked framing is HTTP/1.1's")
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    for shape, chunks in BAD_CHUNKS.items():
+        client = await path.client()
+        assert isinstance(client, H1Client)
+        with trio.fail_after(5):
+            reply = await client.send_raw(
+                b"POST /read HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+            )
+            assert (reply.status, reply.reason) == (400, "bad_request"), shape
+            assert reply.closed or await client.closed(), shape
+    await path.settled()
+    assert not any(seen.ended for seen in app.seen)
+
+
+async def test_smuggling_shapes_are_400_close_and_reach_nobody(mesh: Mesh, pairing: Pairing) -> None:
+    """HTTP/1.1: each shape gets 400 and the connection closed; HTTP/2: each malformed request is a
+    400 or a stream error (PROTOCOL_ERROR) and the connection goes on. Nothing reaches the app."""
+    app = RecordingApp()
+    path = await MatrixPath(mesh, pairing).build(app)
+    if pairing.downstream == "http1":
+        for shape, data in SMUGGLING.items():
+            client = await path.client()
+            assert isinstance(client, H1Client)
+            with trio.fail_after(5):
+                reply = await client.send_raw(data)
+                assert (reply.status, reply.reason) == (400, "bad_request"), shape
+                assert reply.closed or await client.closed(), shape
+    else:
+        client = await path.client()
+        assert isinstance(client, H2Client)
+        for shape, fields in MALFORMED_H2.items():
+            reply = await path.exchange(client, fields=fields, body=[b"abc"])
+            assert reply.reset == PROTOCOL_ERROR or (reply.status, reply.reason) == (400, "bad_request"), shape
+        assert (await path.exchange(client, "GET", "/info")).status == 200  # the connection goes on
+    assert app.of("/read") == [] and app.of("/admin") == []
+    await path.settled()
 
 
 async def test_unknown_host_is_404_no_route(mesh: Mesh, pairing: Pairing) -> None:
