@@ -5,17 +5,26 @@ It makes a throwaway mesh CA and one workload certificate per service, starts tw
 processes on free ports, mutual TLS between them), sends traffic to `frontend` (as a mesh client
 with its own certificate) that crosses frontend's outbound sidecar and an orders sidecar's inbound,
 and prints what happened: outcomes, latency, the load split across replicas, the hops and identities
-a request carried, that request's trace tree across the sidecars, and where to look next.
+a request carried, that request's trace tree across the sidecars, the tree of a request that was
+retried after the fault, and (while the mesh keeps running) where to look next.
 
 Midway through, it injects a fault: orders-2's app process is killed (its sidecar keeps running and
 answers 502 for it). Frontend's sidecar then retries those requests on orders-1, ejects orders-2
 after two gateway errors in a row (outlier detection), and a short burst of concurrent requests
 fills the small circuit breaker on `orders`, whose overflow answers are 503 `overflow`. The summary's
-"resilience" section reads frontend sidecar's `/metrics` and `/clusters` to show it.
+"resilience" section reads frontend sidecar's `/metrics` and `/clusters` to show it; it counts the
+overflows of the burst apart from those of the steady clients (refused while the burst filled the
+breaker), and the steady clients' failures after the fault by cause, so that the killed replica is
+not blamed for the breaker's answers.
 
 Every sidecar exports its spans over OTLP/HTTP to a small receiver inside this process
 (`demo_traces.py`); the demo client sends each request with a `traceparent` of its own, so it knows
-the trace id of the request it shows.
+the trace id of the plain request it shows. The receiver keeps the first traces with a retried try
+(a CLIENT span with `http.request.resend_count`), and the summary shows one whose first try failed
+on orders-2 and whose retry was answered by orders-1.
+
+With `--duration` the demo stops its processes before the last summary, so that summary names no
+admin URL; running until Ctrl-C, each summary says where to look.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ CLIENTS = 4  # concurrent demo clients
 BURST = 6 * CLIENTS  # concurrent requests of the burst that fills the circuit breaker
 MAX_REQUESTS = CLIENTS + 2  # frontend's circuit_breaker.max_requests for orders: steady traffic fits, a burst not
 FAULTY = "orders-2"  # the replica whose app the fault kills
+OVERFLOW = "503 overflow"  # the outcome of a request the full circuit breaker refused
 REPORT_EVERY = 10.0  # seconds between summaries when running until Ctrl-C
 TRACE_WAIT = 3.0  # seconds the summary waits for the example request's spans
 EXPORT_DELAY_MS = "200"  # the sidecars' OTEL_BSP_SCHEDULE_DELAY: spans leave 5x sooner than by default
@@ -72,9 +82,12 @@ class Tally:
     fault_at: float | None = None  # when the fault was injected (monotonic)
     before: list[int] = field(default_factory=lambda: [0, 0])  # [succeeded, all] before the fault
     after: list[int] = field(default_factory=lambda: [0, 0])  # [succeeded, all] after it
+    failed_after: dict[str, int] = field(default_factory=dict)  # the steady clients' failures after it
     burst: dict[str, int] = field(default_factory=dict)  # the breaker burst's outcomes
+    breaker_seen_open: bool = False  # frontend's /metrics showed the breaker open during the burst
 
     def record(self, status: str, latency: float, replica: str | None) -> None:
+        """One steady client's request (the burst's are counted in `burst`)."""
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.latencies.append(latency)
         if replica:
@@ -82,6 +95,8 @@ class Tally:
         phase = self.before if self.fault_at is None else self.after
         phase[0] += status == "200"
         phase[1] += 1
+        if self.fault_at is not None and status != "200":
+            self.failed_after[status] = self.failed_after.get(status, 0) + 1
 
 
 @dataclass
@@ -101,7 +116,7 @@ class Demo:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.apps: dict[str, subprocess.Popen[bytes]] = {}  # example app processes by replica name
         self.nodes: list[Node] = []
-        self.traces = TraceReceiver()
+        self.traces = TraceReceiver(keep_traces_with=_retried_try)
         self.collector: int | None = None  # the receiver's port, once it listens
         self.ca_dir = workdir / "pki" / "ca"
         init_ca(TRUST_DOMAIN, self.ca_dir)
@@ -250,7 +265,7 @@ async def _burst(client: Any, url: str, tally: Tally, admin: str) -> None:
                     except httpx.HTTPError:
                         text = ""
                     if _metric(text, "sidecar_circuit_breaker_open") > 0:
-                        tally.burst["breaker open seen"] = 1
+                        tally.breaker_seen_open = True
                     await trio.sleep(0.005)
 
     watching = trio.CancelScope()
@@ -286,8 +301,7 @@ async def _resilience_section(tally: Tally, demo: Demo, frontend: Node) -> list[
         return ["resilience:", f"  frontend sidecar's admin did not answer: {type(exc).__name__}"]
     names = {f"127.0.0.1:{node.inbound}": node.name for node in demo.nodes}
     service: dict[str, Any] = next((s for s in clusters.get("services", []) if s.get("name") == "orders"), {})
-    overflows = sum(n for status, n in [*tally.statuses.items(), *tally.burst.items()] if status == "503 overflow")
-    burst = {k: v for k, v in tally.burst.items() if k != "breaker open seen"}
+    burst_overflows, steady_overflows = tally.burst.get(OVERFLOW, 0), tally.statuses.get(OVERFLOW, 0)
 
     def rate(phase: list[int]) -> str:
         return f"{phase[0]} of {phase[1]} ({phase[0] / phase[1]:.2%})" if phase[1] else "-"
@@ -310,18 +324,43 @@ async def _resilience_section(tally: Tally, demo: Demo, frontend: Node) -> list[
             f"    {names.get(address, address):<10} {address:<16} {state:<9} "
             f"active_requests {endpoint.get('active_requests', 0)}"
         )
-    lines.append(
-        f"  breaker:     {overflows} answers 503 overflow (circuit_breaker.max_requests {MAX_REQUESTS}; "
-        f"open now: {'yes' if service.get('breaker_open') else 'no'}"
-        + (", seen open during the burst" if tally.burst.get("breaker open seen") else "")
-        + ")"
-    )
-    if burst:
-        outcome = ", ".join(f"{n} x {status}" for status, n in sorted(burst.items()))
-        lines.append(f"    burst of {sum(burst.values())} concurrent requests: {outcome}")
-    lines.append(f"  succeeded:   before the fault {rate(tally.before)}, after it {rate(tally.after)}")
-    lines.append("               (the steady clients only; the burst is counted under breaker)")
+    if tally.burst:
+        lines.append(
+            f"  breaker:     {burst_overflows + steady_overflows} answers 503 overflow: {burst_overflows} to the burst,"
+            f" {steady_overflows} to the steady clients while the burst filled it"
+        )
+    else:
+        lines.append(f"  breaker:     {steady_overflows} answers 503 overflow (the burst comes later)")
+    lines += [
+        f"               (circuit_breaker.max_requests {MAX_REQUESTS}; open now: "
+        f"{'yes' if service.get('breaker_open') else 'no'}"
+        + (", seen open during the burst)" if tally.breaker_seen_open else ")"),
+    ]
+    if tally.burst:
+        outcome = ", ".join(f"{n} x {status}" for status, n in sorted(tally.burst.items()))
+        lines.append(f"    burst of {sum(tally.burst.values())} concurrent requests: {outcome}")
+    if tally.fault_at is None:
+        lines.append(f"  succeeded:   {rate(tally.before)} (the steady clients; no fault yet)")
+    else:
+        lines.append(
+            f"  succeeded:   before the fault {rate(tally.before)}, after it {rate(tally.after)} (the steady clients)"
+        )
+        first, *more = _failures_after(tally)
+        lines.append(f"               after the fault: {first}")
+        lines += [f"                                {part}" for part in more]
     return lines
+
+
+def _failures_after(tally: Tally) -> list[str]:
+    """The steady clients' failures after the fault, by cause: the breaker's apart from the rest."""
+    overflows = tally.failed_after.get(OVERFLOW, 0)
+    others = {status: n for status, n in tally.failed_after.items() if status != OVERFLOW}
+    parts = [f"{overflows} x 503 overflow, from the breaker the burst filled;"] if overflows else []
+    if others:
+        parts.append("failed otherwise: " + ", ".join(f"{n} x {status}" for status, n in sorted(others.items())))
+    else:
+        parts.append(f"none failed because of {FAULTY}: its failed tries were retried on the other replica")
+    return parts
 
 
 def _trace_complete(spans: list[SpanRecord]) -> bool:
@@ -333,18 +372,59 @@ def _trace_complete(spans: list[SpanRecord]) -> bool:
     )
 
 
+def _retried_try(span: SpanRecord) -> bool:
+    """A CLIENT span of a try sent again after a failed one: its trace is worth keeping."""
+    return span.kind == "CLIENT" and bool(span.attributes.get("http.request.resend_count"))
+
+
+def _failed_then_retried(spans: list[SpanRecord], names: dict[str, str]) -> str | None:
+    """The replica a retry reached, when a try failed on FAULTY and its retry was answered 200 by
+    another replica (the interesting retried trace); None otherwise."""
+    clients = [s for s in spans if s.kind == "CLIENT"]
+
+    def replica(span: SpanRecord) -> str:
+        return names.get(str(span.attributes.get("mesh.upstream.address")), "?")
+
+    failed = any(replica(s) == FAULTY and s.attributes.get("http.response.status_code", 0) >= 500 for s in clients)
+    retries = [s for s in clients if _retried_try(s) and s.attributes.get("http.response.status_code") == 200]
+    other = next((replica(s) for s in retries if replica(s) != FAULTY), None)
+    return other if failed else None
+
+
 async def _trace_section(tally: Tally, demo: Demo) -> list[str]:
-    """The example request's trace tree, once its spans are in (waiting at most TRACE_WAIT s)."""
-    if tally.example is None or tally.example_trace is None:
-        return []
-    spans = await demo.traces.wait_for_trace(tally.example_trace, _trace_complete, TRACE_WAIT)
+    """The plain example request's trace tree and a retried one's, once their spans are in (waiting
+    at most TRACE_WAIT s in all)."""
+    deadline = trio.current_time() + TRACE_WAIT
     names = {f"127.0.0.1:{node.inbound}": node.name for node in demo.nodes}
-    lines = [f"its trace, as the sidecars exported it (trace id {tally.example_trace}):"]
-    lines += [f"  {line}" for line in render_tree(spans, names)]
-    expected = {"frontend": "frontend", "orders": str(tally.example.get("replica") or "orders")}
-    missing = [node for service, node in expected.items() if not any(s.service == service for s in spans)]
-    if missing:
-        lines.append(f"  no spans from the {' and '.join(missing)} sidecar within {TRACE_WAIT:g}s (see its log)")
+    lines: list[str] = []
+    if tally.example is not None and tally.example_trace is not None:
+        spans = await demo.traces.wait_for_trace(tally.example_trace, _trace_complete, TRACE_WAIT)
+        lines.append(f"its trace, as the sidecars exported it (trace id {tally.example_trace}):")
+        lines += [f"  {line}" for line in render_tree(spans, names)]
+        expected = {"frontend": "frontend", "orders": str(tally.example.get("replica") or "orders")}
+        missing = [node for service, node in expected.items() if not any(s.service == service for s in spans)]
+        if missing:
+            lines.append(f"  no spans from the {' and '.join(missing)} sidecar within {TRACE_WAIT:g}s (see its log)")
+    chosen: tuple[str, list[SpanRecord], str | None] | None = None
+    for trace_id in list(demo.traces.matched):
+        wait = max(0.0, deadline - trio.current_time())
+        spans = await demo.traces.wait_for_trace(trace_id, _trace_complete, wait)
+        replica = _failed_then_retried(spans, names)
+        if chosen is None or replica is not None:
+            chosen = (trace_id, spans, replica)
+        if replica is not None:
+            break
+    if chosen is not None:
+        trace_id, spans, replica = chosen
+        lines.append(f"{'and ' if lines else ''}the trace of a request retried after the fault (trace id {trace_id}):")
+        if replica is not None:
+            lines += [
+                f"  its first try reached {FAULTY}, whose sidecar answered 502 (its app is gone);",
+                f"  frontend's sidecar sent it again, to {replica}, which answered 200",
+            ]
+        lines += [f"  {line}" for line in render_tree(spans, names)]
+    elif tally.fault_at is not None:
+        lines.append(f"{'and ' if lines else ''}the trace of a request retried after the fault: none received")
     return lines
 
 
@@ -356,10 +436,12 @@ def _summary(tally: Tally, demo: Demo, frontend: Node, trace: list[str], resilie
     def pct(p: float) -> str:
         return f"{lat[min(len(lat) - 1, int(p * len(lat)))] * 1000:.1f} ms" if lat else "-"
 
+    burst = sum(tally.burst.values())
     lines = [
         "",
-        f"== sidecar demo: {total} requests in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f}/s) ==",
-        "outcomes:",
+        f"== sidecar demo: {total} requests from {CLIENTS} steady clients in {elapsed:.1f}s "
+        f"({total / max(elapsed, 1e-9):.0f}/s)" + (f", and a burst of {burst} at once" if burst else "") + " ==",
+        "outcomes of the steady clients:",
         *(f"  {status:<28} {count}" for status, count in sorted(tally.statuses.items())),
         f"latency through two sidecars and two apps: p50 {pct(0.5)}, p99 {pct(0.99)}",
         "orders replicas (least_request balancing):",
@@ -374,11 +456,17 @@ def _summary(tally: Tally, demo: Demo, frontend: Node, trace: list[str], resilie
             f"  orders app saw x-forwarded-for: {tally.example.get('x-forwarded-for')}",
             f"  and x-forwarded-client-cert: {tally.example.get('x-forwarded-client-cert')}",
             f"  and x-request-id: {tally.example.get('x-request-id')} (same id at every hop)",
-            *trace,
         ]
-    lines += ["where to look next:"]
+    lines += trace
+    if tally.stopped is not None:  # --duration: the processes are gone, so are their URLs
+        lines += [
+            f"the mesh stops with the demo; its configs and logs stay in {demo.workdir}",
+            "(`sidecar demo` without --duration keeps it running, and says where to look and what to try)",
+        ]
+        return "\n".join(lines)
+    lines += ["where to look next (while the demo runs):"]
     for node in demo.nodes:
-        lines.append(f"  {node.name:<10} http://127.0.0.1:{node.admin}/ready   /live")
+        lines.append(f"  {node.name:<10} http://127.0.0.1:{node.admin}/ready   /live   /metrics   /clusters")
     lines += [
         f"  traces:   tracing.endpoint in each mesh.yaml (here the demo's own receiver, http://127.0.0.1:{demo.collector})",
         f"  try:      curl -k --cert {demo.certs('demo-client')}/cert.pem --key {demo.certs('demo-client')}/key.pem "

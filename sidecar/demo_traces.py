@@ -7,18 +7,21 @@ This module owns two things `sidecar demo` needs to show one request's trace acr
   `Content-Encoding`) that accepts `POST /v1/traces` with `application/x-protobuf`, decodes each
   `ExportTraceServiceRequest` with the `opentelemetry-proto` package (a demo extra) and keeps the
   spans: the last `limit` of them (10,000 by default), plus every span of the few traces the demo
-  pinned, so a long run never pushes out the trace it prints. It answers 200 with an empty
+  pinned, so a long run never pushes out the trace it prints. A receiver may also be told which
+  spans make a trace worth keeping (`keep_traces_with`, e.g. a retried try): the first few such
+  traces are pinned as their spans arrive, and listed in `matched`. It answers 200 with an empty
   `ExportTraceServiceResponse`, 404 to any other path, 405/415/400/413 to what it cannot take.
   It is for the demo only: no TLS, no authentication, no OTLP/JSON, no metrics or logs.
 - `render_tree`: a pure function from a trace's spans to the indented lines of its tree, root
-  first and each span under its parent; a span whose parent is not among them is a root.
+  first and each span under its parent; a span whose parent is not among them is a root. A retried
+  try's CLIENT span is marked `retry=N`.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,7 @@ import trio
 TRACES_PATH = "/v1/traces"
 SPAN_LIMIT = 10_000  # spans kept, oldest dropped first (pinned traces aside)
 PINNED_TRACE_LIMIT = 1_000  # spans kept per pinned trace
+MATCHED_TRACE_LIMIT = 8  # traces pinned because one of their spans matched `keep_traces_with`
 MAX_HEAD = 64 * 1024  # bytes of request line and headers
 MAX_BODY = 16 * 1024 * 1024  # bytes of one export, after decompression too
 SPAN_KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -65,8 +69,10 @@ class BadRequest(Exception):
 class TraceReceiver:
     """Keeps the spans exported to it; `serve` runs the HTTP side."""
 
-    def __init__(self, limit: int = SPAN_LIMIT) -> None:
+    def __init__(self, limit: int = SPAN_LIMIT, keep_traces_with: Callable[[SpanRecord], bool] | None = None) -> None:
         self.limit = limit
+        self.keep_traces_with = keep_traces_with
+        self.matched: list[str] = []  # ids of the traces pinned for `keep_traces_with`, first first
         self._traces: OrderedDict[str, list[SpanRecord]] = OrderedDict()  # oldest trace first
         self._count = 0  # spans in `_traces`
         self._pinned: dict[str, list[SpanRecord]] = {}
@@ -92,8 +98,17 @@ class TraceReceiver:
             self._pinned[trace_id] = spans
 
     def keep(self, spans: Iterable[SpanRecord]) -> None:
+        wanted = self.keep_traces_with
         for span in spans:
             self.received += 1
+            if (
+                wanted is not None
+                and span.trace_id not in self._pinned
+                and len(self.matched) < MATCHED_TRACE_LIMIT
+                and wanted(span)
+            ):
+                self.matched.append(span.trace_id)
+                self.pin(span.trace_id)
             pinned = self._pinned.get(span.trace_id)
             if pinned is not None:
                 if len(pinned) < PINNED_TRACE_LIMIT:
@@ -342,7 +357,8 @@ def render_tree(spans: Iterable[SpanRecord], names: Mapping[str, str] | None = N
     """The indented lines of a trace: roots first (a span whose parent is not among `spans`),
     children under their parent by `parent_span_id`, siblings by start time. Each line: service,
     kind, name, `url.path`, status code, duration, and `mesh.reason`/`error.type` when set; a CLIENT
-    span names its upstream (`mesh.upstream.address`, through `names` when it knows the address)."""
+    span names its upstream (`mesh.upstream.address`, through `names` when it knows the address),
+    and a retried try its `http.request.resend_count` as `retry=N`."""
     spans = sorted(spans, key=lambda s: (s.start_ns, s.span_id))
     ids = {s.span_id for s in spans}
     children: dict[str, list[SpanRecord]] = {}
@@ -392,4 +408,7 @@ def _line(depth: int, span: SpanRecord, widths: tuple[int, int, int], names: Map
         line += f"  reason={reason}"
     if error and error != reason:
         line += f"  error={error}"
+    resent = attributes.get("http.request.resend_count")
+    if span.kind == "CLIENT" and resent:
+        line += f"  retry={resent}"
     return line

@@ -17,11 +17,12 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from sidecar.demo_traces import SpanRecord, TraceReceiver, render_tree
+from sidecar.demo_traces import MATCHED_TRACE_LIMIT, SpanRecord, TraceReceiver, render_tree
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 OTHER = "f" * 32
 MS = 1_000_000
+ORDERS_1 = "127.0.0.1:7000"
 ORDERS_2 = "127.0.0.1:7001"
 
 
@@ -90,6 +91,19 @@ def test_tree_shows_reasons_errors_missing_status_and_unnamed_upstreams() -> Non
     assert all(line.startswith("  frontend") for line in lines[1:])
 
 
+def test_tree_marks_a_retried_try() -> None:
+    first = {"http.response.status_code": 502, "error.type": "502", "mesh.upstream.address": ORDERS_2}
+    retry = {"http.response.status_code": 200, "mesh.upstream.address": ORDERS_1, "http.request.resend_count": 1}
+    spans = [
+        record("a1", "", "frontend", "SERVER", 0, 20, ok("/checkout")),
+        record("b1", "a1", "frontend", "CLIENT", 1, 4, {"url.path": "/orders/42", **first}),
+        record("b2", "a1", "frontend", "CLIENT", 5, 9, {"url.path": "/orders/42", **retry}),
+    ]
+    lines = render_tree(spans, {ORDERS_2: "orders-2", ORDERS_1: "orders-1"})
+    assert lines[1].endswith("502   3.0 ms  -> orders-2  error=502")
+    assert lines[2].endswith("200   4.0 ms  -> orders-1  retry=1")
+
+
 def test_tree_of_separate_roots_and_odd_parentage() -> None:
     spans = [
         record("b1", "99", "orders", "SERVER", 5, 6),  # its parent never arrived
@@ -117,6 +131,21 @@ def test_receiver_keeps_the_last_spans_and_every_span_of_a_pinned_trace() -> Non
     assert unpinned == spans[3:]  # the last 3
     assert receiver.trace(spans[0].trace_id) == []
     assert receiver.received == 11
+
+
+def test_receiver_pins_the_first_traces_a_span_of_which_matches() -> None:
+    receiver = TraceReceiver(limit=2, keep_traces_with=lambda span: span.kind == "CLIENT")
+    early = record("a1", "", "frontend", "SERVER", 0, 1, trace_id=OTHER)  # before its matching span
+    receiver.keep([early])
+    receiver.keep([record("b1", "a1", "frontend", "CLIENT", 1, 2, trace_id=OTHER)])
+    traces = [f"{i:032x}" for i in range(1, MATCHED_TRACE_LIMIT + 2)]
+    receiver.keep([record(f"{i:016x}", "", "s", "CLIENT", i, i + 1, trace_id=t) for i, t in enumerate(traces)])
+    receiver.keep([record(f"{i:016x}", "", "s", "SERVER", i, i + 1) for i in range(5)])  # unpinned, past the limit
+    assert receiver.matched == [OTHER, *traces[: MATCHED_TRACE_LIMIT - 1]]
+    assert [s.span_id for s in receiver.trace(OTHER)] == ["a1", "b1"]  # the span that came first is kept too
+    assert all(len(receiver.trace(t)) == 1 for t in receiver.matched[1:])
+    assert receiver.trace(traces[-1]) == []  # past MATCHED_TRACE_LIMIT: not pinned, then pushed out
+    assert len(receiver.trace(TRACE)) == 2
 
 
 async def test_wait_for_trace_returns_once_complete_or_at_the_timeout() -> None:

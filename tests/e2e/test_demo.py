@@ -2,7 +2,10 @@
 export land in the demo's receiver as one tree, and `sidecar demo --duration N` prints the trace tree
 of one request across the mesh (frontend's SERVER and CLIENT spans, orders' SERVER span under the
 CLIENT one), and, after killing orders-2's app at a third of the run, a resilience section with
-retries, orders-2 ejected, 503 overflow answers of the breaker burst and success after the fault."""
+retries, orders-2 ejected, the 503 overflow answers of the breaker (the burst's apart from the
+steady clients', added up), success after the fault with its failures by cause, the tree of a
+request whose try failed on orders-2 and was retried on orders-1, and no URL of a process that
+has exited."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.demo_traces import TraceReceiver, render_tree
+from sidecar.demo import OVERFLOW, Tally, _failed_then_retried, _failures_after
+from sidecar.demo_traces import SpanRecord, TraceReceiver, render_tree
 
 from .conftest import REPO, Mesh, mesh_service
 
@@ -59,6 +63,10 @@ def test_demo_kills_a_replica_and_prints_resilience_and_the_trace_tree(tmp_path:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    _, found, summary = out.partition("\n== sidecar demo: ")
+    assert found, out
+    assert "http://" not in summary and "https://" not in summary, out  # its processes have exited
+    assert re.search(r"^the mesh stops with the demo; its configs and logs stay in \S+$", summary, re.M), out
     _, found, rest = out.partition("its trace, as the sidecars exported it (trace id ")
     assert found, out
     tree = list(takewhile(lambda line: line.startswith("  "), rest.splitlines()[1:]))
@@ -79,7 +87,69 @@ def test_demo_kills_a_replica_and_prints_resilience_and_the_trace_tree(tmp_path:
     assert ejections and int(ejections.group(1)) >= 1, out
     assert re.search(r"^    orders-2 +127\.0\.0\.1:\d+ +EJECTED ", text, re.M), out
     assert re.search(r"^    orders-1 +127\.0\.0\.1:\d+ +healthy ", text, re.M), out
-    overflows = re.search(r"^  breaker: +(\d+) answers 503 overflow", text, re.M)
-    assert overflows and int(overflows.group(1)) > 0, out
+    overflows = re.search(
+        r"^  breaker: +(\d+) answers 503 overflow: (\d+) to the burst, (\d+) to the steady clients ", text, re.M
+    )
+    assert overflows, out
+    total, burst, steady = (int(n) for n in overflows.groups())
+    assert burst > 0 and total == burst + steady, out
+    in_burst = re.search(r"^    burst of 24 concurrent requests: .*?(\d+) x 503 overflow", text, re.M)
+    assert in_burst and int(in_burst.group(1)) == burst, out
+    outcome = re.search(r"^  503 overflow +(\d+)$", out, re.M)  # the steady clients' outcomes
+    assert int(outcome.group(1) if outcome else 0) == steady, out
     after = re.search(r"after it (\d+) of (\d+) ", text)
     assert after and int(after.group(2)) > 0 and int(after.group(1)) >= 0.9 * int(after.group(2)), out
+    # The steady clients' failures after the fault, by cause: the breaker's, and any other.
+    failed = int(after.group(2)) - int(after.group(1))
+    breaker = re.search(r"^ +after the fault: (\d+) x 503 overflow, from the breaker the burst filled;$", text, re.M)
+    by_breaker = int(breaker.group(1)) if breaker else 0
+    otherwise = re.search(r"^ +(?:after the fault: )?failed otherwise: (.*)$", text, re.M)
+    by_other = sum(int(n) for n in re.findall(r"(\d+) x ", otherwise.group(1))) if otherwise else 0
+    assert by_breaker <= steady and by_breaker + by_other == failed, out
+    assert (by_other == 0) == bool(re.search(r"^ +(after the fault: )?none failed because of orders-2: ", text, re.M))
+    # A request whose try failed on orders-2, retried on orders-1.
+    _, found, rest = out.partition("the trace of a request retried after the fault (trace id ")
+    assert found, out
+    retried = list(takewhile(lambda line: line.startswith("  "), rest.splitlines()[1:]))
+    assert retried[:2] == [
+        "  its first try reached orders-2, whose sidecar answered 502 (its app is gone);",
+        "  frontend's sidecar sent it again, to orders-1, which answered 200",
+    ], out
+    assert re.match(r"  frontend +SERVER GET /checkout +200 ", retried[2]), out
+    assert re.match(r"    frontend +CLIENT GET /orders/42 +502 .* -> orders-2  error=502$", retried[3]), out
+    assert re.match(r"      orders +SERVER GET /orders/42 +502 .* reason=upstream_connect_failure$", retried[4]), out
+    assert re.match(r"    frontend +CLIENT GET /orders/42 +200 .* -> orders-1  retry=1$", retried[5]), out
+    assert re.match(r"      orders +SERVER GET /orders/42 +200 ", retried[6]), out
+
+
+def span(span_id: str, parent: str, kind: str, **attributes: object) -> SpanRecord:
+    return SpanRecord(TRACE, span_id, parent, "GET", kind, "frontend", 0, 1, dict(attributes))
+
+
+def test_the_retried_trace_shown_is_one_whose_try_failed_on_orders_2_and_whose_retry_worked() -> None:
+    names = {"a:1": "orders-1", "a:2": "orders-2"}
+    failed = span("b1", "a1", "CLIENT", **{"mesh.upstream.address": "a:2", "http.response.status_code": 502})
+    retry = {"mesh.upstream.address": "a:1", "http.request.resend_count": 1, "http.response.status_code": 200}
+    assert _failed_then_retried([failed, span("b2", "a1", "CLIENT", **retry)], names) == "orders-1"
+    assert _failed_then_retried([span("b2", "a1", "CLIENT", **retry)], names) is None  # no failed try on orders-2
+    retry_failed = {**retry, "http.response.status_code": 503}
+    assert _failed_then_retried([failed, span("b2", "a1", "CLIENT", **retry_failed)], names) is None
+
+
+def test_failures_after_the_fault_keep_the_breaker_apart_from_the_dead_replica() -> None:
+    tally = Tally()
+    tally.record("200", 0.01, "orders-1")
+    tally.record(OVERFLOW, 0.01, None)  # before the fault: not counted after it
+    tally.fault_at = 1.0
+    tally.record(OVERFLOW, 0.01, None)
+    tally.record("200", 0.01, "orders-1")
+    assert (tally.before, tally.after) == ([1, 2], [1, 2])
+    assert _failures_after(tally) == [
+        "1 x 503 overflow, from the breaker the burst filled;",
+        "none failed because of orders-2: its failed tries were retried on the other replica",
+    ]
+    tally.record("502 upstream_connect_failure", 0.01, None)
+    assert _failures_after(tally) == [
+        "1 x 503 overflow, from the breaker the burst filled;",
+        "failed otherwise: 1 x 502 upstream_connect_failure",
+    ]
