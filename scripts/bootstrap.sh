@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make .venv ready for the given pip extras (e.g. "test" or "demo"), and install the OS packages
 # the tests drive (curl, nginx, h2load, wrk) when they are missing. Safe to run again.
+# pip's output goes to .venv/install.log, shown only when the install fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test}"
@@ -23,8 +24,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.installed-$extras"
+log=".venv/install.log"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -e ".[$extras]" >&2
+  echo "installing sidecar and its $extras packages into .venv (pip's output: $log)" >&2
+  if ! {
+    .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+      .venv/bin/python -m pip install --disable-pip-version-check -e ".[$extras]"
+  } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bootstrap: pip install failed (its output is above, and in $log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
