@@ -3,6 +3,7 @@ what an upstream that misbehaves can make the client hold stays bounded."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -60,3 +61,142 @@ async def test_acks_of_a_ping_flood_are_bounded_when_the_upstream_does_not_read(
     # The writer's first write never completes; the reader stops once the backlog passes HIGH_WATER.
     assert 17 * sent <= 2 * HIGH_WATER + 2 * RECEIVE_SIZE  # the upstream got stuck: nothing more read
     assert largest <= HIGH_WATER + RECEIVE_SIZE
+
+
+class FailingBody:
+    """A request body whose second read fails, as a downstream body over the limit does."""
+
+    length = None
+    trailers = None
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.reads = 0
+        self.go_on = trio.Event()  # the second read waits for this
+
+    async def read(self) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            return b"first chunk"
+        await self.go_on.wait()
+        raise self.error
+
+    async def aclose(self) -> None:
+        pass
+
+
+class CountingPool(FakePool):
+    stream_idle_timeout = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = 0
+
+    def stream_done(self, conn: object) -> None:
+        self.done += 1
+
+
+class OracleServer:
+    """The upstream: h2's own server state machine over the other end of a memory stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        import h2.config
+        import h2.connection
+
+        self.stream = stream
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.events: list[object] = []
+        self.changed = trio.Event()
+        self._sending = trio.Lock()
+
+    async def flush(self) -> None:
+        async with self._sending:
+            await self.stream.send_all(self.h2.data_to_send())
+
+    async def run(self) -> None:
+        self.h2.initiate_connection()
+        await self.flush()
+        while data := await self.stream.receive_some(65536):
+            self.events += self.h2.receive_data(data)
+            self.changed.set()
+            self.changed = trio.Event()
+            await self.flush()
+
+    async def wait_for(self, kind: type) -> object:
+        while True:
+            for event in self.events:
+                if isinstance(event, kind):
+                    return event
+            await self.changed.wait()
+
+
+async def test_a_request_body_failing_before_the_response_ends_the_try_at_once() -> None:
+    """The downstream body turns bad after the head and a chunk went upstream: `send()` raises that
+    failure (its local reply follows) and the stream is reset with CANCEL, not left to time out."""
+    import h2.events
+
+    from sidecar.http.errors import BodyTooLarge
+    from sidecar.http.message import ConnectionInfo, Headers, Request
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    pool = CountingPool()
+    conn = H2ClientConnection(ours, pool)  # type: ignore[arg-type]
+    server = OracleServer(theirs)
+    body = FailingBody(BodyTooLarge())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        await conn.start(nursery)
+        async with trio.open_nursery() as request_nursery:
+            request = Request(b"POST", b"/upload", b"orders", Headers(), body, ConnectionInfo("127.0.0.1", 1))
+            request.task_nursery = request_nursery
+
+            async def fail_later() -> None:
+                await server.wait_for(h2.events.DataReceived)  # the head and a chunk are upstream
+                body.go_on.set()
+
+            request_nursery.start_soon(fail_later)
+            with trio.fail_after(5), pytest.raises(BodyTooLarge):
+                await conn.send(request)
+        reset = await server.wait_for(h2.events.StreamReset)
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL  # type: ignore[attr-defined]
+        assert pool.done == 1 and conn.active == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_body_failing_after_the_response_started_cuts_the_response() -> None:
+    import h2.events
+
+    from sidecar.http.errors import BadRequest
+    from sidecar.http.message import ConnectionInfo, Headers, Request
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    pool = CountingPool()
+    conn = H2ClientConnection(ours, pool)  # type: ignore[arg-type]
+    server = OracleServer(theirs)
+    body = FailingBody(BadRequest("invalid chunk size"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        await conn.start(nursery)
+        async with trio.open_nursery() as request_nursery:
+            request = Request(b"POST", b"/echo", b"orders", Headers(), body, ConnectionInfo("127.0.0.1", 1))
+            request.task_nursery = request_nursery
+
+            async def answer() -> None:
+                received = await server.wait_for(h2.events.RequestReceived)
+                stream_id = received.stream_id  # type: ignore[attr-defined]
+                server.h2.send_headers(stream_id, [(b":status", b"200")])
+                server.h2.send_data(stream_id, b"echo")
+                await server.flush()
+
+            request_nursery.start_soon(answer)
+            with trio.fail_after(5):
+                response = await conn.send(request)
+                assert response.status == 200
+                assert await response.body.read() == b"echo"
+                body.go_on.set()
+                with pytest.raises(BadRequest):
+                    await response.body.read()  # the response is cut
+        reset = await server.wait_for(h2.events.StreamReset)
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL  # type: ignore[attr-defined]
+        assert pool.done == 1
+        nursery.cancel_scope.cancel()
