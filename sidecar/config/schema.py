@@ -425,7 +425,8 @@ class OutlierDetection(Model):
     consecutive_gateway_errors: Annotated[int, bounded(INTEGER, ge=1)] = 5
     """Consecutive 502/503/504 answers (or tries without an answer) that eject an endpoint."""
     interval: Annotated[float, bounded(DURATION, gt=0)] = 10 * SECONDS
-    """How often ejections are reviewed: an ejected endpoint returns at the first review after its time is up."""
+    """How often an endpoint back in service for ``base_ejection`` has its count of ejections lowered
+    by one (an ejected endpoint returns as soon as its time is up, not at a review)."""
     base_ejection: Annotated[float, bounded(DURATION, gt=0)] = 30 * SECONDS
     """The first ejection's length; the n-th lasts n times this, capped at 300 s."""
     max_ejection_percent: Annotated[int, bounded(INTEGER, ge=0, le=100)] = 50
