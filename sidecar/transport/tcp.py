@@ -14,12 +14,9 @@ import contextlib
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
-
-if TYPE_CHECKING:
-    from .tls_socket import TlsStream
 
 YIELD_EVERY = 8  # consecutive operations that did not wait before we yield anyway (fairness)
 RECEIVE_SIZE = 65536
@@ -27,9 +24,16 @@ RECEIVE_SIZE = 65536
 _BROKEN = (ConnectionError, TimeoutError)
 
 
-async def fair_yield(stream: TcpStream | TlsStream) -> None:
+class CountsStreaks(Protocol):
+    """A stream that counts its operations in a row that completed without waiting (`fair_yield`)."""
+
+    _streak: int
+
+
+async def fair_yield(stream: CountsStreaks) -> None:
     """Yield to the scheduler every YIELD_EVERY operations that completed without waiting, so a
-    pair of fast peers never starves the other connections (used as a method by both streams)."""
+    pair of fast peers never starves the other connections (used as a method by both streams:
+    `TcpStream` here and `TlsStream` in `tls_socket.py`)."""
     stream._streak += 1
     if stream._streak >= YIELD_EVERY:
         stream._streak = 0
