@@ -1,16 +1,19 @@
 """The handler contract every layer and listener shares.
 
-A handler is `async def handle(request) -> Response`. A layer wraps a handler and returns a new
-one; a listener's stack is a chain of layers read top to bottom (see `listeners/`).
+A handler is `async def handle(request) -> Response`, the type the protocol servers are given
+(`Handler`, defined by the transport in `transport/handler.py` and shared here). A layer wraps a
+handler and returns a new one; a listener's stack is a chain of layers read top to bottom (see
+`listeners/`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from ..http.message import Request, Response
+from ..transport.handler import Handler
 
-Handler = Callable[[Request], Awaitable[Response]]
+__all__ = ["Handler", "Layer", "compose"]
+
 Layer = Callable[[Handler], Handler]
 
 

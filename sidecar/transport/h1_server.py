@@ -3,8 +3,9 @@
 
 One task per connection runs `H1Server.serve`. A request with a body gets its own nursery that
 lives until its response is written, so an upstream client can pump the body while the response
-comes back (full duplex, as a proxy must). Errors found before the pipeline (malformed heads,
-smuggling shapes, limits) are answered here and the connection closes.
+comes back (full duplex, as a proxy must). Errors found before the handler (malformed heads,
+smuggling shapes, limits) are answered here (`http/replies.py`) and the connection closes; what
+escapes the handler is answered by `handler.call_guarded`.
 
 A bodiless WebSocket upgrade request becomes a `WebSocketRequest`. When the upstream answers `101`,
 the 101 head goes out and this connection is spliced with the upstream one (`tunnel.py`) until the
@@ -36,10 +37,10 @@ from ..http.h1 import (
     wants_keep_alive,
 )
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response, WebSocketRequest
+from ..http.replies import error_response
 from ..http.websocket import is_websocket_upgrade
-from ..pipeline.handler import Handler
-from ..pipeline.local_reply import call_guarded, error_response
 from .body import WireBody
+from .handler import Handler, call_guarded
 from .listener import ConnectionTimer, Listener, stream_fd
 from .tunnel import UpgradedBody, splice
 from .wire import Wire

@@ -50,8 +50,7 @@ from ..http.h2_conn import (
     H2StateError,
 )
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, ExchangeObserver, Headers, Request, Response
-from ..pipeline.handler import Handler
-from ..pipeline.local_reply import call_guarded, error_response
+from ..http.replies import error_response
 from .backlog import Backlog
 from .h1_server import ServerLimits
 from .h2_body import H2Body
@@ -62,6 +61,7 @@ from .h2_guard import (
     PeerAbuse,
     guarded_connection,
 )
+from .handler import Handler, call_guarded
 from .listener import ConnectionTimer, Listener
 from .wire import RECEIVE_SIZE
 

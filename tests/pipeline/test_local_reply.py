@@ -1,4 +1,4 @@
-"""sidecar.pipeline.local_reply: every ProxyError becomes its SPEC §5 reply."""
+"""sidecar.pipeline.local_reply: every ProxyError becomes its SPEC §5 reply (`http/replies.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 from sidecar.http import errors
 from sidecar.http.errors import ProxyError
 from sidecar.http.message import BytesBody, ConnectionInfo, EmptyBody, Headers, Request, Response
-from sidecar.pipeline.local_reply import error_response, local_reply
+from sidecar.http.replies import error_response
+from sidecar.pipeline.local_reply import local_reply
 
 EXPECTED = [
     (errors.BadRequest, 400, "bad_request"),
