@@ -2,10 +2,13 @@
 
 `send()` writes the head (and, with the first body chunk, in one write), pumps the rest of the
 request body in the request's nursery while the response head is read (full duplex), and returns
-a response whose body tells the pool how the exchange ended. The contract with the pool: once
-`send()` is called, `pool.exchange_done(conn, reuse)` is called exactly once — at the end of the
-response body, or on any failure or cancellation inside `send()` itself. A connection is reused only
-when both the request and the response were carried to their end and the peer allows keep-alive.
+a response whose body tells the owner how the exchange ended. The owner is whoever opened the
+connection (the pool, in `upstream/`), seen through `H1ClientOwner`, the protocol defined here. The
+contract: once `send()` is called, `owner.exchange_done(conn, reuse)` is called exactly once — at the
+end of the response body, or on any failure or cancellation inside `send()` itself. A connection
+is reused only when both the request and the response were carried to their end and the peer allows
+keep-alive. A response body that stalls for the owner's `stream_idle_timeout` (read as its head
+arrives, so a reload's value applies to open connections too) ends as a timeout.
 
 `upgrade()` is the other exchange: a WebSocket upgrade on a dedicated connection that never goes
 back to the pool. A `101` answer hands the connection over in the response body (`UpgradedBody`,
@@ -15,7 +18,7 @@ released when the tunnel ends); any other answer is an ordinary response, after 
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -38,9 +41,6 @@ from .tcp import TcpStream
 from .tunnel import UpgradedBody
 from .wire import Wire
 
-if TYPE_CHECKING:
-    from ..upstream.pool import ConnectionPool
-
 MAX_RESPONSE_HEAD = 256 * 1024
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -53,12 +53,26 @@ def _violation(violation: ProtocolViolation) -> Exception:
     return UpstreamProtocolError(detail=str(violation))
 
 
-class H1ClientConnection:
-    __slots__ = ("_request_error", "_request_sent", "exchanges", "idle_since", "pool", "wire")
+class H1ClientOwner(Protocol):
+    """What an HTTP/1.1 client connection needs of its owner: where its exchanges end, and how long a
+    response body may stall."""
 
-    def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
+    @property
+    def stream_idle_timeout(self) -> float | None:
+        """Seconds a response body may go without a byte before it ends (None: never)."""
+        ...
+
+    def exchange_done(self, conn: H1ClientConnection, reuse: bool) -> None:
+        """The exchange on `conn` ended; `reuse`: the connection may carry another one."""
+        ...
+
+
+class H1ClientConnection:
+    __slots__ = ("_request_error", "_request_sent", "exchanges", "idle_since", "owner", "wire")
+
+    def __init__(self, stream: trio.abc.Stream, owner: H1ClientOwner) -> None:
         self.wire = Wire(stream)
-        self.pool = pool
+        self.owner = owner
         self.idle_since = 0.0
         self.exchanges = 0  # completed on this connection
         self._request_sent = False
@@ -82,7 +96,7 @@ class H1ClientConnection:
         try:
             return await self._send(request)
         except BaseException:
-            self.pool.exchange_done(self, False)
+            self.owner.exchange_done(self, False)
             raise
 
     async def _send(self, request: Request) -> Response:
@@ -115,7 +129,7 @@ class H1ClientConnection:
         response_body: Body
         if framing == 0:
             response_body = EMPTY_BODY
-            self.pool.exchange_done(self, reuse and self._request_sent)
+            self.owner.exchange_done(self, reuse and self._request_sent)
         else:
             response_body = WireBody(
                 self.wire,
@@ -124,7 +138,7 @@ class H1ClientConnection:
                 violation=_violation,
                 on_end=self._on_end if reuse else self._on_abort,
                 on_abort=self._on_abort,
-                stall_timeout=self.pool.stream_idle_timeout,
+                stall_timeout=self.owner.stream_idle_timeout,
             )
         return Response(response_head.status, response_head.headers, response_body, response_head.reason)
 
@@ -134,7 +148,7 @@ class H1ClientConnection:
         try:
             return await self._upgrade(request, tunnel_idle_timeout)
         except BaseException:
-            self.pool.exchange_done(self, False)
+            self.owner.exchange_done(self, False)
             raise
 
     async def _upgrade(self, request: Request, tunnel_idle_timeout: float) -> Response:
@@ -154,18 +168,18 @@ class H1ClientConnection:
             raise UpstreamProtocolError(detail=str(exc)) from None
         if framing == 0:
             body = EMPTY_BODY
-            self.pool.exchange_done(self, False)
+            self.owner.exchange_done(self, False)
         else:
-            # Never pooled: it was opened for this upgrade alone (HTTP/1.1, whatever the pool speaks).
+            # Never pooled: it was opened for this upgrade alone (HTTP/1.1, whatever the service speaks).
             end = self._on_abort
             body = WireBody(self.wire, framing, truncated=_truncated, violation=_violation, on_end=end, on_abort=end)
         return Response(head.status, head.headers, body, head.reason)
 
     def _on_end(self) -> None:
-        self.pool.exchange_done(self, self._request_sent)
+        self.owner.exchange_done(self, self._request_sent)
 
     def _on_abort(self) -> None:
-        self.pool.exchange_done(self, False)
+        self.owner.exchange_done(self, False)
 
     async def _read_head(self, *, upgrade: bool = False) -> ResponseHead:
         """The final response head; with `upgrade`, a 101 is final too (other 1xx are skipped)."""

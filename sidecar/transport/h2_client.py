@@ -15,14 +15,18 @@ and waits for the response head; the response body is an `H2Body` fed by the rea
 peer refused (REFUSED_STREAM, or beyond a GOAWAY's last stream id) never reached the app, and says so
 in the error, so the caller may try elsewhere.
 
-The accounting contract with the pool matches HTTP/1.1's: once `send()` is called,
-`pool.stream_done(conn)` is called exactly once for that request.
+The connection reports to its owner (the pool, in `upstream/`) through `H2ClientOwner`, the protocol
+defined here. The accounting contract matches HTTP/1.1's: once `send()` is called,
+`owner.stream_done(conn)` is called exactly once for that request; `owner.connection_closed(conn)`
+once, when the connection ends. What it needs to know of its peer comes as values when it is made:
+`secure` (TLS: `:scheme` is https) and `mesh_peer` (a sidecar over mutual TLS: header casing is
+carried); the owner's `stream_idle_timeout` is read as each response head arrives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 import trio
@@ -49,9 +53,6 @@ from .h1_client import MAX_RESPONSE_HEAD
 from .h2_body import CONNECTION_WINDOW, STREAM_WINDOW, H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
 
-if TYPE_CHECKING:
-    from ..upstream.pool import ConnectionPool
-
 log = structlog.get_logger("sidecar.h2")
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -69,8 +70,26 @@ class _Exchange:
         self.error: Exception | None = None  # a ProxyError, or DownstreamGone from the request body
 
 
+class H2ClientOwner(Protocol):
+    """What an HTTP/2 client connection needs of its owner: where its streams and the connection end,
+    and how long a response body may stall."""
+
+    @property
+    def stream_idle_timeout(self) -> float | None:
+        """Seconds a response body may go without a byte before it ends (None: never)."""
+        ...
+
+    def stream_done(self, conn: H2ClientConnection) -> None:
+        """One exchange on `conn` ended."""
+        ...
+
+    def connection_closed(self, conn: H2ClientConnection) -> None:
+        """`conn` ended: it takes no more streams."""
+        ...
+
+
 class H2ClientConnection:
-    def __init__(self, stream: trio.abc.Stream, pool: ConnectionPool) -> None:
+    def __init__(self, stream: trio.abc.Stream, owner: H2ClientOwner, *, secure: bool, mesh_peer: bool) -> None:
         # Responses are bounded like HTTP/1.1 response heads, decoded and while buffered.
         self.h2 = H2Connection(
             client=True,
@@ -80,8 +99,9 @@ class H2ClientConnection:
             max_header_block=MAX_RESPONSE_HEAD,
         )
         self.stream = stream
-        self.pool = pool
-        self.mesh_peer = pool.tls is not None and pool.tls.mutual  # a sidecar: header casing is carried
+        self.owner = owner
+        self.scheme = b"https" if secure else b"http"
+        self.mesh_peer = mesh_peer  # a sidecar: header casing is carried
         self.closed = False
         self.goaway = False
         self.idle_since = trio.current_time()
@@ -162,14 +182,14 @@ class H2ClientConnection:
             stream_id = h2c.new_stream_id()
         except H2StateError as exc:  # out of stream ids, or the peer sent GOAWAY
             self.goaway = True
-            self.pool.stream_done(self)
+            self.owner.stream_done(self)
             raise UpstreamReset(detail=str(exc), refused=True) from None
         exchange = _Exchange()
         self._exchanges[stream_id] = exchange
         body = request.body
         headers = [
             (b":method", request.method),
-            (b":scheme", b"https" if self.pool.tls is not None else b"http"),
+            (b":scheme", self.scheme),
             (b":authority", request.authority or b""),
             (b":path", request.target),
         ]
@@ -177,7 +197,7 @@ class H2ClientConnection:
         try:
             h2c.send_headers(stream_id, headers, end_stream=body is EMPTY_BODY)
         except H2StateError as exc:  # the peer's stream limit, reached while this request waited
-            self.pool.stream_done(self)
+            self.owner.stream_done(self)
             self._exchanges.pop(stream_id, None)
             raise UpstreamReset(detail=str(exc), refused=True) from None
         try:
@@ -261,7 +281,7 @@ class H2ClientConnection:
             self.idle_since = trio.current_time()
             if self.goaway and not self.closed:
                 self.close()  # the peer sent GOAWAY and its last stream is done
-        self.pool.stream_done(self)
+        self.owner.stream_done(self)
 
     def _body_done(self, stream_id: int) -> Callable[[bool], None]:
         def done(failed: bool) -> None:
@@ -298,7 +318,7 @@ class H2ClientConnection:
             self.kick()
             for exchange in list(self._exchanges.values()):
                 self._fail(exchange, UpstreamReset(detail="upstream connection closed"))
-            self.pool.connection_closed(self)
+            self.owner.connection_closed(self)
             close_stream_now(self.stream)
 
     def _fail(self, exchange: _Exchange, error: Exception) -> None:
@@ -370,7 +390,7 @@ class H2ClientConnection:
         exchange.status = int(pairs[0][1])
         exchange.headers = headers
         exchange.body = H2Body(
-            self, stream_id, length, on_done=self._body_done(stream_id), stall_timeout=self.pool.stream_idle_timeout
+            self, stream_id, length, on_done=self._body_done(stream_id), stall_timeout=self.owner.stream_idle_timeout
         )
         if ended:
             exchange.body.end()

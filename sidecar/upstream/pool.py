@@ -125,7 +125,9 @@ class ConnectionPool:
         self.h2_seen = use_h2
         self.open_connections += 1
         if use_h2 and self.background is not None:
-            conn = H2ClientConnection(stream, self)
+            tls = self.tls
+            secure = isinstance(stream, TlsStream)
+            conn = H2ClientConnection(stream, self, secure=secure, mesh_peer=tls is not None and tls.mutual)
             try:
                 await conn.start(self.background)
             except BaseException:

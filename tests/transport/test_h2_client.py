@@ -13,9 +13,9 @@ from tests.http.h2_frames import ping, settings
 
 
 class FakePool:
-    """What the connection asks of its pool."""
+    """What the connection asks of its owner (`H2ClientOwner`), as the pool would answer."""
 
-    tls = None
+    stream_idle_timeout = None
 
     def __init__(self) -> None:
         self.closed = False
@@ -33,7 +33,7 @@ async def test_acks_of_a_ping_flood_are_bounded_when_the_upstream_does_not_read(
     """The reader reads again only once its backlog is written: an upstream that sends PINGs and
     never reads gets about one read's worth of ACKs queued, then no more is read from it."""
     ours, theirs = trio.testing.lockstep_stream_pair()
-    conn = H2ClientConnection(ours, FakePool())  # type: ignore[arg-type]
+    conn = H2ClientConnection(ours, FakePool(), secure=False, mesh_peer=False)
     sent = 0
     largest = 0
 
@@ -86,8 +86,6 @@ class FailingBody:
 
 
 class CountingPool(FakePool):
-    stream_idle_timeout = None
-
     def __init__(self) -> None:
         super().__init__()
         self.done = 0
@@ -140,7 +138,7 @@ async def test_a_request_body_failing_before_the_response_ends_the_try_at_once()
 
     ours, theirs = trio.testing.memory_stream_pair()
     pool = CountingPool()
-    conn = H2ClientConnection(ours, pool)  # type: ignore[arg-type]
+    conn = H2ClientConnection(ours, pool, secure=False, mesh_peer=False)
     server = OracleServer(theirs)
     body = FailingBody(BodyTooLarge())
     async with trio.open_nursery() as nursery:
@@ -171,7 +169,7 @@ async def test_a_request_body_failing_after_the_response_started_cuts_the_respon
 
     ours, theirs = trio.testing.memory_stream_pair()
     pool = CountingPool()
-    conn = H2ClientConnection(ours, pool)  # type: ignore[arg-type]
+    conn = H2ClientConnection(ours, pool, secure=False, mesh_peer=False)
     server = OracleServer(theirs)
     body = FailingBody(BadRequest("invalid chunk size"))
     async with trio.open_nursery() as nursery:
