@@ -15,7 +15,7 @@ from .config.schema import ServiceConfig
 from .config.snapshot import Snapshot
 from .tls import AllowList, mutual_client_context, server_context, simple_client_context
 from .transport.tls_accept import InboundTls
-from .upstream.registry import UpstreamTls
+from .upstream.pool import UpstreamTls
 
 # What a client connection offers in ALPN, by the service's `protocol`.
 ALPN: dict[str, tuple[str, ...]] = {"http1": ("http/1.1",), "http2": ("h2",), "auto": ("h2", "http/1.1")}

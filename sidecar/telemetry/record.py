@@ -36,7 +36,8 @@ from .span import CLIENT, SERVER, Parent, Span, parse_traceparent
 
 if TYPE_CHECKING:
     from ..http.message import ConnectionInfo, Request
-    from ..upstream.registry import Cluster, Endpoint
+    from ..upstream.endpoint import Endpoint
+    from ..upstream.registry import Cluster
     from .metrics import RequestMetrics
     from .tracing import Tracing
 

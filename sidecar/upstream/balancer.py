@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..http.message import Request
-    from .registry import Endpoint
+    from .endpoint import Endpoint
 
 
 class Balancer(Protocol):

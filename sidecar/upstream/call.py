@@ -25,8 +25,9 @@ from ..http.errors import ProxyError, UpstreamConnectFailure, UpstreamProtocolEr
 from ..http.message import EMPTY_BODY, Request, Response
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
+from .endpoint import Endpoint
 from .pool import ConnectionPool
-from .registry import Cluster, ClusterSettings, Endpoint
+from .registry import Cluster, ClusterSettings
 from .retry import IDEMPOTENT, ReplayBuffer, ReplayView, RetryPolicy, TryTimedOut
 
 CONNECT_FAILURE_PAUSE = 1.0  # seconds an endpoint that failed to connect is passed over, if another is up
@@ -143,21 +144,20 @@ async def _send(cluster: Cluster, endpoint: Endpoint, request: Request, deadline
     try_deadline = deadline if per_try is None else min(deadline, trio.current_time() + per_try)
     with trio.CancelScope(deadline=try_deadline):
         if request.websocket:
-            return await _upgrade(endpoint.pool, request, cluster.settings)
-        return await _exchange(cluster, endpoint.pool, request)
+            return await _upgrade(endpoint, request, cluster.settings)
+        return await _exchange(cluster, endpoint, request)
     if try_deadline < deadline:
         raise TryTimedOut(detail=f"{cluster.name}: {endpoint.address} gave no response within {per_try}s")
     raise _request_timeout(cluster)
 
 
-async def _connect(cluster: Cluster, pool: ConnectionPool) -> H1ClientConnection | H2ClientConnection:
+async def _connect(cluster: Cluster, endpoint: Endpoint) -> H1ClientConnection | H2ClientConnection:
     breaker = cluster.breaker
     breaker.check_connections(cluster.name, cluster.open_connections)
     breaker.open_pending(cluster.name)
-    endpoint = pool.endpoint
     try:
         with trio.CancelScope(relative_deadline=cluster.settings.connect_timeout):
-            conn = await pool.connect()
+            conn = await endpoint.pool.connect()
             endpoint.refused_until = 0.0
             return conn
         raise UpstreamConnectFailure(detail=f"{endpoint.address}: connect timeout")
@@ -186,20 +186,21 @@ async def _connect_dedicated(pool: ConnectionPool, connect_timeout: float) -> H1
     raise UpstreamConnectFailure(detail=f"{pool.endpoint.address}: connect timeout")
 
 
-async def _upgrade(pool: ConnectionPool, request: Request, settings: ClusterSettings) -> Response:
-    conn = await _connect_dedicated(pool, settings.connect_timeout)
-    pool.endpoint.started()
+async def _upgrade(endpoint: Endpoint, request: Request, settings: ClusterSettings) -> Response:
+    conn = await _connect_dedicated(endpoint.pool, settings.connect_timeout)
+    endpoint.started()
     return await conn.upgrade(request, settings.websocket_idle_timeout)
 
 
-async def _exchange(cluster: Cluster, pool: ConnectionPool, request: Request) -> Response:
+async def _exchange(cluster: Cluster, endpoint: Endpoint, request: Request) -> Response:
+    pool = endpoint.pool
     conn: H1ClientConnection | H2ClientConnection | None = pool.take_h2() or pool.take_idle()
     if conn is None and pool.h2_connecting is not None:
         conn = await _shared_h2(cluster, pool)
     reused = conn is not None
     if conn is None:
-        conn = await _connect(cluster, pool)
-    pool.endpoint.started()
+        conn = await _connect(cluster, endpoint)
+    endpoint.started()
     try:
         return await conn.send(request)
     except UpstreamReset as exc:
@@ -210,6 +211,6 @@ async def _exchange(cluster: Cluster, pool: ConnectionPool, request: Request) ->
         again = exc.refused or (reused and exc.before_response and request.method in IDEMPOTENT)
         if not (again and request.body.length == 0):
             raise
-    conn = pool.take_h2() or await _connect(cluster, pool)
-    pool.endpoint.started()
+    conn = pool.take_h2() or await _connect(cluster, endpoint)
+    endpoint.started()
     return await conn.send(request)

@@ -11,7 +11,8 @@ connections or the endpoint's active requests.
 A 2xx answer within `timeout` is a success; any other status, a refused or broken connection, a
 malformed answer or no answer in time is a failure. `unhealthy_threshold` consecutive failures make
 a healthy endpoint unhealthy, `healthy_threshold` consecutive successes make it healthy again; the
-cluster is told, and its balancer leaves out (or takes back) the endpoint. Endpoints start healthy:
+cluster is told (`availability_changed()`, through `CheckedCluster`, what the checker needs of its
+cluster), and its balancer leaves out (or takes back) the endpoint. Endpoints start healthy:
 a new endpoint takes traffic at once, before its first check. A round checks every endpoint
 concurrently, the first round at once; the next starts `interval` after the previous one started
 (or when it ended, if it took longer). State lives on each `Endpoint`, so it survives reloads.
@@ -19,7 +20,8 @@ concurrently, the first round at once; the next starts `interval` after the prev
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
@@ -30,8 +32,8 @@ from ..http.message import Headers
 
 if TYPE_CHECKING:
     from ..config.schema import HealthCheck
+    from .endpoint import Endpoint
     from .pool import ConnectionPool
-    from .registry import Cluster, Endpoint
 
 log = structlog.get_logger("sidecar.upstream")
 
@@ -82,12 +84,26 @@ async def _read_status(stream: trio.abc.Stream) -> int | None:
         buf += data
 
 
+class CheckedCluster(Protocol):
+    """What health checks need of their cluster (a `registry.Cluster`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def endpoints(self) -> Sequence[Endpoint]: ...
+
+    def availability_changed(self) -> None:
+        """An endpoint turned healthy or unhealthy: the balancer must be rebuilt."""
+        ...
+
+
 class HealthChecker:
     """Checks the endpoints of one cluster with one policy; replaced when the policy changes."""
 
     __slots__ = ("cluster", "policy", "request")
 
-    def __init__(self, cluster: Cluster, policy: HealthCheck, host: str) -> None:
+    def __init__(self, cluster: CheckedCluster, policy: HealthCheck, host: str) -> None:
         self.cluster = cluster
         self.policy = policy
         self.request = check_request(policy.path, host)

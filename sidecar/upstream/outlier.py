@@ -1,7 +1,9 @@
 """Outlier detection (passive health): endpoints whose answers keep failing are ejected for a while.
 
 Owns the rules; the state they act on lives on each `Endpoint` (so it survives config reloads), and
-the cluster is told when an endpoint's availability changed so its balancer is rebuilt.
+the cluster is told when an endpoint's availability changed so its balancer is rebuilt. What the
+detector needs of its cluster is `OutlierCluster`, defined here: its name, its endpoints, the
+ejection count, and `availability_changed()`.
 
 - **Counting** (`record`, after every try): a try that ends without a response (connect failure,
   reset, timeout, protocol error) counts as a 5xx and as a gateway error; 502, 503 and 504 count as
@@ -29,14 +31,15 @@ the cluster is told when an endpoint's availability changed so its balancer is r
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
 
 if TYPE_CHECKING:
     from ..config.schema import OutlierDetection
-    from .registry import Cluster, Endpoint
+    from .endpoint import Endpoint
 
 log = structlog.get_logger("sidecar.upstream")
 
@@ -44,12 +47,28 @@ MAX_EJECTION = 300.0  # seconds: the longest ejection, however many times an end
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 
+class OutlierCluster(Protocol):
+    """What outlier detection needs of its cluster (a `registry.Cluster`)."""
+
+    ejections: int  # ejections so far, for sidecar_upstream_ejections_total
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def endpoints(self) -> Sequence[Endpoint]: ...
+
+    def availability_changed(self) -> None:
+        """An endpoint was ejected or returned: the balancer must be rebuilt."""
+        ...
+
+
 class OutlierDetector:
     """Consecutive 5xx / gateway-error ejection for the endpoints of one cluster."""
 
     __slots__ = ("_timer", "cluster", "policy")
 
-    def __init__(self, cluster: Cluster, policy: OutlierDetection) -> None:
+    def __init__(self, cluster: OutlierCluster, policy: OutlierDetection) -> None:
         self.cluster = cluster
         self.policy = policy
         self._timer: trio.CancelScope | None = None  # the return task's sleep, due at the next return

@@ -8,12 +8,19 @@ shared connections, each taking streams up to the peer's MAX_CONCURRENT_STREAMS;
 they are full. Their reader tasks run in the registry's nursery (`background`).
 A WebSocket upgrade takes a dedicated HTTP/1.1 connection (`connect_dedicated_http1`) that is
 counted here but never pooled: it becomes the tunnel, and closes with it.
+
+The pool is its connections' owner in the transport's terms (`H1ClientOwner`, `H2ClientOwner`):
+each exchange that ends is reported here, and accounted to the endpoint (`finished()`). It sees its
+endpoint through `PooledEndpoint` (where to connect, whether it left the config), and the registry
+sets how to speak to it: `protocol`, `tls` (`UpstreamTls`), the timeouts, `background`.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
@@ -25,15 +32,43 @@ from ..transport.h2_client import H2ClientConnection
 from ..transport.tcp import TcpStream, open_tcp
 from ..transport.tls_socket import TlsStream
 
-if TYPE_CHECKING:
-    from .registry import Endpoint, UpstreamTls
-
 log = structlog.get_logger("sidecar.upstream")
 
 MAX_IDLE = 256  # idle connections kept per endpoint; more are closed when they come back
 # A connection idle longer than this is checked for a peer close (one poll syscall) before reuse;
 # fresher ones are trusted, and the keep-alive race retry covers the rare loser.
 CHECK_AFTER_IDLE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How to speak TLS to a service's endpoints.
+
+    `mutual`: present our workload certificate, verify the chain to the mesh trust bundle and the
+    peer's SPIFFE ID (`identity`, or any mesh identity when None); hostnames are not checked.
+    Otherwise `simple`: ordinary HTTPS, verifying `server_name` (default: the endpoint's host name).
+    """
+
+    contexts: Mapping[str, ssl.SSLContext]  # by protocol (http1 | http2 | auto): each offers its ALPN
+    mutual: bool
+    identity: str | None = None
+    server_name: str | None = None
+
+
+class PooledEndpoint(Protocol):
+    """What a pool needs of its endpoint (an `endpoint.Endpoint`): where to connect and which name TLS
+    verifies, whether it left the config (its connections then close once idle), and the accounting
+    of each exchange that ends."""
+
+    host: str  # an IP address
+    port: int
+    address: str  # host:port, as logs and errors name it
+    hostname: str  # as configured, before DNS
+    removed: bool
+
+    def finished(self) -> None:
+        """One exchange to the endpoint ended (it was `started()` by the caller)."""
+        ...
 
 
 class ConnectionPool:
@@ -53,7 +88,7 @@ class ConnectionPool:
         "tls_session",
     )
 
-    def __init__(self, endpoint: Endpoint, idle_timeout: float) -> None:
+    def __init__(self, endpoint: PooledEndpoint, idle_timeout: float) -> None:
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
         self.stream_idle_timeout: float | None = None  # a response body stalled this long ends (None: never)

@@ -1,16 +1,18 @@
 """Runtime state of upstream services, keyed by service name and endpoint address.
 
-Config snapshots come and go; what must outlive them lives here: each endpoint's connection pool,
-in-flight count, health (active checks) and ejection state (outlier detection), and each service's
-circuit-breaker counts and retry budget. `apply()` takes a
-new snapshot and keeps the state of every endpoint that is still there; endpoints that vanish are
+Config snapshots come and go; what must outlive them lives here: each endpoint (an `Endpoint`, see
+`endpoint.py`: its connection pool, in-flight count, health from active checks and ejection state
+from outlier detection), and each service's circuit-breaker counts and retry budget. `apply()` takes
+a new snapshot and keeps the state of every endpoint that is still there; endpoints that vanish are
 marked removed, their idle connections closed, and their in-flight requests finish undisturbed.
 
 An endpoint is *available* when it is not removed, healthy and not ejected; only available endpoints
 are picked, and when none is left `pick()` raises `NoHealthyUpstream` at once (no panic mode, SPEC
 §11). The balancer is built over the available endpoints and rebuilt only when availability or the
 endpoint set changes, so a pick costs what it did before health existed. `record()` feeds each try's
-outcome to outlier detection in O(1).
+outcome to outlier detection in O(1). The policies act on their `Cluster` through the protocols
+they define (`outlier.OutlierCluster`, `health.CheckedCluster`): its name, its endpoints, and
+`availability_changed()`.
 
 The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections; its nursery
 also runs each service's policy tasks (outlier returns and reviews, health checks), restarted when a reload
@@ -20,8 +22,7 @@ changes those policies and stopped when the service goes away.
 from __future__ import annotations
 
 import ipaddress
-import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -32,9 +33,10 @@ from ..http.errors import NoHealthyUpstream
 from ..http.message import Request
 from .balancer import Balancer, make_balancer
 from .breaker import UNLIMITED, Breaker, Thresholds
+from .endpoint import Endpoint, EndpointStatistics
 from .health import HealthChecker
 from .outlier import OutlierDetector
-from .pool import ConnectionPool
+from .pool import ConnectionPool, UpstreamTls
 from .retry import RetryBudget, RetryPolicy
 from .ring import HashRing, RingHash, key_reader
 
@@ -48,21 +50,6 @@ NO_TIMEOUT = float("inf")
 # anyway: this is the default of that setting, so a default mesh closes a silent tunnel at the same time
 # on both hops, and one that allows longer is cut at most this long after its last byte.
 APP_WEBSOCKET_IDLE_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTls:
-    """How to speak TLS to a service's endpoints.
-
-    `mutual`: present our workload certificate, verify the chain to the mesh trust bundle and the
-    peer's SPIFFE ID (`identity`, or any mesh identity when None); hostnames are not checked.
-    Otherwise `simple`: ordinary HTTPS, verifying `server_name` (default: the endpoint's host name).
-    """
-
-    contexts: Mapping[str, ssl.SSLContext]  # by protocol (http1 | http2 | auto): each offers its ALPN
-    mutual: bool
-    identity: str | None = None
-    server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +122,6 @@ def is_ip_literal(host: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointStatistics:
-    """One endpoint as `/clusters` shows it."""
-
-    address: str
-    healthy: bool
-    ejected: bool
-    active_requests: int
-    times_ejected: int
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterStatistics:
     """One service as `/clusters` shows it: its endpoints, whether a new request would get 503
     `overflow` (`breaker_open`), its ejections and retries so far (`sidecar_upstream_ejections_total`,
@@ -157,80 +133,6 @@ class ClusterStatistics:
     breaker_open: bool
     retries: int = 0
     open_connections: int = 0
-
-
-class Endpoint:
-    """One upstream address (an IP and port) of a service, and the state kept about it.
-
-    `healthy` is the verdict of active health checks (True when the service has none); `ejected`,
-    `ejected_until` and `times_ejected` belong to outlier detection, as do the consecutive counters.
-    The policies change these fields and tell the cluster (`availability_changed`). Its exchanges in
-    flight count both here (for least_request) and in the service's breaker (for max_requests):
-    `started()`/`finished()`.
-    """
-
-    __slots__ = (
-        "active_requests",
-        "address",
-        "breaker",
-        "checks_failed",
-        "checks_passed",
-        "consecutive_5xx",
-        "consecutive_gateway_errors",
-        "ejected",
-        "ejected_until",
-        "healthy",
-        "host",
-        "hostname",
-        "pool",
-        "port",
-        "refused_until",
-        "removed",
-        "returned_at",
-        "times_ejected",
-        "weight",
-    )
-
-    def __init__(self, host: str, port: int, weight: int, idle_timeout: float, hostname: str | None = None) -> None:
-        self.host = host.strip("[]")
-        self.hostname = hostname or self.host  # as configured, before DNS: the name TLS verifies
-        self.port = port
-        self.address = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
-        self.weight = weight
-        self.active_requests = 0
-        self.removed = False
-        self.healthy = True  # endpoints start healthy, before their first check
-        self.checks_passed = 0  # consecutive
-        self.checks_failed = 0  # consecutive
-        self.ejected = False
-        self.ejected_until = 0.0  # trio time
-        self.times_ejected = 0
-        self.returned_at = 0.0  # trio time of the last return from an ejection
-        self.refused_until = 0.0  # trio time until which a failed connect makes picks pass it over
-        self.consecutive_5xx = 0
-        self.consecutive_gateway_errors = 0
-        self.breaker: Breaker | None = None  # the service's, set when the endpoint joins a cluster
-        self.pool = ConnectionPool(self, idle_timeout)
-
-    @property
-    def available(self) -> bool:
-        """Whether it may take new requests: not removed, healthy, not ejected."""
-        return self.healthy and not self.ejected and not self.removed
-
-    def started(self) -> None:
-        self.active_requests += 1
-        breaker = self.breaker
-        if breaker is not None:
-            breaker.requests += 1
-
-    def finished(self) -> None:
-        self.active_requests -= 1
-        breaker = self.breaker
-        if breaker is not None:
-            breaker.requests -= 1
-
-    def statistics(self) -> EndpointStatistics:
-        return EndpointStatistics(self.address, self.healthy, self.ejected, self.active_requests, self.times_ejected)
 
 
 def _paused(endpoint: Endpoint) -> bool:

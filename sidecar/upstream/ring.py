@@ -28,7 +28,7 @@ from ..http.errors import NoHealthyUpstream
 if TYPE_CHECKING:
     from ..config.schema import HashOn
     from ..http.message import Headers, Request
-    from .registry import Endpoint
+    from .endpoint import Endpoint
 
 POINTS_PER_WEIGHT = 160  # points per unit of (gcd-reduced) weight: shares within a few % of the weights
 MAX_POINTS = 1 << 16  # a larger ring is scaled down (extreme weights), keeping at least one point each

@@ -12,7 +12,7 @@ import pytest
 from sidecar.config.schema import HashOn
 from sidecar.http.errors import NoHealthyUpstream
 from sidecar.upstream.balancer import BALANCERS, LeastRequest, Random, RoundRobin, make_balancer
-from sidecar.upstream.registry import Endpoint
+from sidecar.upstream.endpoint import Endpoint
 
 from .clusters import make_cluster, request
 

@@ -15,6 +15,7 @@ from sidecar.config.schema import Backoff, OutlierDetection, Retries
 from sidecar.http.errors import UpstreamConnectFailure, UpstreamReset, UpstreamTimeout
 from sidecar.http.message import Headers, Request, Response
 from sidecar.upstream import call
+from sidecar.upstream.endpoint import Endpoint
 from sidecar.upstream.pool import ConnectionPool
 from sidecar.upstream.registry import Cluster
 from sidecar.upstream.retry import RetryPolicy, TryTimedOut
@@ -33,8 +34,8 @@ class Exchanges:
         self.scripts = scripts
         self.tries: list[tuple[str, str, float]] = []
 
-    async def __call__(self, cluster: Cluster, pool: ConnectionPool, req: Request) -> Response:
-        host = pool.endpoint.address.split(":")[0]
+    async def __call__(self, cluster: Cluster, endpoint: Endpoint, req: Request) -> Response:
+        host = endpoint.address.split(":")[0]
         attempt = (req.headers.get(b"x-sidecar-attempt") or b"1").decode()
         self.tries.append((host, attempt, trio.current_time()))
         script = self.scripts[host]
@@ -181,7 +182,7 @@ async def test_an_endpoint_that_failed_to_connect_is_passed_over_for_a_moment(
 
     monkeypatch.setattr(ConnectionPool, "connect", refuse)
     with pytest.raises(UpstreamConnectFailure):
-        await call._connect(refusing, dead.pool)
+        await call._connect(refusing, dead)
     assert {refusing.pick(request()) for _ in range(10)} == {alive}  # round robin would alternate
     await trio.sleep(call.CONNECT_FAILURE_PAUSE)
     assert {refusing.pick(request()) for _ in range(10)} == {dead, alive}

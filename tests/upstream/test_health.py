@@ -13,9 +13,10 @@ import trio.testing
 from sidecar.config.schema import HealthCheck
 from sidecar.http.errors import NoHealthyUpstream
 from sidecar.upstream import health
+from sidecar.upstream.endpoint import Endpoint
 from sidecar.upstream.health import HealthChecker, check_request, probe
 from sidecar.upstream.pool import ConnectionPool
-from sidecar.upstream.registry import Cluster, Endpoint
+from sidecar.upstream.registry import Cluster
 
 from .clusters import make_cluster, make_settings
 

@@ -12,8 +12,9 @@ import trio.testing
 
 from sidecar.config.schema import OutlierDetection
 from sidecar.http.errors import NoHealthyUpstream
+from sidecar.upstream.endpoint import Endpoint
 from sidecar.upstream.outlier import MAX_EJECTION
-from sidecar.upstream.registry import Cluster, Endpoint
+from sidecar.upstream.registry import Cluster
 
 from .clusters import make_cluster, make_settings
 

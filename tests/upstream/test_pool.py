@@ -6,8 +6,9 @@ import pytest
 import trio
 
 from sidecar.config.schema import Address
+from sidecar.upstream.endpoint import Endpoint
 from sidecar.upstream.pool import CHECK_AFTER_IDLE, MAX_IDLE, ConnectionPool
-from sidecar.upstream.registry import Cluster, ClusterSettings, Endpoint
+from sidecar.upstream.registry import Cluster, ClusterSettings
 
 IDLE_TIMEOUT = 10.0
 

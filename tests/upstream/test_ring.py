@@ -11,7 +11,7 @@ import pytest
 from sidecar.config.schema import HashOn, OutlierDetection
 from sidecar.http.errors import NoHealthyUpstream
 from sidecar.http.message import Headers
-from sidecar.upstream.registry import Endpoint
+from sidecar.upstream.endpoint import Endpoint
 from sidecar.upstream.ring import HashRing, RingHash, cookie_value, hash64, key_reader
 
 from .clusters import make_cluster, request
