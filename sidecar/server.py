@@ -19,6 +19,7 @@ from functools import partial
 
 import structlog
 import trio
+from prometheus_client import CollectorRegistry
 
 from .config.loader import ConfigError, load_directory
 from .config.snapshot import Snapshot
@@ -31,6 +32,7 @@ from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .telemetry.metrics import RequestMetrics
+from .telemetry.prometheus import collector_registry
 from .telemetry.record import Telemetry, access_log_wanted, access_logger, record_rejected
 from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
 from .transport.h1_server import H1Server, ServerLimits
@@ -130,6 +132,15 @@ class Runtime:
         # One running total across every tracer this process had, so the counter never goes back.
         tracers = [*self._retired_tracing, *([tracing] if tracing is not None else [])]
         self.metrics.dropped_spans_source = lambda: sum(t.dropped for t in tracers)
+
+    def collector_registry(self) -> CollectorRegistry:
+        """A private Prometheus registry over this runtime's numbers (`/metrics`); make one and keep it."""
+        return collector_registry(
+            self.metrics,
+            self.registry.statistics,
+            self.tls_failures,
+            lambda: self.snapshot.sidecar.inbound is not None,
+        )
 
     def _rejected(self, direction: str, conn: ConnectionInfo, protocol: str, status: int, reason: str) -> None:
         record_rejected(self.current_telemetry(), direction, conn, protocol, status, reason)
@@ -291,10 +302,21 @@ class Runtime:
             await nursery.start(self.registry.run)
             for listener in self.listeners.values():
                 listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))
-            nursery.start_soon(outbound.serve, self._serve_with(outbound, outbound_handler(self)), nursery)
-            nursery.start_soon(admin.serve, self._serve_with(admin, admin_handler(self)), nursery)
+            # Each stack gets what it reads; getters for what a reload replaces.
+            outbound_stack = outbound_handler(
+                router=lambda: self.router, registry=self.registry, telemetry=self.current_telemetry
+            )
+            nursery.start_soon(outbound.serve, self._serve_with(outbound, outbound_stack), nursery)
+            admin_pages = admin_handler(self, self.collector_registry())
+            nursery.start_soon(admin.serve, self._serve_with(admin, admin_pages), nursery)
             if inbound is not None:
-                nursery.start_soon(inbound.serve, self._serve_inbound(inbound, inbound_handler(self)), nursery)
+                inbound_stack = inbound_handler(
+                    registry=self.registry,
+                    telemetry=self.current_telemetry,
+                    allow=lambda: self.allow,
+                    identity=lambda: self.identity,
+                )
+                nursery.start_soon(inbound.serve, self._serve_inbound(inbound, inbound_stack), nursery)
             self.ready = True
             log.info(
                 "ready",

@@ -1,11 +1,14 @@
 """The admin listener (SPEC §6): `/ready`, `/live`, `POST /drain`, `/metrics`, `/config`, `/clusters`.
 
 It answers throughout a drain, so an orchestrator can watch `/ready` turn 503. Every page is built
-when asked, from the current snapshot and live state; HEAD answers as GET without the body.
+when asked, from the current snapshot and live state; HEAD answers as GET without the body. What
+the pages read of the running sidecar (and the drain `POST /drain` starts) is `RunningSidecar`,
+defined here; the server's `Runtime` is one.
 
-- `/metrics`: Prometheus text format, from `telemetry/prometheus.py` (one private registry per Runtime).
+- `/metrics`: Prometheus text format, from `telemetry/prometheus.py` (the sidecar's private
+  registry, handed to `admin_handler`).
 - `/config`: the current snapshot's version (sha256 of its files), files, effective config, and the
-  last failed reload (`runtime.config_error`) or null.
+  last failed reload (`config_error`) or null.
 - `/clusters`: `services` lists every upstream service this sidecar calls (config order), exactly
   SPEC §11's list; the local app behind the inbound listener, when there is one, is shown apart under
   `app` (named after this Sidecar's own service), so `services` holds nothing but upstream services.
@@ -16,16 +19,51 @@ when asked, from the current snapshot and live state; HEAD answers as GET withou
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..http.message import BytesBody, Headers, Request, Response
 from ..pipeline.handler import Handler
 from ..telemetry.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..telemetry.prometheus import collector_registry, render
-from ..upstream.registry import ClusterStatistics
+from ..telemetry.prometheus import render
 
 if TYPE_CHECKING:
-    from ..server import Runtime
+    from prometheus_client import CollectorRegistry
+
+    from ..config.snapshot import Snapshot
+    from ..upstream.registry import ClusterStatistics, UpstreamRegistry
+
+
+class RunningSidecar(Protocol):
+    """What the admin pages read of the running sidecar, and the drain they may start."""
+
+    @property
+    def ready(self) -> bool:
+        """Every listener is bound and serving."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """A drain has started (`/ready` answers 503 from then on)."""
+        ...
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The config in force."""
+        ...
+
+    @property
+    def config_error(self) -> tuple[str, str] | None:
+        """The last failed reload, as (RFC 3339 UTC time, message); None after a good one."""
+        ...
+
+    @property
+    def registry(self) -> UpstreamRegistry:
+        """The upstream services and the local app, with their live state."""
+        ...
+
+    def start_drain(self, cause: str) -> None:
+        """Begin the drain (`POST /drain`: `cause` is "admin")."""
+        ...
 
 
 def _reply(status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -43,9 +81,9 @@ def _json(document: dict[str, Any]) -> Response:
     return _reply(200, json.dumps(document, indent=2).encode() + b"\n", b"application/json")
 
 
-def config_document(runtime: Runtime) -> dict[str, Any]:
-    snapshot = runtime.snapshot
-    error = runtime.config_error
+def config_document(sidecar: RunningSidecar) -> dict[str, Any]:
+    snapshot = sidecar.snapshot
+    error = sidecar.config_error
     return {
         "version": snapshot.version,
         "files": list(snapshot.files),
@@ -75,15 +113,15 @@ def _service(stats: ClusterStatistics, name: str, direction: str) -> dict[str, A
     }
 
 
-def clusters_document(runtime: Runtime) -> dict[str, Any]:
-    services = [_service(stats, stats.name, "outbound") for stats in runtime.registry.statistics()]
-    app = runtime.registry.app
-    local = None if app is None else _service(app.statistics(), runtime.snapshot.sidecar.service, "inbound")
+def clusters_document(sidecar: RunningSidecar) -> dict[str, Any]:
+    services = [_service(stats, stats.name, "outbound") for stats in sidecar.registry.statistics()]
+    app = sidecar.registry.app
+    local = None if app is None else _service(app.statistics(), sidecar.snapshot.sidecar.service, "inbound")
     return {"services": services, "app": local}
 
 
-def admin_handler(runtime: Runtime) -> Handler:
-    metrics = collector_registry(runtime)
+def admin_handler(sidecar: RunningSidecar, metrics: CollectorRegistry) -> Handler:
+    """The admin pages of `sidecar`; `/metrics` renders `metrics` (its private Prometheus registry)."""
 
     async def handle(request: Request) -> Response:
         path = request.path
@@ -91,22 +129,22 @@ def admin_handler(runtime: Runtime) -> Handler:
         if path == b"/drain":
             if method != b"POST":
                 return _text(405, "use POST", [(b"allow", b"POST")])
-            runtime.start_drain("admin")
+            sidecar.start_drain("admin")
             return _text(202, "draining")
         if method not in (b"GET", b"HEAD"):
             return _text(405, "method not allowed", [(b"allow", b"GET, HEAD")])
         if path == b"/live":
             return _text(200, "live")
         if path == b"/ready":
-            if runtime.ready and not runtime.draining:
+            if sidecar.ready and not sidecar.draining:
                 return _text(200, "ready")
-            return _text(503, "draining" if runtime.draining else "not ready")
+            return _text(503, "draining" if sidecar.draining else "not ready")
         if path == b"/metrics":
             return _reply(200, render(metrics), METRICS_CONTENT_TYPE.encode())
         if path == b"/config":
-            return _json(config_document(runtime))
+            return _json(config_document(sidecar))
         if path == b"/clusters":
-            return _json(clusters_document(runtime))
+            return _json(clusters_document(sidecar))
         return _text(404, "not found")
 
     return handle

@@ -5,10 +5,14 @@ local_reply   SPEC §5 replies for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
 call          the local app's pooled connections (closed after app_idle_timeout), request timeout
               capped by a gRPC caller's grpc-timeout
+
+The stack is given what it reads, not the runtime: the upstream registry (its `app`), and getters
+for what a reload replaces (the telemetry, the allow list, this workload's SPIFFE ID).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..http.errors import NoHealthyUpstream
@@ -19,25 +23,32 @@ from ..pipeline.forwarding import forwarding
 from ..pipeline.handler import Handler, compose
 from ..pipeline.local_reply import local_reply
 from ..pipeline.observe import observe
-from ..telemetry.record import INBOUND
+from ..telemetry.record import INBOUND, Telemetry
 from ..upstream.call import call_cluster
 
 if TYPE_CHECKING:
-    from ..server import Runtime
+    from ..tls import AllowList
+    from ..upstream.registry import UpstreamRegistry
 
 
-def inbound_handler(runtime: Runtime) -> Handler:
+def inbound_handler(
+    *,
+    registry: UpstreamRegistry,
+    telemetry: Callable[[], Telemetry],
+    allow: Callable[[], AllowList | None],
+    identity: Callable[[], str | None],
+) -> Handler:
     async def to_app(request: Request) -> Response:
-        app = runtime.registry.app
+        app = registry.app
         if app is None:
             raise NoHealthyUpstream(detail="no inbound app configured")
         return await call_cluster(app, request, capped_timeout(app.settings.request_timeout, request.headers))
 
     return compose(
-        observe(INBOUND, runtime.current_telemetry),
+        observe(INBOUND, telemetry),
         local_reply,
-        authorize(lambda: runtime.allow),
+        authorize(allow),
         forwarding,
-        forward_client_cert(lambda: runtime.identity),
+        forward_client_cert(identity),
         terminal=to_app,
     )

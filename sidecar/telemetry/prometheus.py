@@ -1,10 +1,12 @@
 """The Prometheus exposition of one running sidecar (SPEC §6): names, help, label sets, buckets.
 
-Nothing here is counted: at scrape time `RuntimeCollector` reads the plain counters the request path
-keeps (`telemetry/metrics.py`), the upstream registry's live state (retries, ejections, breakers,
-pooled connections) and the TLS handshake failures, and turns them into prometheus_client metric
-families. Each Runtime gets a private `CollectorRegistry` (`collector_registry`), never the
-process-global one, so several sidecars in one process each expose only their own numbers.
+Nothing here is counted: at scrape time `SidecarCollector` reads what it was given, the plain
+counters the request path keeps (`telemetry/metrics.py`), the upstream registry's live state
+(retries, ejections, breakers, pooled connections, as `ClusterStatistics`) and the TLS handshake
+failures, and turns them into prometheus_client metric families. Each running sidecar gets a
+private `CollectorRegistry` (`collector_registry`, which `server.Runtime` calls with its own
+numbers), never the process-global one, so several sidecars in one process each expose only their
+own numbers.
 
 The outbound services of the current snapshot are always present, at 0 until something happens, as
 are both config reload results and, with an inbound listener, `listener="inbound"`.
@@ -13,7 +15,7 @@ are both config reload results and, with an inbound listener, `listener="inbound
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,7 +31,8 @@ from prometheus_client.utils import floatToGoString
 from .metrics import DURATION_BUCKETS
 
 if TYPE_CHECKING:
-    from ..server import Runtime
+    from ..upstream.registry import ClusterStatistics
+    from .metrics import RequestMetrics
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
 
@@ -37,14 +40,28 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=ut
 BUCKET_BOUNDS = (*(floatToGoString(bound) for bound in DURATION_BUCKETS), "+Inf")
 
 
-class RuntimeCollector:
-    """A prometheus_client custom collector over one Runtime: every metric of SPEC §6, at scrape time."""
+class SidecarCollector:
+    """A prometheus_client custom collector over one running sidecar: every metric of SPEC §6, at
+    scrape time.
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    `metrics`: its request, reload and dropped-span counts; `clusters`: the statistics of its upstream
+    services now (config order); `tls_failures`: TLS handshake failures by (listener, reason);
+    `has_inbound`: whether its current config has an inbound listener (listed at 0 when it does)."""
+
+    def __init__(
+        self,
+        metrics: RequestMetrics,
+        clusters: Callable[[], Iterable[ClusterStatistics]],
+        tls_failures: Counter[tuple[str, str]],
+        has_inbound: Callable[[], bool],
+    ) -> None:
+        self.metrics = metrics
+        self.clusters = clusters
+        self.tls_failures = tls_failures
+        self.has_inbound = has_inbound
 
     def describe(self) -> list[Metric]:
-        """No names to reserve: the collector lives alone in its runtime's registry."""
+        """No names to reserve: the collector lives alone in its sidecar's registry."""
         return []
 
     def collect(self) -> Iterator[Metric]:
@@ -55,11 +72,11 @@ class RuntimeCollector:
         yield CounterMetricFamily(
             "sidecar_spans_dropped_total",
             "Trace spans dropped instead of exported (queue full or collector unreachable).",
-            value=self.runtime.metrics.spans_dropped,
+            value=self.metrics.spans_dropped,
         )
 
     def _requests(self) -> Iterator[Metric]:
-        metrics = self.runtime.metrics
+        metrics = self.metrics
         requests = CounterMetricFamily(
             "sidecar_requests_total",
             "Finished requests by direction, service and response status code.",
@@ -97,7 +114,7 @@ class RuntimeCollector:
             "Open connections (busy or pooled idle) to the endpoints of an upstream service.",
             labels=("service",),
         )
-        for cluster in self.runtime.registry.statistics():
+        for cluster in self.clusters():
             labels = (cluster.name,)
             retries.add_metric(labels, cluster.retries)
             ejections.add_metric(labels, cluster.ejections)
@@ -110,7 +127,7 @@ class RuntimeCollector:
             "sidecar_config_reloads_total", "Config reloads by result (success or failure).", labels=("result",)
         )
         results = Counter({"success": 0, "failure": 0})  # both results, even when never seen
-        results.update(self.runtime.metrics.config_reloads)
+        results.update(self.metrics.config_reloads)
         for result, count in sorted(results.items()):
             reloads.add_metric((result,), count)
         return reloads
@@ -122,19 +139,25 @@ class RuntimeCollector:
             labels=("listener",),
         )
         by_listener: Counter[str] = Counter()
-        if self.runtime.snapshot.sidecar.inbound is not None:
+        if self.has_inbound():
             by_listener["inbound"] = 0
-        for (listener, _reason), count in self.runtime.tls_failures.items():
+        for (listener, _reason), count in self.tls_failures.items():
             by_listener[listener] += count
         for listener, count in sorted(by_listener.items()):
             failures.add_metric((listener,), count)
         return failures
 
 
-def collector_registry(runtime: Runtime) -> CollectorRegistry:
-    """A private registry holding only `runtime`'s collector; make one per Runtime and keep it."""
+def collector_registry(
+    metrics: RequestMetrics,
+    clusters: Callable[[], Iterable[ClusterStatistics]],
+    tls_failures: Counter[tuple[str, str]],
+    has_inbound: Callable[[], bool],
+) -> CollectorRegistry:
+    """A private registry holding only one sidecar's collector (see `SidecarCollector` for the
+    arguments); make one per running sidecar and keep it."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
+    registry.register(SidecarCollector(metrics, clusters, tls_failures, has_inbound))
     return registry
 
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.certs import init_ca, issue_workload
 from sidecar.config.loader import load_directory
 from sidecar.server import Runtime
-from sidecar.telemetry.prometheus import collector_registry, render
+from sidecar.telemetry.prometheus import render
 
 # SPEC §6 names (as exposed, `_total` included) and their Prometheus types.
 SPEC_METRICS = {
@@ -88,7 +88,7 @@ class Scrape:
     """One rendered exposition: the raw text, and every sample by name and label set."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.text = render(collector_registry(runtime)).decode()
+        self.text = render(runtime.collector_registry()).decode()
         self.families = list(text_string_to_metric_families(self.text))
         self.samples: dict[str, dict[Labels, float]] = {}
         self.order: dict[str, list[dict[str, str]]] = {}
@@ -220,7 +220,7 @@ def test_without_inbound_listener_no_tls_listener_is_listed(tmp_path: Path, work
 def test_services_follow_the_current_snapshot(tmp_path: Path, workload: Path) -> None:
     runtime = make_runtime(tmp_path, workload)
     runtime.registry.clusters["orders"].retries = 5
-    registry = collector_registry(runtime)
+    registry = runtime.collector_registry()
     services = """\
 kind: Service
 name: orders
