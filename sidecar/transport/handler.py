@@ -3,7 +3,8 @@
 A `Handler` is `async def handle(request) -> Response`: the servers (`h1_server.py`,
 `h2_server.py`) are given one and know nothing of what it is made of (the listeners build theirs
 from the layers of `pipeline/`, which shares this type). `call_guarded` is how a server calls it:
-anything that escapes the handler is still answered, never left to end the connection.
+whatever escapes the handler is still answered rather than left to end the connection, except that
+the client went away (`DownstreamGone`), which the server handles itself.
 """
 
 from __future__ import annotations
