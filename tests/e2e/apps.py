@@ -24,6 +24,17 @@ async def read_body(receive: Receive) -> bytes:
             return body
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI server's lifespan messages until shutdown (apps that need no set-up)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Routes:
     /info         JSON of method, path, query, headers (lower-case), body length, HTTP version
@@ -34,13 +45,8 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     /trailers     chunked body with a trailer field
     """
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     path: str = scope["path"]
     if path == "/echo":
         await send(

@@ -30,6 +30,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from .apps import lifespan
 from .conftest import Mesh, Pairing, SidecarHandle, free_port, mesh_service
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -465,13 +466,8 @@ class RecordingApp(Recorder):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         seen = self.arrive(scope["path"])
         try:
             await self._serve(seen, receive, send)

@@ -1,12 +1,22 @@
-"""sidecar.transport.h2_client.H2ClientConnection against a raw HTTP/2 server over in-memory streams:
-what an upstream that misbehaves can make the client hold stays bounded."""
+"""sidecar.transport.h2_client.H2ClientConnection over in-memory streams: against a raw HTTP/2 server,
+what an upstream that misbehaves can make the client hold stays bounded; against h2's own server
+state machine, a request body that fails ends its stream at once."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import pytest
 import trio
 import trio.testing
 
+from sidecar.http.errors import BadRequest, BodyTooLarge
+from sidecar.http.message import ConnectionInfo, Headers, Request
 from sidecar.transport.h2_client import HIGH_WATER, H2ClientConnection
 from sidecar.transport.wire import RECEIVE_SIZE
 from tests.http.h2_frames import ping, settings
@@ -98,9 +108,6 @@ class OracleServer:
     """The upstream: h2's own server state machine over the other end of a memory stream."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        import h2.config
-        import h2.connection
-
         self.stream = stream
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.events: list[object] = []
@@ -128,25 +135,32 @@ class OracleServer:
             await self.changed.wait()
 
 
-async def test_a_request_body_failing_before_the_response_ends_the_try_at_once() -> None:
-    """The downstream body turns bad after the head and a chunk went upstream: `send()` raises that
-    failure (its local reply follows) and the stream is reset with CANCEL, not left to time out."""
-    import h2.events
-
-    from sidecar.http.errors import BodyTooLarge
-    from sidecar.http.message import ConnectionInfo, Headers, Request
-
+@asynccontextmanager
+async def oracle_upstream() -> AsyncIterator[tuple[H2ClientConnection, OracleServer, CountingPool]]:
+    """A client connection to h2's server state machine, both running until the block ends."""
     ours, theirs = trio.testing.memory_stream_pair()
     pool = CountingPool()
     conn = H2ClientConnection(ours, pool, secure=False, mesh_peer=False)
     server = OracleServer(theirs)
-    body = FailingBody(BodyTooLarge())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
         await conn.start(nursery)
+        yield conn, server, pool
+        nursery.cancel_scope.cancel()
+
+
+def post(path: bytes, body: FailingBody, nursery: trio.Nursery) -> Request:
+    request = Request(b"POST", path, b"orders", Headers(), body, ConnectionInfo("127.0.0.1", 1))
+    request.task_nursery = nursery  # where the body pump runs, as the downstream server provides
+    return request
+
+
+async def test_a_request_body_failing_before_the_response_ends_the_try_at_once() -> None:
+    """The downstream body turns bad after the head and a chunk went upstream: `send()` raises that
+    failure (its local reply follows) and the stream is reset with CANCEL, not left to time out."""
+    body = FailingBody(BodyTooLarge())
+    async with oracle_upstream() as (conn, server, pool):
         async with trio.open_nursery() as request_nursery:
-            request = Request(b"POST", b"/upload", b"orders", Headers(), body, ConnectionInfo("127.0.0.1", 1))
-            request.task_nursery = request_nursery
 
             async def fail_later() -> None:
                 await server.wait_for(h2.events.DataReceived)  # the head and a chunk are upstream
@@ -154,30 +168,16 @@ async def test_a_request_body_failing_before_the_response_ends_the_try_at_once()
 
             request_nursery.start_soon(fail_later)
             with trio.fail_after(5), pytest.raises(BodyTooLarge):
-                await conn.send(request)
+                await conn.send(post(b"/upload", body, request_nursery))
         reset = await server.wait_for(h2.events.StreamReset)
         assert reset.error_code == h2.errors.ErrorCodes.CANCEL  # type: ignore[attr-defined]
         assert pool.done == 1 and conn.active == 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_request_body_failing_after_the_response_started_cuts_the_response() -> None:
-    import h2.events
-
-    from sidecar.http.errors import BadRequest
-    from sidecar.http.message import ConnectionInfo, Headers, Request
-
-    ours, theirs = trio.testing.memory_stream_pair()
-    pool = CountingPool()
-    conn = H2ClientConnection(ours, pool, secure=False, mesh_peer=False)
-    server = OracleServer(theirs)
     body = FailingBody(BadRequest("invalid chunk size"))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run)
-        await conn.start(nursery)
+    async with oracle_upstream() as (conn, server, pool):
         async with trio.open_nursery() as request_nursery:
-            request = Request(b"POST", b"/echo", b"orders", Headers(), body, ConnectionInfo("127.0.0.1", 1))
-            request.task_nursery = request_nursery
 
             async def answer() -> None:
                 received = await server.wait_for(h2.events.RequestReceived)
@@ -188,7 +188,7 @@ async def test_a_request_body_failing_after_the_response_started_cuts_the_respon
 
             request_nursery.start_soon(answer)
             with trio.fail_after(5):
-                response = await conn.send(request)
+                response = await conn.send(post(b"/echo", body, request_nursery))
                 assert response.status == 200
                 assert await response.body.read() == b"echo"
                 body.go_on.set()
@@ -197,4 +197,3 @@ async def test_a_request_body_failing_after_the_response_started_cuts_the_respon
         reset = await server.wait_for(h2.events.StreamReset)
         assert reset.error_code == h2.errors.ErrorCodes.CANCEL  # type: ignore[attr-defined]
         assert pool.done == 1
-        nursery.cancel_scope.cancel()
