@@ -269,10 +269,16 @@ class Runtime:
                 return
             if isinstance(accepted.stream, TcpStream):  # permissive mode, a plaintext caller
                 await self._serve_plaintext(accepted.stream, accepted.conn, handler, listener)
-            elif accepted.alpn == "h2":
-                await H2Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
-            else:
-                await H1Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
+                return
+            # The TLS stream owns the socket now (the listener's close of the TCP stream is a no-op):
+            # close it here, so the peer sees the connection end when the server is done with it.
+            try:
+                if accepted.alpn == "h2":
+                    await H2Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
+                else:
+                    await H1Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
+            finally:
+                await trio.aclose_forcefully(accepted.stream)
 
         return on_connection
 

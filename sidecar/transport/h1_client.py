@@ -42,6 +42,7 @@ from .tunnel import UpgradedBody
 from .wire import Wire
 
 MAX_RESPONSE_HEAD = 256 * 1024
+_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -82,14 +83,17 @@ class H1ClientConnection:
         self.wire.close_now()
 
     def peer_closed(self) -> bool:
-        """Whether an idle connection already has something to read: the peer's FIN, or junk."""
+        """Whether an idle connection was closed by its peer (its FIN, or an error) or, in
+        plaintext, has anything to read (junk). Under TLS readable bytes may be a session ticket, so
+        only the peer's hang-up counts (POLLRDHUP: it shut down its sending side)."""
         if self.wire.buf:
             return True
         stream = self.wire.stream
-        if not isinstance(stream, TcpStream):
-            return False  # under TLS, readable bytes may be a session ticket: trust the retry instead
+        fileno = getattr(stream, "fileno", None)
+        if fileno is None:
+            return False
         poller = select.poll()
-        poller.register(stream.fileno(), select.POLLIN)
+        poller.register(fileno(), _HANGUP | select.POLLIN if isinstance(stream, TcpStream) else _HANGUP)
         return bool(poller.poll(0))
 
     async def send(self, request: Request) -> Response:

@@ -148,6 +148,11 @@ class H2Body:
         if on_done is not None:
             on_done(failed)
 
+    @property
+    def read_to_length(self) -> bool:
+        """Every byte its content-length announced has been read (END_STREAM may still be to come)."""
+        return self.length is not None and self.received == self.length and not self._chunks
+
     def abandon(self) -> None:
         """Give the body up unread (what it holds is credited back)."""
         if not self.done:

@@ -16,10 +16,12 @@ What this module owns, and the attack each answers:
 - **SETTINGS and PING floods.** Each costs an ACK frame (a SETTINGS frame may also move every
   stream's window); both have a budget per connection, checked by the codec before it handles the
   frame (`frame_guard`), so a flood stops in the middle of the read that carries it.
-- **Header blocks.** HPACK decoding stops at `HEADER_LIMIT_FACTOR` times the header limit (an HPACK
-  bomb becomes a connection error), and the encoded block buffered across CONTINUATION frames is
-  bounded by the same number of bytes and by 64 frames. A decoded list between the limit and that
-  bound is answered 431 on its stream by the server.
+- **Header blocks.** HPACK decoding stops at `header_bound()`: `HEADER_LIMIT_FACTOR` times the header
+  limit, and never below `HEADER_BOUND_FLOOR` (an HPACK bomb becomes a connection error); the encoded
+  block buffered across CONTINUATION frames is bounded by the same number of bytes and by 64 frames.
+  A decoded list between the limit and that bound is answered 431 on its stream by the server, and
+  the connection goes on: a calling sidecar whose own limit is the default (64 KiB) never loses a
+  connection, and the other requests on it, to a peer configured with a smaller limit.
 - **Stalled peers.** `STALL_TIMEOUT_FACTOR` derives how long a response may wait for flow-control
   window, or a write for the socket, before the stream (or connection) is given up.
 
@@ -57,6 +59,10 @@ HEADER_LIMIT_FACTOR = 2
 """HPACK decoding, and the encoded block buffered across CONTINUATION frames, stop at this multiple
 of `max_request_headers`: a list just over the limit is decoded and answered 431 on its stream; a
 block past this is absurd and ends the connection (ENHANCE_YOUR_CALM)."""
+HEADER_BOUND_FLOOR = 256 * 1024
+"""...but never below this many bytes: twice the default limit with room for HTTP/2's 32 bytes per
+field, so whatever a sidecar with default limits forwards is answered on its stream (431), however
+small the receiving sidecar's limit, instead of ending a connection other requests share."""
 
 STALL_TIMEOUT_FACTOR = 6
 """A response waiting for flow-control window, or a write waiting for the peer to read, is given up
@@ -143,10 +149,15 @@ class ConnectionGuard:
         return spend
 
 
+def header_bound(max_request_headers: int) -> int:
+    """Where HPACK decoding and the buffering of one header block stop (a connection error)."""
+    return max(HEADER_LIMIT_FACTOR * max_request_headers, HEADER_BOUND_FLOOR)
+
+
 def guarded_connection(max_request_headers: int) -> H2Connection:
     """The server side's codec, with the limits above that the codec enforces itself, and the
     receive windows of `h2_body`."""
-    bound = HEADER_LIMIT_FACTOR * max_request_headers
+    bound = header_bound(max_request_headers)
     return H2Connection(
         client=False,
         initial_window=STREAM_WINDOW,

@@ -428,7 +428,10 @@ class H2Server:
             body = self._bodies.pop(stream_id, None)
             unread = False
             if body is not None and not body.done:
-                unread = True
+                # A body read to its content-length lacks only END_STREAM, which is on its way (httpx
+                # sends it in a frame of its own): resetting the stream would fail the client's
+                # finished request. Anything else unread is stopped.
+                unread = not body.read_to_length
                 body.abandon()  # what it holds unread is credited back to the connection
             self._windows.pop(stream_id, None)
             if not self._scopes:

@@ -35,9 +35,11 @@ from ..transport.tls_socket import TlsStream
 log = structlog.get_logger("sidecar.upstream")
 
 MAX_IDLE = 256  # idle connections kept per endpoint; more are closed when they come back
-# A connection idle longer than this is checked for a peer close (one poll syscall) before reuse;
-# fresher ones are trusted, and the keep-alive race retry covers the rare loser.
-CHECK_AFTER_IDLE = 1.0
+# A connection idle longer than this is checked for a peer close (one poll syscall) before reuse:
+# under load connections come back within microseconds and skip it; a connection that sat idle is
+# the one a peer may have closed (a sidecar closes idle inbound connections after its
+# header_read_timeout). The keep-alive race retry covers the rare loser of the remaining race.
+CHECK_AFTER_IDLE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,10 @@ class ConnectionPool:
         self.handshakes = 0
         self.protocol = "http1"  # http1 | http2 | auto (ALPN decides; plaintext auto is HTTP/1.1)
         self.h2_conns: list[H2ClientConnection] = []
-        self.h2_seen = False  # the endpoint chose h2 by ALPN before: the next connection will be HTTP/2
+        # What the endpoint chose by ALPN on the last connection (None: no connection yet). Until it
+        # says http/1.1, a connection being opened is expected to be HTTP/2: a burst of requests to
+        # a new endpoint waits for it instead of each opening a connection of its own.
+        self.h2_seen: bool | None = None
         self.h2_connecting: trio.Event | None = None  # set when the HTTP/2 connection being opened is up
         self.background: trio.Nursery | None = None  # where HTTP/2 reader tasks run
 
@@ -143,7 +148,9 @@ class ConnectionPool:
         config says so). An HTTP/2 connection is handed out once the peer's SETTINGS are in, so its
         stream limit is known. The caller bounds the time (connect timeout)."""
         pending = None
-        expects_h2 = self.protocol == "http2" or (self.protocol == "auto" and self.tls is not None and self.h2_seen)
+        expects_h2 = self.protocol == "http2" or (
+            self.protocol == "auto" and self.tls is not None and self.h2_seen is not False
+        )
         if expects_h2 and self.h2_connecting is None:
             pending = self.h2_connecting = trio.Event()
         try:

@@ -117,6 +117,27 @@ async def test_sidecars_multiplex_over_http2_when_the_service_says_auto(mesh: Me
     assert b.runtime.listeners["inbound"].accepted == 1
 
 
+async def test_a_first_burst_to_a_new_peer_shares_one_http2_connection(mesh: Mesh) -> None:
+    """Before any connection to the peer, ALPN's answer is unknown: the burst's requests wait for the
+    one connection being opened rather than each opening its own (and timing out in a pile of
+    handshakes)."""
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    a = await mesh.sidecar(services=[mesh_service("orders", b)])  # protocol: auto, the default
+    statuses: list[int] = []
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}, limits=limits) as client:
+
+        async def one() -> None:
+            statuses.append((await client.get("/slow/300")).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(60):  # sixty app connections at once
+                nursery.start_soon(one)
+    assert statuses == [200] * 60
+    assert b.runtime.listeners["inbound"].accepted == 1
+
+
 async def test_an_h2c_connection_outlives_the_header_read_timeout(mesh: Mesh) -> None:
     origin = await mesh.origin()
     sc = await mesh.sidecar(services=[service("orders", origin)], limits={"header_read_timeout": "300ms"})

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trio
@@ -198,3 +201,35 @@ async def test_expect_100_continue_with_curl(hop: str, mesh: Mesh, tmp_path: obj
     )
     assert hashlib.sha256(result.stdout).hexdigest() == hashlib.sha256(payload).hexdigest()
     assert b"HTTP/1.1 100 Continue" in result.stderr
+
+
+async def test_an_h2c_request_read_to_its_length_is_not_reset_before_its_end_stream(hop: str, mesh: Mesh) -> None:
+    """A client that sends all its content-length bytes and END_STREAM in a later frame (httpx does)
+    gets its whole response and no RST_STREAM: resetting it would fail a finished request there."""
+    app = await mesh.origin()
+    a, _ = await two_sidecars(mesh, app, protocol=hop)
+    stream = await trio.open_tcp_stream("127.0.0.1", a.outbound)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    head = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"orders"), (b":path", b"/echo")]
+    conn.send_headers(1, [*head, (b"content-length", b"5")])
+    conn.send_data(1, b"hello")  # no END_STREAM yet
+    await stream.send_all(conn.data_to_send())
+    events: list[h2.events.Event] = []
+    with trio.fail_after(5):
+        while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+            events += conn.receive_data(await stream.receive_some(65536))
+            await stream.send_all(conn.data_to_send())
+    with trio.move_on_after(0.3):  # whatever follows the response
+        while data := await stream.receive_some(65536):
+            events += conn.receive_data(data)
+    body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert body == b"hello"
+    assert not [e for e in events if isinstance(e, h2.events.StreamReset)]
+    conn.end_stream(1)  # the END_STREAM arrives late, and the connection goes on
+    conn.send_headers(3, [*head[:3], (b":path", b"/info")], end_stream=True)
+    await stream.send_all(conn.data_to_send())
+    with trio.fail_after(5):
+        while not any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 3 for e in events):
+            events += conn.receive_data(await stream.receive_some(65536))
+    await stream.aclose()

@@ -9,6 +9,7 @@ import pytest
 from sidecar.http.h2_conn import PREFACE, ErrorCode, H2Connection, H2ConnectionError
 from sidecar.http.hpack_codec import HeaderEncoder
 from sidecar.transport.h2_guard import (
+    HEADER_BOUND_FLOOR,
     MAX_CONCURRENT_STREAMS,
     PING_BURST,
     RESET_BURST,
@@ -19,6 +20,7 @@ from sidecar.transport.h2_guard import (
     PeerAbuse,
     RateBudget,
     guarded_connection,
+    header_bound,
 )
 from tests.http.h2_frames import CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, Frames, frame, ping, settings
 
@@ -115,11 +117,22 @@ def _connection_error(conn: H2Connection, data: bytes) -> H2ConnectionError:
 
 
 def test_header_block_bounded_in_bytes_across_continuation_frames() -> None:
-    conn = _opened(guarded_connection(20_000))  # 40 000 bytes buffered at most
+    conn = _opened(guarded_connection(200_000))  # 400 000 bytes buffered at most
     piece = b"\x82" * 16000  # never decoded
-    assert conn.receive(frame(HEADERS, 0, 1, piece) + frame(CONTINUATION, 0, 1, piece)) == []
-    error = _connection_error(conn, frame(CONTINUATION, 0, 1, piece))
+    assert conn.receive(frame(HEADERS, 0, 1, piece) + frame(CONTINUATION, 0, 1, piece) * 23) == []
+    error = _connection_error(conn, frame(CONTINUATION, 0, 1, piece) * 2)
     assert (error.code, error.reason) == (ErrorCode.ENHANCE_YOUR_CALM, "continuation_flood")
+
+
+def test_the_header_bound_has_a_floor() -> None:
+    """A small limit still lets a block of what a default sidecar forwards be decoded (and answered
+    431 on its stream); a large limit gets twice itself."""
+    assert header_bound(2048) == HEADER_BOUND_FLOOR >= 2 * 64 * 1024
+    assert header_bound(1 << 20) == 2 << 20
+    conn = _opened(guarded_connection(2048))
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    events = conn.receive(Frames().headers(1, [*fields, (b"x-big", b"z" * 15_000)]))
+    assert events[0][:2] == (1, 1) and events[0][4] > 15_000  # decoded, its size known: a 431 follows
 
 
 def test_header_block_counter_restarts_after_each_block() -> None:
