@@ -50,6 +50,10 @@ NO_TIMEOUT = float("inf")
 # anyway: this is the default of that setting, so a default mesh closes a silent tunnel at the same time
 # on both hops, and one that allows longer is cut at most this long after its last byte.
 APP_WEBSOCKET_IDLE_TIMEOUT = 60.0
+# Connecting to the local app over loopback fails at once when it is down (refused); it only takes
+# long when the app's accept backlog is full and the kernel drops the SYN, which is resent after 1 s.
+# A burst the app is slow to accept then waits for it, rather than failing at the first resend.
+APP_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +106,7 @@ def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
     """The local app behind the inbound listener: one endpoint, and no request timeout, retries or
     breakers of its own (the calling sidecar's policies govern the exchange, as in Istio's inbound)."""
     return ClusterSettings(
-        connect_timeout=1.0,
+        connect_timeout=APP_CONNECT_TIMEOUT,
         request_timeout=NO_TIMEOUT,
         idle_timeout=inbound.app_idle_timeout,
         load_balancer="round_robin",
