@@ -67,6 +67,9 @@ async def accept(
         failures["inbound", reason] += 1
         log.info("tls_handshake_failed", listener="inbound", reason=reason, peer=host, error=str(exc.__cause__ or exc))
         return None
+    except BaseException:  # cancelled (the handshake deadline): the TLS stream owns the socket now
+        ssl_stream.close_now()
+        raise
     identity = peer_identity(ssl_stream.getpeercert())
     conn = ConnectionInfo(host, port, tls=True, peer_identity=identity)
     return Accepted(ssl_stream, conn, alpn=ssl_stream.selected_alpn_protocol())
