@@ -206,7 +206,7 @@ class ConnectionPool:
         try:
             return await self._handshake(tcp, self.tls, protocol)
         except BaseException:
-            tcp.close_now()
+            tcp.close_now()  # before the TLS stream took the socket over (after, a no-op)
             raise
 
     def stream_done(self, conn: H2ClientConnection) -> None:
@@ -239,6 +239,9 @@ class ConnectionPool:
                 "upstream_tls_failed", endpoint=endpoint.address, reason=reason, error=str(exc.__cause__ or exc)
             )
             raise UpstreamConnectFailure(detail=f"{endpoint.address}: TLS handshake failed ({reason})") from None
+        except BaseException:  # cancelled (the connect timeout): the TLS stream owns the socket now
+            stream.close_now()
+            raise
         self.handshakes += 1
         if tls.mutual:
             peer = peer_identity(stream.getpeercert())
