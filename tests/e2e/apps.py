@@ -37,7 +37,8 @@ async def lifespan(receive: Receive, send: Send) -> None:
 
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Routes:
-    /info         JSON of method, path, query, headers (lower-case), body length, HTTP version
+    /info         JSON of method, path, query, headers (lower-case), body length, HTTP version;
+                  /info?big=N adds a response header x-big of N bytes
     /echo         streams the request body back
     /bytes/N      N bytes, streamed in 64 KiB pieces
     /slow/MS      answers after MS milliseconds
@@ -112,13 +113,10 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
         "server_port": scope["server"][1] if scope.get("server") else None,
     }
     data = json.dumps(info).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if info["query"].startswith("big="):
+        headers.append((b"x-big", b"b" * int(info["query"][4:])))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 

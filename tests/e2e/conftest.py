@@ -215,6 +215,12 @@ def downstream(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["http1", "auto"])
+def hop(request: pytest.FixtureRequest) -> str:
+    """The sidecar-to-sidecar protocol (the Service's `protocol`): HTTP/1.1, or HTTP/2 chosen by ALPN."""
+    return str(request.param)
+
+
 class Process:
     """A real `sidecar run` process, for tests about signals, exit codes and memory."""
 

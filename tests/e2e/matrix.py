@@ -6,10 +6,12 @@ HTTP/2 by ALPN, the default) and local app protocol behind sidecar B (`http1` or
 - `MatrixPath` builds client -> sidecar A (outbound) -> sidecar B (inbound) -> app for a pairing.
 - `H1Client` and `H2Client` speak the downstream protocol: h11 reads HTTP/1.1 responses, h2 drives
   HTTP/2 (state machines someone else wrote), and a request body follows a script of steps (bytes, a
-  wait until the app has the request head, a malformed piece, a stall, the client leaving).
+  wait until the app has the request head or the echo of what was sent, a malformed piece, trailers,
+  a stall, the client leaving).
 - `RecordingApp` (ASGI under hypercorn, which speaks HTTP/1.1 and h2c on one port) records what
   reached the app and whether it saw the request end or vanish; `RudeApp` (h11 and h2 over raw
-  sockets) resets, closes and answers garbage where a well-behaved server never would.
+  sockets) resets, closes and answers garbage where a well-behaved server never would, and keeps the
+  request trailers hypercorn drops.
 """
 
 from __future__ import annotations
@@ -72,7 +74,14 @@ class Trailers:
     fields: tuple[tuple[bytes, bytes], ...]
 
 
-Step = bytes | _Marker | Wait | Trailers
+@dataclass(frozen=True)
+class BodyReceived:
+    """Send nothing until `count` bytes of the response body have arrived (an echo of what was sent)."""
+
+    count: int
+
+
+Step = bytes | _Marker | Wait | Trailers | BodyReceived
 
 
 @dataclass
@@ -82,6 +91,7 @@ class Reply:
     status: int | None = None  # None: no response head
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    trailers: dict[str, str] = field(default_factory=dict)
     complete: bool = False  # the response ended as its framing says (not cut)
     reset: int | None = None  # HTTP/2: the error code of an RST_STREAM on the request's stream
     closed: bool = False  # the connection ended (HTTP/1.1 close; HTTP/2 close or GOAWAY) before the reply ended
@@ -95,6 +105,11 @@ class Reply:
     def cut(self) -> bool:
         """A response that started and was then cut short."""
         return self.status is not None and not self.complete
+
+    async def body_received(self, count: int) -> None:
+        """Wait until `count` bytes of the body have arrived (the exchange's deadline bounds it)."""
+        while len(self.body) < count:
+            await trio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,6 +185,8 @@ class H1Client:
                     await step.until()
                 elif step is RESPONSE_STARTED:
                     await reply.started.wait()
+                elif isinstance(step, BodyReceived):
+                    await reply.body_received(step.count)
                 elif isinstance(step, Trailers):
                     assert chunked, "trailers need a chunked body"
                     await self.stream.send_all(
@@ -218,6 +235,7 @@ class H1Client:
             elif isinstance(event, h11.Data):
                 reply.body += event.data
             elif isinstance(event, h11.EndOfMessage):
+                reply.trailers = {k.decode().lower(): v.decode() for k, v in event.headers}
                 reply.complete = True
                 return
             elif isinstance(event, h11.ConnectionClosed):
@@ -315,6 +333,8 @@ class H2Client:
             if state is not None:
                 state.reply.body += event.data
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived) and state is not None:
+            state.reply.trailers = {k.decode(): v.decode() for k, v in event.headers}
         elif isinstance(event, h2.events.StreamEnded) and state is not None:
             state.reply.complete = True
             state.done.set()
@@ -374,6 +394,8 @@ class H2Client:
                     await step.until()
                 elif step is RESPONSE_STARTED:
                     await reply.started.wait()
+                elif isinstance(step, BodyReceived):
+                    await reply.body_received(step.count)
                 elif isinstance(step, Trailers):
                     self.h2.send_headers(stream_id, list(step.fields), end_stream=True)
                     await self._flush()
@@ -423,6 +445,7 @@ class Seen:
     path: str
     received: int = 0
     ended: bool = False  # the whole request body arrived
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)  # the request's trailer fields
     gone: trio.Event = field(default_factory=trio.Event)  # the request vanished (disconnect, reset)
     finished: trio.Event = field(default_factory=trio.Event)  # the app is done with it, either way
 
@@ -521,6 +544,8 @@ class RudeApp(Recorder):
     /garbage        answers with a malformed response head
     /reset-body     reads the first request body bytes, then resets (HTTP/1.1: closes the connection)
     /cut            answers 200 with a head promising 100 bytes, sends 10, then resets (closes)
+    /trailers       (well-behaved, for what hypercorn drops: request trailers) reads the body and its
+                    trailers, answers 200 with "part one,part two" and the trailer x-checksum: abc123
     """
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -571,6 +596,13 @@ class RudeApp(Recorder):
             elif isinstance(event, h11.EndOfMessage):
                 if seen is not None:
                     seen.ended = True
+                    seen.trailers = list(event.headers)
+                if seen is not None and seen.path == "/trailers":
+                    await stream.send_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n"
+                        b"9\r\npart one,\r\n8\r\npart two\r\n0\r\nx-checksum: abc123\r\n\r\n"
+                    )
+                    return
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 return
             elif isinstance(event, h11.ConnectionClosed):
@@ -604,11 +636,18 @@ class RudeApp(Recorder):
                     if request.path == "/reset-body" and not request.gone.is_set():
                         request.gone.set()
                         conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    seen[event.stream_id].trailers = list(event.headers)
                 elif isinstance(event, h2.events.StreamEnded):
                     request = seen[event.stream_id]
                     request.ended = True
                     if request.path in ("/garbage", "/cut"):
                         continue  # answered already
+                    if request.path == "/trailers":
+                        conn.send_headers(event.stream_id, [(b":status", b"200")])
+                        conn.send_data(event.stream_id, b"part one,part two")
+                        conn.send_headers(event.stream_id, [(b"x-checksum", b"abc123")], end_stream=True)
+                        continue
                     conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", b"2")])
                     conn.send_data(event.stream_id, b"ok", end_stream=True)
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id in seen:
