@@ -212,10 +212,14 @@ async def test_traffic_leaves_a_replica_whose_healthz_fails_and_comes_back(mesh:
         assert await served(client) == {"flaky": 5, "steady": 5}
 
 
-async def test_health_checks_go_through_the_peer_sidecar_over_mutual_tls(mesh: Mesh) -> None:
+async def test_health_checks_go_through_the_peer_sidecar_over_mutual_tls(mesh: Mesh, hop: str) -> None:
+    """Health checks go through the peer sidecar to its app, over mTLS with this sidecar's identity, on
+    either hop; when no endpoint is healthy the reply is 503 `no_healthy_upstream`."""
     (app,), (app_port,) = await replicas(mesh, "orders-app")
     b = await mesh.sidecar(service="orders", inbound_app=app_port, inbound={"allow": [spiffe_id("frontend")]})
-    a = await mesh.sidecar(service="frontend", services=[mesh_service("orders", b, health_check=FAST_CHECKS)])
+    a = await mesh.sidecar(
+        service="frontend", services=[mesh_service("orders", b, protocol=hop, health_check=FAST_CHECKS)]
+    )
     await wait_until(lambda: len(app.checks) >= 2)
     check = app.checks[0]
     assert check["host"] == "orders"

@@ -26,6 +26,7 @@ from .matrix import (
     Reply,
     RudeApp,
     Trailers,
+    Wait,
 )
 
 CANCEL = h2.errors.ErrorCodes.CANCEL
@@ -363,13 +364,32 @@ async def test_caller_outside_the_allow_list_is_403(mesh: Mesh, pairing: Pairing
     await path.settled()
 
 
-async def test_headers_over_the_limit_are_431(mesh: Mesh, pairing: Pairing) -> None:
+@pytest.mark.parametrize("where", ["a", "b"])
+async def test_headers_over_the_limit_are_431(mesh: Mesh, pairing: Pairing, where: str) -> None:
+    """Headers over `max_request_headers` (at sidecar A, or at B behind the hop) get 431 `too_large`
+    for that request alone, even a block several times the limit: a request in flight beside it (on
+    the same connection where HTTP/2 shares one) goes on."""
     app = RecordingApp()
-    path = await MatrixPath(mesh, pairing).build(app, a_fields={"limits": {"max_request_headers": "4KiB"}})
-    client = await path.client()
-    reply = await path.exchange(client, "GET", "/info", headers=[(b"x-big", b"a" * 5000)])
-    assert_local_reply(reply, 431, "too_large")
-    assert app.seen == []
+    limits = {"limits": {"max_request_headers": "4KiB"}}
+    path = await MatrixPath(mesh, pairing).build(
+        app, a_fields=limits if where == "a" else None, b_fields=limits if where == "b" else None
+    )
+    beside = await path.client()
+    release = trio.Event()
+    replies: list[Reply] = []
+
+    async def in_flight() -> None:
+        replies.append(await path.exchange(beside, "POST", "/read", body=[b"a" * 100, Wait(release.wait)]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(in_flight)
+        await app.arrived("/read")
+        client = beside if isinstance(beside, H2Client) else await path.client()
+        reply = await path.exchange(client, "GET", "/info", headers=[(b"x-big", b"a" * 20_000)])
+        assert_local_reply(reply, 431, "too_large")
+        release.set()
+    assert (replies[0].status, replies[0].complete) == (200, True), replies
+    assert app.of("/info") == []
     await path.serves()
 
 

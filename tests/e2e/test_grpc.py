@@ -2,7 +2,8 @@
 ALPN, or HTTP/1.1 with chunked trailers) -> sidecar B -> grpcio server (`app_protocol: h2c`).
 
 All four call kinds, an error status with trailing metadata, a 4 MiB message, and the replies the
-sidecar makes itself arriving as gRPC errors (UNIMPLEMENTED, UNAVAILABLE, DEADLINE_EXCEEDED)."""
+sidecar makes itself arriving as gRPC errors (UNIMPLEMENTED, UNAVAILABLE, DEADLINE_EXCEEDED,
+PERMISSION_DENIED), sidecar B's across either hop."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from .conftest import Mesh, free_port, mesh_service, service
+from .conftest import Mesh, free_port, mesh_service, service, spiffe_id
 from .grpc_apps import SERVICE, Client, start_server
 
 
@@ -132,6 +133,26 @@ async def test_no_route_is_unimplemented(mesh: Mesh) -> None:
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "no service or route" in error.details()
     assert ("x-sidecar-reason", "no_route") in error.trailing_metadata()  # a trailers-only response
+
+
+@pytest.mark.parametrize(
+    ("inbound", "code", "reason"),
+    [
+        ({"allow": [spiffe_id("billing")]}, grpc.StatusCode.PERMISSION_DENIED, "unauthorized"),
+        ({}, grpc.StatusCode.UNAVAILABLE, "upstream_connect_failure"),  # the app behind B is down
+    ],
+    ids=["caller_not_allowed", "app_down"],
+)
+async def test_replies_the_peer_sidecar_makes_are_grpc_errors(
+    mesh: Mesh, hop: str, inbound: dict[str, Any], code: grpc.StatusCode, reason: str
+) -> None:
+    """Replies the sidecar makes itself carry `x-sidecar-reason`; a gRPC caller gets them as gRPC
+    errors, those sidecar B makes included, across either hop."""
+    b = await mesh.sidecar(service="orders", inbound_app=free_port(), inbound={"app_protocol": "h2c", **inbound})
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol=hop, retries={"attempts": 0})])
+    error = await rpc_error(a.outbound, "orders")
+    assert error.code() == code
+    assert ("x-sidecar-reason", reason) in error.trailing_metadata()  # a trailers-only response
 
 
 @pytest.mark.parametrize(

@@ -122,8 +122,16 @@ async def test_tls_1_1_client_is_refused_and_counted(mesh: Mesh) -> None:
 
 
 async def test_callers_outside_allow_get_403(mesh: Mesh) -> None:
+    """The inbound caller's identity is checked against `allow`, where '*' globs a path segment (one, never
+    several): a caller outside it gets 403 `unauthorized`."""
     b = await inbound_sidecar(
-        mesh, allow=["spiffe://mesh.local/ns/default/sa/front*", "spiffe://mesh.local/ns/*/sa/ops"]
+        mesh,
+        allow=[
+            "spiffe://mesh.local/ns/default/sa/front*",
+            "spiffe://mesh.local/ns/*/sa/ops",
+            "spiffe://mesh.local/ns/*",  # not ns/default/sa/payments: that is three segments
+            "spiffe://mesh.local/*/payments",
+        ],
     )
     for caller, status in [("frontend", 200), ("payments", 403), ("ops", 200)]:
         async with httpx.AsyncClient(base_url=b.inbound_url, verify=mesh.pki.client_context(caller)) as client:
@@ -134,9 +142,12 @@ async def test_callers_outside_allow_get_403(mesh: Mesh) -> None:
 
 
 async def test_permissive_mode_serves_plaintext_and_mtls_on_one_port(mesh: Mesh) -> None:
+    """Permissive mode takes mTLS and plaintext on one port; XFCC is added only with a verified identity,
+    and any such header arriving from the caller is removed first, a plaintext caller's too."""
     b = await inbound_sidecar(mesh, mode="permissive")
+    spoofed = {"x-forwarded-client-cert": "By=spiffe://evil/x;URI=spiffe://mesh.local/ns/default/sa/admin"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b.inbound}") as plain:
-        r = await plain.get("/info", headers={"host": "orders"})
+        r = await plain.get("/info", headers={"host": "orders", **spoofed})
     assert r.status_code == 200
     assert header_values(r.json(), "x-forwarded-client-cert") == []
     assert header_values(r.json(), "x-forwarded-proto") == ["http"]

@@ -12,7 +12,7 @@ import httpx
 import trio
 
 from .apps import RawOrigin, Receive, Scope, Send, echo_app, read_body
-from .conftest import Mesh, free_port, service
+from .conftest import Mesh, free_port, mesh_service, service
 
 
 class FlakyOrigin:
@@ -110,17 +110,20 @@ async def test_a_body_over_the_replay_buffer_is_not_retried(mesh: Mesh) -> None:
 
 
 async def test_connect_failure_is_retried_on_the_other_replica_for_any_method(mesh: Mesh) -> None:
+    """`connect-failure` retries any method, because the app never saw the request; no byte of it was
+    sent, so a body larger than `retries.buffer` is retried too."""
     healthy = FlakyOrigin()
     dead = free_port()  # nothing listens there
-    retries = {"budget": {"min_per_second": 10}}  # every other request retries: room for all of them
+    retries = {"budget": {"min_per_second": 10}, "buffer": "1KiB"}  # every other request retries: room for all
     sc = await mesh.sidecar(
         services=[service("orders", dead, await mesh.origin(healthy), load_balancer="round_robin", retries=retries)]
     )
+    order = bytes(range(256)) * 800  # 200 KiB, far over the replay buffer
     async with await client_for(sc) as client:
         for _ in range(6):
-            r = await client.post("/x", content=b"order")
+            r = await client.post("/x", content=order)
             assert r.status_code == 200
-    assert len(healthy.seen) == 6 and all(body == b"order" for _, _, body in healthy.seen)
+    assert len(healthy.seen) == 6 and all(body == order for _, _, body in healthy.seen)
     # the first request met the dead one and was retried on the healthy one; from then on picks pass the
     # dead one over (its connect failed within the last second) and go straight through
     assert [a for _, a, _ in healthy.seen] == ["2"] + ["1"] * 5
@@ -210,6 +213,27 @@ async def test_max_requests_answers_overflow_at_once(mesh: Mesh) -> None:
             assert r.headers["x-sidecar-overloaded"] == "true"
         assert [x.status_code for x in results] == [200, 200]
         assert (await client.get("/info")).status_code == 200  # free again
+
+
+async def test_max_connections_overflows_only_when_no_open_connection_can_take_the_request(
+    mesh: Mesh, hop: str
+) -> None:
+    """A full `max_connections` answers 503 `overflow` when no open connection can take the request: over
+    HTTP/1.1 the one connection is busy; an HTTP/2 connection takes it as one more stream."""
+    origin = FlakyOrigin()
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin(origin))
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol=hop, circuit_breaker={"max_connections": 1})])
+    async with await client_for(a) as holder, await client_for(a) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(holder.get, "/hang")
+        with trio.fail_after(5):
+            while not origin.seen:
+                await trio.sleep(0.01)
+        r = await client.get("/x")
+        if hop == "auto":
+            assert (r.status_code, r.text) == (200, "ok")
+        else:
+            assert (r.status_code, r.headers["x-sidecar-reason"]) == (503, "overflow")
+        nursery.cancel_scope.cancel()
 
 
 async def test_max_retries_zero_means_no_retry(mesh: Mesh) -> None:
@@ -319,20 +343,21 @@ async def test_a_stalled_http2_response_body_is_cut_and_its_stream_reset(mesh: M
         await reset.wait()  # the origin's stream was reset, not left open
 
 
-async def test_retries_across_two_sidecars_over_the_http2_hop(mesh: Mesh) -> None:
-    from .conftest import mesh_service
-
+async def test_retries_across_two_sidecars(mesh: Mesh, hop: str) -> None:
+    """`x-sidecar-attempt` is set by the outbound side on every try and passed through unchanged by the
+    inbound side; a retried POST's body is replayed; over either hop."""
     origin = FlakyOrigin(failures=2)
     b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin(origin))
     retries = {"non_idempotent": True, "on": ["5xx"]}
-    a = await mesh.sidecar(services=[mesh_service("orders", b, retries=retries)])  # protocol auto: HTTP/2
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol=hop, retries=retries)])
     payload = bytes(range(256)) * 400
     async with await client_for(a) as client:
         r = await client.get("/x")
         assert r.status_code == 200
         assert [att for _, att, _ in origin.seen] == ["1", "2", "3"]  # B passed A's attempt header on
     pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
-    assert len(pool.h2_conns) == 1  # the tries shared the one HTTP/2 connection
+    if hop == "auto":
+        assert len(pool.h2_conns) == 1  # the tries shared the one HTTP/2 connection
 
     origin.seen.clear()
     origin.failures = 1
