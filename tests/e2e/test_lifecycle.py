@@ -1,4 +1,5 @@
-"""Lifecycle (SPEC §8) with real processes: readiness, SIGTERM and POST /drain, exit codes."""
+"""Lifecycle (SPEC §8): readiness, SIGTERM and POST /drain, exit codes (with real processes), and a
+peer sidecar's drain as sidecar A sees it over either hop (in process)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from .conftest import Mesh, Pki, Process, free_port, wait_ready, write_config
+from .conftest import Mesh, Pki, Process, free_port, mesh_service, wait_ready, write_config
 
 
 def sidecar_config(tmp_path: Path, pki: Pki, app_port: int, *, drain_timeout: str = "10s") -> dict[str, int]:
@@ -143,3 +144,37 @@ async def test_admin_ready_and_live(mesh: Mesh) -> None:
         assert (await admin.post("/drain")).status_code == 202
         assert (await admin.get("/ready")).status_code == 503
     await held.aclose()
+
+
+async def test_requests_in_flight_over_the_hop_survive_the_peer_sidecars_drain(mesh: Mesh, hop: str) -> None:
+    """Drain: the inbound listener's in-flight requests finish; HTTP/2 peers get GOAWAY and HTTP/1.1
+    responses get `Connection: close`. Sidecar A loses none of the requests it had in flight at B, passes
+    no `Connection: close` on (hop-by-hop), and puts none of those connections back to use."""
+    app = await mesh.origin()
+    b = await mesh.sidecar(service="orders", inbound_app=app)
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol=hop)])
+    responses: list[httpx.Response] = []
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}, timeout=10) as client:
+        assert (await client.get("/info")).status_code == 200  # a connection A -> B is up
+
+        async def one(i: int) -> None:
+            responses.append(await client.get(f"/slow/{400 + i}"))
+
+        def in_flight_at_the_app() -> int:
+            assert b.runtime.registry.app is not None
+            return sum(e.active_requests for e in b.runtime.registry.app.endpoints)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i)
+            with trio.fail_after(5):
+                while in_flight_at_the_app() < 10:
+                    await trio.sleep(0.01)
+            b.runtime.start_drain("test")  # GOAWAY (HTTP/2) at once; HTTP/1.1 answers will say close
+    assert [r.status_code for r in responses] == [200] * 10  # none was lost
+    assert not [r for r in responses if "close" in r.headers.get("connection", "").lower()]
+    pool = a.runtime.registry.clusters["orders"].endpoints[0].pool
+    if hop == "auto":
+        assert all(conn.goaway for conn in pool.h2_conns)  # A takes no new stream there
+    else:
+        assert pool.idle == []  # every answer said close: no connection went back to the pool

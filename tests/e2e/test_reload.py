@@ -320,3 +320,17 @@ async def test_a_session_from_a_connection_opened_before_a_reload_is_not_kept_af
         await trio.sleep(0.5)
         slow.release.set()
     assert statuses == [200, 200, 200]
+
+
+async def test_a_reload_keeps_the_connections_between_sidecars(mesh: Mesh, hop: str) -> None:
+    """A change is applied (within 2 s) and established connections are not dropped: sidecar A's
+    connection to B carries the requests after A's reload, the new host's among them."""
+    b = await mesh.sidecar(service="orders", inbound_app=await mesh.origin())
+    a = await mesh.sidecar(services=[mesh_service("orders", b, protocol=hop)])
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+        assert (await client.get("/info")).status_code == 200
+        edit(a, lambda docs: docs[1].update(hosts=["orders", "orders.new"]))
+        await wait_reloaded(a, 1)
+        assert (await client.get("/info", headers={"host": "orders.new"})).status_code == 200
+        assert (await client.get("/info")).status_code == 200
+    assert b.runtime.listeners["inbound"].accepted == 1

@@ -56,9 +56,11 @@ def close_from_server(ws: ClientConnection, code: int) -> ConnectionClosed:
     raise AssertionError("the server did not close")
 
 
-async def test_1000_text_messages_echo_in_order_through_two_sidecars_over_mtls(mesh: Mesh) -> None:
+async def test_1000_text_messages_echo_in_order_through_two_sidecars_over_mtls(mesh: Mesh, hop: str) -> None:
+    """WebSocket over HTTP/1.1 `Upgrade` works across two sidecars whatever the Service's protocol (the
+    tunnel has an HTTP/1.1 connection of its own), with the forwarding headers of any request."""
     app = WebSocketEcho()
-    a, b = await two_sidecars(mesh, await mesh.origin(app))
+    a, b = await two_sidecars(mesh, await mesh.origin(app), protocol=hop)
 
     def session() -> tuple[list[list[str]], list[str]]:
         with open_websocket(a.outbound, "/headers") as ws:
