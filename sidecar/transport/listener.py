@@ -2,7 +2,8 @@
 
 A `Listener` owns its listening sockets and knows how many connections it has open. Draining a
 listener stops its accept loop, closes its sockets (new connections are refused), and cancels the
-connections that sit idle between requests; busy ones finish their request and close. Protocols
+connections that sit idle between requests (but for those whose next request already waits unread
+on the socket); busy ones finish their request and close. Protocols
 that can say so on a busy connection (HTTP/2's GOAWAY) wait for `drain_started`.
 
 Header read timeouts are enforced here too, by one watchdog task per listener rather than a cancel
@@ -150,15 +151,29 @@ class Listener:
         self._accepting.cancel()
         for sock in self.sockets:
             sock.close()
-        for timer in self.timers:
-            if timer.idle:
-                timer.scope.cancel()
+        for timer in without_pending_bytes([timer for timer in self.timers if timer.idle]):
+            timer.scope.cancel()
 
     async def wait_quiet(self) -> None:
         """Return once no connection is open."""
         while self.connections:
             self._quiet = trio.Event()
             await self._quiet.wait()
+
+
+def without_pending_bytes(timers: list[ConnectionTimer]) -> list[ConnectionTimer]:
+    """The idle connections among `timers` with nothing waiting to be read. One with bytes waiting
+    holds a request its server has not read yet (a caller reusing its pooled connection as the drain
+    starts): it is served, with `Connection: close`, rather than cut (a POST cut there could not be
+    sent again)."""
+    if not timers:
+        return []
+    poller = select.poll()
+    for timer in timers:
+        if timer.fd >= 0:
+            poller.register(timer.fd, select.POLLIN)
+    pending = {fd for fd, _ in poller.poll(0)}
+    return [timer for timer in timers if timer.fd not in pending]
 
 
 def cancel_hung_up(watched: dict[int, ConnectionTimer]) -> None:
