@@ -37,12 +37,11 @@ from ..http.h1 import (
 )
 from ..http.message import EMPTY_BODY, Body, Request, Response
 from .body import WireBody
-from .tcp import TcpStream
+from .tcp import HANGUP, TcpStream
 from .tunnel import UpgradedBody
 from .wire import Wire
 
 MAX_RESPONSE_HEAD = 256 * 1024
-_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -93,7 +92,7 @@ class H1ClientConnection:
         if fileno is None:
             return False
         poller = select.poll()
-        poller.register(fileno(), _HANGUP | select.POLLIN if isinstance(stream, TcpStream) else _HANGUP)
+        poller.register(fileno(), HANGUP | select.POLLIN if isinstance(stream, TcpStream) else HANGUP)
         return bool(poller.poll(0))
 
     async def send(self, request: Request) -> Response:

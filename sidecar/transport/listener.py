@@ -32,7 +32,7 @@ import trio
 
 from ..config.schema import Address
 from ..http.message import ConnectionInfo
-from .tcp import TcpListener, TcpStream
+from .tcp import HANGUP, TcpListener, TcpStream
 
 log = structlog.get_logger("sidecar.listener")
 
@@ -40,9 +40,6 @@ ACCEPT_RETRY_DELAY = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM, as trio.serve_li
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
-
-
-_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class ConnectionTimer:
@@ -182,5 +179,5 @@ def cancel_hung_up(watched: dict[int, ConnectionTimer]) -> None:
     for fd in watched:
         poller.register(fd, select.POLLRDHUP)
     for fd, events in poller.poll(0):
-        if events & _HANGUP:
+        if events & HANGUP:
             watched[fd].scope.cancel()

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 from typing import Protocol
 
 import trio
 
+HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+"""poll() events that say the peer closed, or shut down its sending side, or the socket failed."""
 YIELD_EVERY = 8  # consecutive operations that did not wait before we yield anyway (fairness)
 RECEIVE_SIZE = 65536
 

@@ -132,6 +132,13 @@ class ConnectionPool:
                 return conn
         return None
 
+    def takes_without_connecting(self) -> bool:
+        """Whether a request sent here now would not open a connection, as `call._exchange` goes: an
+        HTTP/2 connection with a free stream slot; an idle HTTP/1.1 connection (taken, or, when the
+        peer closed it, closed first, which frees its place under `max_connections`); an HTTP/2
+        connection being opened, which the request waits for (as a pending request). Changes nothing."""
+        return bool(self.idle) or self.h2_connecting is not None or self.take_h2() is not None
+
     async def take_h2_waiting(self) -> H2ClientConnection | None:
         """As take_h2, but while an HTTP/2 connection is being opened, wait for it rather than open
         another: a burst of requests to a new endpoint shares one connection instead of each

@@ -36,7 +36,7 @@ from .breaker import UNLIMITED, Breaker, Thresholds
 from .endpoint import Endpoint, EndpointStatistics
 from .health import HealthChecker
 from .outlier import OutlierDetector
-from .pool import ConnectionPool, UpstreamTls
+from .pool import UpstreamTls
 from .retry import RetryBudget, RetryPolicy
 from .ring import HashRing, RingHash, key_reader
 
@@ -339,7 +339,7 @@ class Cluster:
         some endpoint is available and none has a connection the request would take. With none
         available the answer is `no_healthy_upstream` before any connection. Changes nothing."""
         available = [e for e in self.endpoints if e.available]
-        return bool(available) and not any(_takes_without_connecting(e.pool) for e in available)
+        return bool(available) and not any(e.pool.takes_without_connecting() for e in available)
 
     async def resolve(self) -> None:
         """Resolve DNS names among the targets into endpoints; on failure keep the last good set."""
@@ -360,14 +360,6 @@ class Cluster:
                     seen.add(ip)
                     resolved.append((ip, address.port, weight, address.host))
         self.set_endpoints(resolved)
-
-
-def _takes_without_connecting(pool: ConnectionPool) -> bool:
-    """Whether a request sent to `pool` now would not open a connection, as `call._exchange` goes:
-    an HTTP/2 connection with a free stream slot; an idle HTTP/1.1 connection (taken, or, when the peer
-    closed it, closed first, which frees its place under `max_connections`); an HTTP/2 connection
-    being opened, which the request waits for (as a pending request)."""
-    return bool(pool.idle) or pool.h2_connecting is not None or any(conn.capacity > 0 for conn in pool.h2_conns)
 
 
 async def _run_policies(scope: trio.CancelScope, tasks: list[Callable[[], Awaitable[None]]]) -> None:

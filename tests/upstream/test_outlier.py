@@ -112,6 +112,14 @@ ON_TIME = OutlierDetection(consecutive_5xx=1, interval=10.0, base_ejection=3.0, 
 JUST = 1e-6  # seconds: a hair before / after a deadline
 
 
+async def returns_on_time(endpoint: Endpoint) -> None:
+    """Sleep past `endpoint`'s ejection: still ejected a hair before its time, back a hair after."""
+    await trio.sleep_until(endpoint.ejected_until - JUST)
+    assert endpoint.ejected
+    await trio.sleep(2 * JUST)
+    assert not endpoint.ejected and endpoint.returned_at == endpoint.ejected_until
+
+
 async def test_an_ejection_ends_exactly_when_its_time_is_up_not_at_a_review(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -132,10 +140,8 @@ async def test_an_ejection_ends_exactly_when_its_time_is_up_not_at_a_review(
     fail(cluster, a, 1)  # the second ejection: twice as long
     assert a.times_ejected == 2
     assert a.ejected_until - trio.current_time() == pytest.approx(6.0)
-    await trio.sleep_until(a.ejected_until - JUST)  # t = 10.2: the review at 10 did not return it
-    assert a.ejected
-    await trio.sleep(2 * JUST)
-    assert not a.ejected and a.returned_at == a.ejected_until == pytest.approx(10.2)
+    await returns_on_time(a)  # at t = 10.2: the review at 10 did not return it
+    assert a.returned_at == pytest.approx(10.2)
 
 
 async def test_ejection_time_is_capped_at_300s_and_ends_on_time(
@@ -149,10 +155,7 @@ async def test_ejection_time_is_capped_at_300s_and_ends_on_time(
     await trio.sleep(0.5)  # off the reviews' beat (every 10 s)
     fail(cluster, a, 1)
     assert a.ejected_until - trio.current_time() == MAX_EJECTION == 300.0
-    await trio.sleep_until(a.ejected_until - JUST)
-    assert a.ejected
-    await trio.sleep(2 * JUST)  # t = 300.5, not the review at 310
-    assert not a.ejected and a.returned_at == a.ejected_until
+    await returns_on_time(a)  # t = 300.5, not the review at 310
 
 
 async def test_a_shorter_ejection_after_a_longer_one_ends_on_its_own_time(
@@ -170,10 +173,7 @@ async def test_a_shorter_ejection_after_a_longer_one_ends_on_its_own_time(
     await trio.sleep_until(b.ejected_until + JUST)
     assert not b.ejected and b.returned_at == b.ejected_until
     assert a.ejected
-    await trio.sleep_until(a.ejected_until - JUST)
-    assert a.ejected
-    await trio.sleep(2 * JUST)
-    assert not a.ejected and a.returned_at == a.ejected_until
+    await returns_on_time(a)
 
 
 async def test_endpoints_due_at_the_same_time_return_together(
@@ -304,10 +304,7 @@ async def test_ejections_end_on_time_across_a_policy_reload(
     assert b.ejected_until == pytest.approx(6.0)
     await trio.testing.wait_all_tasks_blocked()
     assert len(nursery.child_tasks) == 1  # the old policy's tasks are gone
-    await trio.sleep_until(a.ejected_until - JUST)
-    assert a.ejected
-    await trio.sleep(2 * JUST)  # the ejection made under the old policy keeps its time
-    assert not a.ejected and a.returned_at == a.ejected_until
+    await returns_on_time(a)  # the ejection made under the old policy keeps its time
     await trio.sleep_until(b.ejected_until + JUST)
     assert not b.ejected and b.returned_at == b.ejected_until
     await trio.sleep_until(7.0)
