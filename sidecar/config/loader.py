@@ -406,6 +406,29 @@ def _check_services(documents: list[_Document], issues: list[ConfigIssue]) -> No
                 by_host[host] = name
 
 
+def _check_listen(documents: list[_Document], issues: list[ConfigIssue]) -> None:
+    """A tcp Service's ``listen`` is a port of its own: not another service's, not a listener's."""
+    taken: dict[tuple[str, int], str] = {}
+    sidecar = next((d.model for d in documents if isinstance(d.model, SidecarConfig)), None)
+    if sidecar is not None:
+        for name in ("outbound", "admin", "inbound"):
+            section = getattr(sidecar, name)
+            if section is not None:
+                taken[section.listen.host, section.listen.port] = f"the {name} listener"
+    for document in documents:
+        service = document.model
+        if not isinstance(service, ServiceConfig) or service.listen is None:
+            continue
+        listen = service.listen
+        for (host, port), owner in taken.items():
+            overlaps = host == listen.host or "0.0.0.0" in (host, listen.host) or "::" in (host, listen.host)
+            if port == listen.port and overlaps:
+                issues.append(document.issue(("listen",), f"{listen} is already taken by {owner}"))
+                break
+        else:
+            taken[listen.host, listen.port] = f"service {service.name!r}"
+
+
 def _service_names(documents: list[_Document], lost: list[_Lost]) -> tuple[set[str], bool]:
     """The names a route may mean, and whether a Service has no readable name.
 
@@ -427,6 +450,8 @@ def _check_routes(documents: list[_Document], lost: list[_Lost], issues: list[Co
     left out while a Service (loaded or lost) has no readable name: it may be that one.
     """
     services, unnamed = _service_names(documents, lost)
+    models = [d.model for d in documents if isinstance(d.model, ServiceConfig)]
+    tcp = {service.name for service in models if service.protocol == "tcp"}
     by_host: dict[str, _Document] = {}
     for document in (d for d in documents if d.kind == "Route"):
         route = document.model if isinstance(document.model, RouteConfig) else None
@@ -445,6 +470,8 @@ def _check_routes(documents: list[_Document], lost: list[_Lost], issues: list[Co
         for path, service in _targets(document.data):
             if service not in services:
                 issues.append(document.issue(path, f"route to unknown service {service!r}{_hint(service, services)}"))
+            elif service in tcp:
+                issues.append(document.issue(path, f"service {service!r} has protocol tcp: routes carry HTTP only"))
 
 
 def _hint(name: str, names: set[str]) -> str:
@@ -590,6 +617,7 @@ def load_directory(directory: str | Path) -> Snapshot:
     if files is not None:
         _check_sidecars(directory_text, documents, lost, issues)
         _check_services(documents, issues)
+        _check_listen(documents, issues)
         _check_routes(documents, lost, issues)
     identity = _check_tls(directory_text, documents, issues)
     if issues:

@@ -22,6 +22,7 @@ Rules that hold for every model here (see ``fields.py``):
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ __all__ = [
     "KINDS",
     "Address",
     "AdminConfig",
+    "CaptureConfig",
     "EndpointConfig",
     "HashOn",
     "HealthCheck",
@@ -153,7 +155,36 @@ def _header_name(value: object) -> str:
     return value.lower()
 
 
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number 1..65535, got {show(value)}")
+    return value
+
+
+def _ip(value: object) -> str:
+    """An IPv4 or IPv6 address (no port, no brackets), in its canonical text form."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address, got {show(value)}")
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {show(value)}") from None
+
+
+def _cidr(value: object) -> str:
+    """An IPv4 or IPv6 network (``10.0.0.0/8``; a bare address means just it), in canonical form."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a CIDR such as 169.254.169.254/32, got {show(value)}")
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as error:
+        raise ValueError(f"invalid CIDR {show(value)} ({error})") from None
+
+
 ADDRESS = plain(_address, dump=str)
+PORT = plain(_port)
+IP = plain(_ip)
+CIDR = plain(_cidr)
 BOOLEAN = plain(_boolean)
 HEADER_NAME = plain(_header_name)
 DURATION = Parser(_duration, dump=format_duration)
@@ -222,6 +253,9 @@ class InboundConfig(Model):
     allow: Annotated[tuple[str, ...] | None, items(SPIFFE_PATTERN, distinct=True)] = None
     """Caller SPIFFE IDs let in; ``*`` globs a path segment. ``None`` (absent): any mesh identity;
     an empty tuple: nobody."""
+    tcp_ports: Annotated[tuple[int, ...], items(PORT, distinct=True)] = ()
+    """App ports a peer sidecar may reach as opaque TCP in explicit mode (on the app's host). In
+    transparent mode the original destination names the port and this list is not consulted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,6 +301,35 @@ class Tracing(Model):
     """The share of new traces recorded (0 to 1); a caller's sampling decision is always followed."""
 
 
+CaptureMode = Literal["explicit", "transparent"]
+OutboundPolicy = Literal["allow_any", "registry_only"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureConfig(Model):
+    """How the app's traffic reaches the sidecar. ``explicit``: the app sends HTTP to the outbound
+    listener (or dials a tcp Service's ``listen`` port). ``transparent``: nat rules installed by
+    ``sidecar iptables`` redirect all of the pod's TCP to the listeners, with no change to the app."""
+
+    mode: Annotated[CaptureMode, one_of(*get_args(CaptureMode))] = "explicit"
+    proxy_uid: Annotated[int, bounded(INTEGER, ge=0)] = 1337
+    """The UID the sidecar runs as: its own connections are never captured."""
+    exclude_inbound_ports: Annotated[tuple[int, ...], items(PORT, distinct=True)] = ()
+    """Inbound ports never redirected (the admin and health ports never are)."""
+    exclude_outbound_ports: Annotated[tuple[int, ...], items(PORT, distinct=True)] = ()
+    """Destination ports the app reaches directly, outside the mesh."""
+    exclude_outbound_cidrs: Annotated[tuple[str, ...], items(CIDR, distinct=True)] = ()
+    """Destination networks the app reaches directly, e.g. ``169.254.169.254/32``."""
+    opaque_ports: Annotated[tuple[int, ...], items(PORT, distinct=True)] = (3306, 5432, 6379, 9092)
+    """Destination ports taken as TCP at once, without protocol detection (server-speaks-first
+    protocols would otherwise wait ``detect_timeout`` for a first byte from the client)."""
+    detect_timeout: Annotated[float, bounded(DURATION, gt=0)] = 1 * SECONDS
+    """A captured connection that sends no first byte within this long is taken as TCP."""
+    outbound_policy: Annotated[OutboundPolicy, one_of(*get_args(OutboundPolicy))] = "allow_any"
+    """A destination no Service matches: ``allow_any`` passes it through unchanged, ``registry_only``
+    refuses it (HTTP: 404 ``no_route``; TCP: the connection is reset)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits(Model):
     """Request limits, applied on both listeners."""
@@ -293,6 +356,8 @@ class SidecarConfig(Model):
     admin: Annotated[AdminConfig, nested(AdminConfig)] = AdminConfig()
     tracing: Annotated[Tracing, nested(Tracing)] = Tracing()
     limits: Annotated[Limits, nested(Limits)] = Limits()
+    capture: Annotated[CaptureConfig, nested(CaptureConfig)] = CaptureConfig()
+    """Explicit (the default) or transparent capture of the app's traffic."""
     drain_timeout: Duration = 20 * SECONDS
     """On drain, exit at the latest after this long."""
 
@@ -469,7 +534,7 @@ class HashOn(Model):
 
 
 LoadBalancer = Literal["round_robin", "least_request", "random", "ring_hash"]
-Protocol = Literal["http1", "http2", "auto"]
+Protocol = Literal["http1", "http2", "auto", "tcp"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -492,7 +557,16 @@ class ServiceConfig(Model):
     protocol: Annotated[Protocol, one_of(*get_args(Protocol))] = "auto"
     """HTTP version to the endpoints: http1, http2 (h2c in plaintext), or auto (the default: ALPN
     decides on TLS, so two sidecars speak HTTP/2 and multiplex; plaintext is http1). WebSockets
-    always take a dedicated HTTP/1.1 connection."""
+    always take a dedicated HTTP/1.1 connection. ``tcp``: opaque TCP, bytes carried as they are
+    (over the tunnel between sidecars with mutual TLS), no HTTP processing."""
+    addresses: Annotated[tuple[str, ...], items(IP, distinct=True)] = ()
+    """Virtual IPs the service is dialed at (a Kubernetes ClusterIP): transparent capture matches a
+    connection's original destination against them."""
+    ports: Annotated[tuple[int, ...], items(PORT, distinct=True)] = ()
+    """Ports the service is dialed on (empty: any) with ``addresses``; for ``tcp`` the first one is
+    also the app port the peer sidecar forwards to."""
+    listen: Annotated[Address | None, ADDRESS] = None
+    """``tcp`` only: a local address the app dials instead of the service (explicit mode)."""
     timeouts: Annotated[Timeouts, nested(Timeouts)] = Timeouts()
     retries: Annotated[Retries, nested(Retries)] = Retries()
     circuit_breaker: Annotated[CircuitBreaker, nested(CircuitBreaker)] = CircuitBreaker()
@@ -515,6 +589,17 @@ class ServiceConfig(Model):
             raise ValidationError([FieldError(("hash_on",), "ring_hash needs hash_on (header, cookie or source_ip)")])
         if self.hash_on is not None and self.load_balancer != "ring_hash":
             raise ValidationError([FieldError(("hash_on",), "hash_on applies to load_balancer ring_hash only")])
+        errors = []
+        if self.listen is not None and self.protocol != "tcp":
+            errors.append(FieldError(("listen",), "listen applies to protocol tcp only"))
+        if self.protocol == "tcp":
+            if self.health_check is not None:
+                message = "health_check sends HTTP requests; a tcp service's endpoints are judged by connect failures"
+                errors.append(FieldError(("health_check",), message))
+            if self.hash_on is not None and not self.hash_on.source_ip:
+                errors.append(FieldError(("hash_on",), "a tcp service can hash on source_ip only (it has no headers)"))
+        if errors:
+            raise ValidationError(errors)
 
 
 # --------------------------------------------------------------------------------------------------
