@@ -13,12 +13,20 @@ import ssl
 
 from .config.schema import ServiceConfig
 from .config.snapshot import Snapshot
-from .tls import AllowList, mutual_client_context, server_context, simple_client_context
+from .tls import ALPN_TCP, AllowList, mutual_client_context, server_context, simple_client_context
 from .transport.tls_accept import InboundTls
 from .upstream.pool import UpstreamTls
 
-# What a client connection offers in ALPN, by the service's `protocol`.
-ALPN: dict[str, tuple[str, ...]] = {"http1": ("http/1.1",), "http2": ("h2",), "auto": ("h2", "http/1.1")}
+# What a client connection offers in ALPN, by the service's `protocol`: opaque TCP to a mesh peer
+# offers the tunnel's protocol, to a server outside the mesh (`simple`) nothing (the app's bytes go as
+# they are).
+ALPN: dict[str, tuple[str, ...]] = {
+    "http1": ("http/1.1",),
+    "http2": ("h2",),
+    "auto": ("h2", "http/1.1"),
+    "tcp": (ALPN_TCP,),
+}
+SIMPLE_ALPN = {**ALPN, "tcp": ()}
 
 
 class MeshSecurity:
@@ -54,5 +62,7 @@ class MeshSecurity:
         contexts = self._simple.get(tls.ca)
         if contexts is None:
             ca = self._snapshot.resolve(tls.ca) if tls.ca is not None else None
-            contexts = self._simple[tls.ca] = {p: simple_client_context(ca, alpn=alpn) for p, alpn in ALPN.items()}
+            contexts = self._simple[tls.ca] = {
+                p: simple_client_context(ca, alpn=alpn) for p, alpn in SIMPLE_ALPN.items()
+            }
         return UpstreamTls(contexts, mutual=False, server_name=tls.server_name)

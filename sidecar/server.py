@@ -22,11 +22,14 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from .config.loader import ConfigError, load_directory
+from .config.schema import Address, CaptureConfig
 from .config.snapshot import Snapshot
 from .config.watch import watch
 from .http.message import ConnectionInfo
+from .http.sniff import Speaks
 from .listeners.admin import admin_handler
 from .listeners.inbound import inbound_handler
+from .listeners.opaque import inbound_plain, inbound_tunnel, outbound_tcp
 from .listeners.outbound import outbound_handler
 from .pipeline.handler import Handler
 from .pipeline.route import Router
@@ -35,11 +38,15 @@ from .telemetry.metrics import RequestMetrics
 from .telemetry.prometheus import collector_registry
 from .telemetry.record import Telemetry, access_log_wanted, access_logger, record_rejected
 from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
+from .tls import ALPN_TCP
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.h2_server import H2Server
+from .transport.detect import detect
 from .transport.listener import ConnectionHandler, Listener
+from .transport.original_dst import original_destination
 from .transport.tcp import TcpStream
 from .transport.tls_accept import accept as tls_accept
+from .transport.tls_socket import TlsStream
 from .upstream.registry import UpstreamRegistry
 
 log = structlog.get_logger("sidecar.server")
@@ -78,6 +85,11 @@ class Runtime:
         self.ready = False
         self.draining = False
         self.listeners: dict[str, Listener] = {}
+        # The `listen` ports of tcp Services (explicit mode), by service name; a reload binds new
+        # ones and closes those gone (their connections carry on, and a drain waits for them).
+        self.tcp_listeners: dict[str, Listener] = {}
+        self._closed_tcp_listeners: list[Listener] = []
+        self._nursery: trio.Nursery | None = None
         # TLS handshake failures by (listener, reason); sidecar_tls_handshake_failures_total reads it.
         self.tls_failures: Counter[tuple[str, str]] = Counter()
         self.metrics = RequestMetrics()  # finished requests and config reloads, for /metrics
@@ -166,7 +178,9 @@ class Runtime:
                 raise ReloadRefused(
                     f"listener addresses cannot change while running ({moved}); restart the sidecar to move them"
                 )
+            opened = await self._open_tcp_listeners(snapshot)
             self.apply(snapshot)
+            self._swap_tcp_listeners(opened)
         except (ConfigError, ReloadRefused, OSError, ssl.SSLError) as error:
             self._reload_failed(str(directory), str(error))
             return
@@ -177,6 +191,48 @@ class Runtime:
         self.metrics.config_reloads["success"] += 1
         self.config_error = None
         log.info("config_reloaded", version=snapshot.version, files=len(snapshot.files))
+
+    async def _open_tcp_listeners(self, snapshot: Snapshot) -> dict[str, Listener]:
+        """The `listen` listeners `snapshot` wants: those already open at the same address, the
+        others bound now (not serving yet). A port that cannot be bound refuses the whole config
+        (an OSError)."""
+        wanted: dict[str, Listener] = {}
+        try:
+            for service in snapshot.services.values():
+                if service.listen is None:
+                    continue
+                current = self.tcp_listeners.get(service.name)
+                if current is not None and current.address == service.listen:
+                    wanted[service.name] = current
+                    continue
+                listener = Listener(f"tcp/{service.name}", service.listen)
+                try:
+                    await listener.bind()
+                except OSError as error:  # at start: exit 1; on reload: the running config stays
+                    message = f"service {service.name}: cannot listen on {service.listen}: {error.strerror or error}"
+                    raise OSError(error.errno, message) from None
+                wanted[service.name] = listener
+        except BaseException:
+            for name, listener in wanted.items():
+                if self.tcp_listeners.get(name) is not listener:
+                    listener.drain()
+            raise
+        return wanted
+
+    def _swap_tcp_listeners(self, wanted: dict[str, Listener]) -> None:
+        """Serve the newly bound `listen` listeners and close those no longer wanted (their open
+        connections carry on to their end)."""
+        for name, listener in self.tcp_listeners.items():
+            if wanted.get(name) is not listener:
+                listener.drain()
+                self._closed_tcp_listeners.append(listener)
+                log.info("tcp_listener_closed", service=name, address=str(listener.address))
+        for name, listener in wanted.items():
+            if self.tcp_listeners.get(name) is not listener and self._nursery is not None:
+                listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))
+                self._nursery.start_soon(listener.serve, self._serve_tcp_service(name, listener.address), self._nursery)
+                log.info("tcp_listener_opened", service=name, address=str(listener.address))
+        self.tcp_listeners = wanted
 
     def _reload_failed(self, directory: str, message: str) -> None:
         self.metrics.config_reloads["failure"] += 1
@@ -222,6 +278,59 @@ class Runtime:
 
         return on_connection
 
+    def _serve_outbound(self, listener: Listener, handler: Handler) -> ConnectionHandler:
+        """The app's connections: explicit HTTP, or under transparent capture whatever it dialed."""
+
+        async def on_connection(stream: TcpStream) -> None:
+            try:
+                host, port = stream.getpeername()
+            except OSError:  # the peer is already gone
+                return
+            capture = self.snapshot.sidecar.capture
+            original = original_destination(stream.sock) if capture.mode == "transparent" else None
+            conn = ConnectionInfo(host, port, original_dst=original)
+            if original is None:
+                await self._serve_plaintext(stream, conn, handler, listener)
+                return
+            cluster = self.registry.match_destination(*original)
+            opaque = original[1] in capture.opaque_ports or (cluster is not None and cluster.settings.protocol == "tcp")
+            speaks = Speaks.TCP if opaque else await self._detect(stream, capture)
+            if speaks is None:
+                return
+            if speaks is Speaks.TCP:
+                telemetry = self.current_telemetry()
+                await outbound_tcp(
+                    stream, conn, cluster, original, telemetry=telemetry, outbound_policy=capture.outbound_policy
+                )
+                return
+            server = H2Server if speaks is Speaks.HTTP2 else H1Server
+            await server(stream, conn, handler, self.limits, listener).serve()
+
+        return on_connection
+
+    async def _detect(self, stream: TcpStream, capture: CaptureConfig) -> Speaks | None:
+        return await detect(stream, capture.detect_timeout, self.limits.max_request_headers)
+
+    def _serve_tcp_service(self, name: str, listen: Address) -> ConnectionHandler:
+        """A tcp Service's own `listen` port (explicit mode): every connection is carried to it."""
+        destination = (listen.host, listen.port)
+
+        async def on_connection(stream: TcpStream) -> None:
+            try:
+                host, port = stream.getpeername()
+            except OSError:
+                return
+            await outbound_tcp(
+                stream,
+                ConnectionInfo(host, port),
+                self.registry.clusters.get(name),
+                destination,
+                telemetry=self.current_telemetry(),
+                outbound_policy="registry_only",  # a service that left the config: reset
+            )
+
+        return on_connection
+
     async def _serve_plaintext(
         self, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener
     ) -> None:
@@ -255,9 +364,11 @@ class Runtime:
                 peer = stream.getpeername()
             except OSError:
                 return
+            capture = self.snapshot.sidecar.capture
+            original = original_destination(stream.sock) if capture.mode == "transparent" else None
             tls = self.security.inbound
             if tls is None:
-                await self._serve_plaintext(stream, ConnectionInfo(*peer), handler, listener)
+                await self._serve_plaintext(stream, ConnectionInfo(*peer, original_dst=original), handler, listener)
                 return
             with trio.move_on_after(self.limits.header_read_timeout) as deadline:
                 accepted = await tls_accept(stream, peer, tls, self.tls_failures)
@@ -267,13 +378,26 @@ class Runtime:
                 return
             if accepted is None:
                 return
+            accepted.conn.original_dst = original
             if isinstance(accepted.stream, TcpStream):  # permissive mode, a plaintext caller
-                await self._serve_plaintext(accepted.stream, accepted.conn, handler, listener)
+                await self._serve_inbound_plaintext(accepted.stream, accepted.conn, handler, listener, capture)
                 return
             # The TLS stream owns the socket now (the listener's close of the TCP stream is a no-op):
             # close it here, so the peer sees the connection end when the server is done with it.
             try:
-                if accepted.alpn == "h2":
+                if accepted.alpn == ALPN_TCP:
+                    assert isinstance(accepted.stream, TlsStream)
+                    inbound = self.snapshot.sidecar.inbound
+                    await inbound_tunnel(
+                        accepted.stream,
+                        accepted.conn,
+                        telemetry=self.current_telemetry(),
+                        allow=self.allow,
+                        tcp_ports=inbound.tcp_ports if inbound is not None else (),
+                        app_host=inbound.app.host if inbound is not None else "127.0.0.1",
+                        port_timeout=self.limits.header_read_timeout,
+                    )
+                elif accepted.alpn == "h2":
                     await H2Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
                 else:
                     await H1Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
@@ -282,6 +406,24 @@ class Runtime:
 
         return on_connection
 
+    async def _serve_inbound_plaintext(
+        self, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener, capture: CaptureConfig
+    ) -> None:
+        """Permissive mode, a plaintext caller: HTTP as ever; under transparent capture, what it
+        dialed may also be TCP (detected as on the outbound side)."""
+        original = conn.original_dst
+        if original is None:
+            await self._serve_plaintext(stream, conn, handler, listener)
+            return
+        speaks = Speaks.TCP if original[1] in capture.opaque_ports else await self._detect(stream, capture)
+        if speaks is None:
+            return
+        if speaks is Speaks.TCP:
+            await inbound_plain(stream, conn, telemetry=self.current_telemetry(), allow=self.allow)
+            return
+        server = H2Server if speaks is Speaks.HTTP2 else H1Server
+        await server(stream, conn, handler, self.limits, listener).serve()
+
     async def run(
         self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -289,6 +431,7 @@ class Runtime:
         quiet = False
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
+            self._nursery = nursery
             outbound = Listener("outbound", sidecar.outbound.listen)
             await outbound.bind()
             admin = Listener("admin", sidecar.admin.listen)
@@ -310,9 +453,12 @@ class Runtime:
                 listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))
             # Each stack gets what it reads; getters for what a reload replaces.
             outbound_stack = outbound_handler(
-                router=lambda: self.router, registry=self.registry, telemetry=self.current_telemetry
+                router=lambda: self.router,
+                registry=self.registry,
+                telemetry=self.current_telemetry,
+                outbound_policy=lambda: self.snapshot.sidecar.capture.outbound_policy,
             )
-            nursery.start_soon(outbound.serve, self._serve_with(outbound, outbound_stack), nursery)
+            nursery.start_soon(outbound.serve, self._serve_outbound(outbound, outbound_stack), nursery)
             admin_pages = admin_handler(self, self.collector_registry())
             nursery.start_soon(admin.serve, self._serve_with(admin, admin_pages), nursery)
             if inbound is not None:
@@ -323,6 +469,7 @@ class Runtime:
                     identity=lambda: self.identity,
                 )
                 nursery.start_soon(inbound.serve, self._serve_inbound(inbound, inbound_stack), nursery)
+            self._swap_tcp_listeners(await self._open_tcp_listeners(self.snapshot))
             self.ready = True
             log.info(
                 "ready",
@@ -337,6 +484,8 @@ class Runtime:
                 if inbound is not None:
                     await inbound.wait_quiet()
                 await outbound.wait_quiet()
+                for listener in [*self.tcp_listeners.values(), *self._closed_tcp_listeners]:
+                    await listener.wait_quiet()
             log.info("drained", timed_out=deadline.cancelled_caught)
             quiet = not deadline.cancelled_caught
             nursery.cancel_scope.cancel()

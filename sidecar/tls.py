@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 ALPN_HTTP1 = ("http/1.1",)
-ALPN_SERVER = ("h2", "http/1.1")  # what the inbound listener speaks
+ALPN_TCP = "sidecar-tcp/1"  # opaque TCP in the tunnel between two sidecars (transport/tcp_tunnel.py)
+ALPN_SERVER = ("h2", "http/1.1", ALPN_TCP)  # what the inbound listener speaks
 URI_SAN = "URI"
 SPIFFE_PREFIX = "spiffe://"
 
@@ -72,7 +73,8 @@ def mutual_client_context(cert: Path, key: Path, ca: Path, *, alpn: Sequence[str
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_cert_chain(cert, key)
     context.load_verify_locations(cafile=str(ca))
-    context.set_alpn_protocols(list(alpn))
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     return context
 
 
@@ -80,7 +82,8 @@ def simple_client_context(ca: Path | None = None, *, alpn: Sequence[str] = ALPN_
     """Outbound `simple`: ordinary HTTPS, hostname verified, system trust store unless `ca`."""
     context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(list(alpn))
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     return context
 
 

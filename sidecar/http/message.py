@@ -138,6 +138,9 @@ class ConnectionInfo:
     peer_port: int
     tls: bool = False
     peer_identity: str | None = None  # verified SPIFFE ID of the caller, when mTLS
+    # Where the caller was going, when transparent capture redirected the connection here (the
+    # original destination's IP and port); None on a connection made to the listener itself.
+    original_dst: tuple[str, int] | None = None
 
 
 class ExchangeObserver(Protocol):

@@ -4,7 +4,8 @@ observe       the request's telemetry record: metrics, access log, the SERVER sp
 local_reply   SPEC §5 replies for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
 call          the local app's pooled connections (closed after app_idle_timeout), request timeout
-              capped by a gRPC caller's grpc-timeout
+              capped by a gRPC caller's grpc-timeout; under transparent capture, the app port the
+              caller dialed on this pod's address (its original destination) instead of `inbound.app`
 
 The stack is given what it reads, not the runtime: the upstream registry (its `app`), and getters
 for what a reload replaces (the telemetry, the allow list, this workload's SPIFFE ID).
@@ -42,6 +43,9 @@ def inbound_handler(
         app = registry.app
         if app is None:
             raise NoHealthyUpstream(detail="no inbound app configured")
+        original = request.conn.original_dst
+        if original is not None:  # transparent capture: the app port the caller dialed, on this pod
+            app = registry.destination(original[0], original[1], app.settings.protocol)
         return await call_cluster(app, request, capped_timeout(app.settings.request_timeout, request.headers))
 
     return compose(

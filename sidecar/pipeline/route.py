@@ -1,6 +1,8 @@
 """Outbound routing: from a request's host (and path and headers) to one upstream service.
 
-A `Router` is built once per config snapshot. Hosts are matched without port, case-insensitively;
+A `Router` is built once per config snapshot. Services with `protocol: tcp` take no part: they carry
+no HTTP, and are matched by a connection's original destination only (`listeners/outbound.py`).
+Hosts are matched without port, case-insensitively;
 a Route for a host wins over a Service listing that host. A Route's rules are tried in order and
 the first match wins; `path_prefix` matches whole path segments (Gateway API), `path` exactly;
 header matches are exact values. A rule's targets are picked by weight (canary splits).
@@ -68,6 +70,8 @@ class Router:
     def __init__(self, services: Mapping[str, ServiceConfig], routes: Mapping[str, RouteConfig]) -> None:
         self.by_host: dict[str, Destination | tuple[CompiledRule, ...]] = {}
         for service in services.values():
+            if service.protocol == "tcp":  # opaque TCP: matched by original destination only
+                continue
             plain = Destination(service.name)
             for host in service.hosts:
                 self.by_host[host.lower()] = plain

@@ -65,10 +65,15 @@ class RequestMetrics:
     config reloads by result; and, through `dropped_spans_source`, the spans tracing dropped.
     Retries, ejections and connections are the upstream registry's."""
 
-    __slots__ = ("config_reloads", "dropped_spans_source", "durations", "requests")
+    __slots__ = ("config_reloads", "dropped_spans_source", "durations", "requests", "tcp_bytes", "tcp_connections")
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, int]] = Counter()  # the code as a string only when scraped
+        # Opaque TCP: connections taken by (direction, service), and bytes carried by (direction,
+        # service, flow), flow "received" from the connection's caller or "sent" back to it; bytes
+        # are added as they pass, so a long-lived connection shows what it carried so far.
+        self.tcp_connections: Counter[tuple[str, str]] = Counter()
+        self.tcp_bytes: Counter[tuple[str, str, str]] = Counter()
         self.durations: dict[tuple[str, str], Histogram] = {}
         self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
         self.dropped_spans_source: Callable[[], int] = lambda: 0  # tracing sets its own counter here

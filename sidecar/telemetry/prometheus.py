@@ -94,6 +94,22 @@ class SidecarCollector:
             buckets = list(zip(BUCKET_BOUNDS, histogram.cumulative(), strict=True))
             durations.add_metric((direction, service), buckets, histogram.sum)
         yield durations
+        connections = CounterMetricFamily(
+            "sidecar_tcp_connections_total",
+            "Opaque TCP connections taken, by direction and service.",
+            labels=("direction", "service"),
+        )
+        for (direction, service), count in sorted(metrics.tcp_connections.items()):
+            connections.add_metric((direction, service), count)
+        yield connections
+        carried = CounterMetricFamily(
+            "sidecar_tcp_bytes_total",
+            "Bytes of opaque TCP connections by direction, service and flow (received from the caller, sent to it).",
+            labels=("direction", "service", "flow"),
+        )
+        for (direction, service, flow), count in sorted(metrics.tcp_bytes.items()):
+            carried.add_metric((direction, service, flow), count)
+        yield carried
 
     def _upstreams(self) -> Iterator[Metric]:
         retries = CounterMetricFamily(

@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from ..http.errors import UpstreamConnectFailure
-from ..tls import failure_reason, peer_identity
+from ..tls import ALPN_TCP, failure_reason, peer_identity
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
 from ..transport.tcp import TcpStream, open_tcp
@@ -199,6 +199,26 @@ class ConnectionPool:
         """A fresh HTTP/1.1 stream to the endpoint (TLS as the service says, ALPN http/1.1) that the
         pool neither counts nor keeps: health checks. The caller bounds the time and closes it."""
         return await self._open("http1")
+
+    async def open_opaque(self) -> TcpStream | TlsStream:
+        """A fresh connection for one opaque TCP connection (a `protocol: tcp` service): plain TCP,
+        or TLS as the service says (to a mesh peer, ALPN `sidecar-tcp/1`, which the peer must
+        select). Counted among the open connections until `opaque_closed()`; never pooled. The
+        caller bounds the time (connect timeout)."""
+        stream = await self._open("tcp")
+        tls = self.tls
+        if tls is not None and tls.mutual and isinstance(stream, TlsStream):
+            chosen = stream.selected_alpn_protocol()
+            if chosen != ALPN_TCP:
+                stream.close_now()
+                detail = f"{self.endpoint.address}: the peer does not carry opaque TCP (ALPN {chosen or 'none'})"
+                raise UpstreamConnectFailure(detail=detail)
+        self.open_connections += 1
+        return stream
+
+    def opaque_closed(self) -> None:
+        """A connection from `open_opaque` was closed."""
+        self.open_connections -= 1
 
     async def _open(self, protocol: str) -> TcpStream | TlsStream:
         """TCP, then TLS when the service says so, offering the ALPN of `protocol`. The caller

@@ -77,6 +77,9 @@ class ClusterSettings:
     stream_idle_timeout: float | None = None  # a response body with no bytes this long ends; None: never
     retry: RetryPolicy | None = None  # None: no retries (the keep-alive race resend still applies)
     thresholds: Thresholds = UNLIMITED
+    addresses: frozenset[str] = frozenset()  # virtual IPs the service is dialed at (transparent capture)
+    ports: frozenset[int] = frozenset()  # ports it is dialed on with those addresses (empty: any)
+    tunnel_port: int = 0  # tcp: the app port asked of the peer sidecar (its first `ports`; 0: the peer's only one)
 
 
 def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None) -> ClusterSettings:
@@ -99,6 +102,9 @@ def settings_for_service(service: ServiceConfig, tls: UpstreamTls | None = None)
         stream_idle_timeout=t.idle or None,
         retry=RetryPolicy.from_config(service.retries) if service.retries.attempts else None,
         thresholds=Thresholds.from_config(service.circuit_breaker),
+        addresses=frozenset(service.addresses),
+        ports=frozenset(service.ports),
+        tunnel_port=service.ports[0] if service.ports else 0,
     )
 
 
@@ -113,6 +119,22 @@ def settings_for_app(inbound: InboundConfig) -> ClusterSettings:
         dns_refresh=5.0,
         targets=((inbound.app, 1),),
         protocol="http2" if inbound.app_protocol == "h2c" else "http1",
+        websocket_idle_timeout=APP_WEBSOCKET_IDLE_TIMEOUT,
+    )
+
+
+def settings_for_destination(host: str, port: int, protocol: str, idle_timeout: float) -> ClusterSettings:
+    """A destination reached as it is, in plaintext, with no policies: an unknown destination that
+    `outbound_policy: allow_any` passes through, or, on the inbound side in transparent mode, the app
+    port a redirected connection was for (`idle_timeout`: the app's `app_idle_timeout`)."""
+    return ClusterSettings(
+        connect_timeout=APP_CONNECT_TIMEOUT,
+        request_timeout=NO_TIMEOUT,
+        idle_timeout=idle_timeout,
+        load_balancer="round_robin",
+        dns_refresh=5.0,
+        targets=((Address(host, port), 1),),
+        protocol=protocol,
         websocket_idle_timeout=APP_WEBSOCKET_IDLE_TIMEOUT,
     )
 
@@ -370,11 +392,55 @@ async def _run_policies(scope: trio.CancelScope, tasks: list[Callable[[], Awaita
                 nursery.start_soon(task)
 
 
+MAX_DESTINATIONS = 256  # clusters kept for destinations reached as they are (see `destination`)
+PASSTHROUGH = "passthrough"  # the service name of destinations no Service matches (allow_any)
+
+
 class UpstreamRegistry:
     def __init__(self) -> None:
         self.clusters: dict[str, Cluster] = {}
         self.app: Cluster | None = None
         self.background: trio.Nursery | None = None
+        # Destinations reached as they are, by (host, port, protocol), least recently used first.
+        self._destinations: dict[tuple[str, int, str], Cluster] = {}
+        self._app_idle_timeout = 4.0
+
+    def match_destination(self, host: str, port: int) -> Cluster | None:
+        """The service a connection to `host`:`port` (an original destination) is for: the one with
+        an endpoint at exactly that address, else one whose `addresses` hold the IP and whose
+        `ports` (if any) hold the port. None when no Service matches. A pod IP alone does not
+        match: a pod listens on many ports."""
+        by_address = None
+        for cluster in self.clusters.values():
+            for endpoint in cluster.endpoints:
+                if endpoint.port == port and endpoint.host == host:
+                    return cluster
+            settings = cluster.settings
+            if by_address is None and host in settings.addresses and (not settings.ports or port in settings.ports):
+                by_address = cluster
+        return by_address
+
+    def destination(self, host: str, port: int, protocol: str) -> Cluster:
+        """A cluster for `host`:`port` reached as it is (plaintext, no policies), made on first use.
+        At most MAX_DESTINATIONS are kept: past that, the least recently used one with nothing in
+        flight is retired (its idle connections closed)."""
+        key = (host, port, protocol)
+        found = self._destinations.pop(key, None)
+        if found is None:
+            settings = settings_for_destination(host, port, protocol, self._app_idle_timeout)
+            found = Cluster(PASSTHROUGH, settings)
+            if self.background is not None:
+                found.set_background(self.background)
+            if len(self._destinations) >= MAX_DESTINATIONS:
+                self._retire_destination()
+        self._destinations[key] = found
+        return found
+
+    def _retire_destination(self) -> None:
+        for key, cluster in self._destinations.items():
+            if not any(e.active_requests for e in cluster.endpoints):
+                self._destinations.pop(key).retire()
+                return
 
     def apply_services(
         self, services: Iterable[ServiceConfig], tls_for: Callable[[ServiceConfig], UpstreamTls | None]
@@ -395,6 +461,8 @@ class UpstreamRegistry:
                 self.clusters.pop(name).retire()
 
     def apply_app(self, inbound: InboundConfig | None) -> None:
+        if inbound is not None:
+            self._app_idle_timeout = inbound.app_idle_timeout
         if inbound is None:
             if self.app is not None:
                 self.app.retire()
@@ -421,6 +489,7 @@ class UpstreamRegistry:
         clusters = list(self.clusters.values())
         if self.app is not None:
             clusters.append(self.app)
+        clusters += self._destinations.values()
         return clusters
 
     async def resolve_due(self) -> None:
