@@ -11,6 +11,7 @@ signal ends it at once.
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import time
@@ -39,9 +40,9 @@ from .telemetry.prometheus import collector_registry
 from .telemetry.record import Telemetry, access_log_wanted, access_logger, record_rejected
 from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
 from .tls import ALPN_TCP
+from .transport.detect import detect
 from .transport.h1_server import H1Server, ServerLimits
 from .transport.h2_server import H2Server
-from .transport.detect import detect
 from .transport.listener import ConnectionHandler, Listener
 from .transport.original_dst import original_destination
 from .transport.tcp import TcpStream
@@ -191,6 +192,20 @@ class Runtime:
         self.metrics.config_reloads["success"] += 1
         self.config_error = None
         log.info("config_reloaded", version=snapshot.version, files=len(snapshot.files))
+
+    @staticmethod
+    def _check_capture(capture: CaptureConfig) -> None:
+        """Transparent capture: the sidecar's own connections escape the nat rules only when it runs
+        as `proxy_uid`; as anyone else its upstream connections would be redirected back to itself."""
+        uid = os.getuid()
+        if uid != capture.proxy_uid:
+            log.warning(
+                "capture_uid_mismatch",
+                uid=uid,
+                proxy_uid=capture.proxy_uid,
+                message=f"running as uid {uid}, not capture.proxy_uid {capture.proxy_uid}: where `sidecar iptables` "
+                "installed its rules, this sidecar's own connections are captured too (a loop); run it as proxy_uid",
+            )
 
     async def _open_tcp_listeners(self, snapshot: Snapshot) -> dict[str, Listener]:
         """The `listen` listeners `snapshot` wants: those already open at the same address, the
@@ -445,6 +460,11 @@ class Runtime:
             for name in ("outbound", "inbound"):
                 if name in self.listeners:
                     self.listeners[name].rejected = partial(self._rejected, name)
+            if sidecar.capture.mode == "transparent":
+                self._check_capture(sidecar.capture)
+                for name in ("outbound", "inbound"):
+                    if name in self.listeners:
+                        self.listeners[name].bind_ipv6_twin()  # where ip6tables redirects to
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._watch_config)

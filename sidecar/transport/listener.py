@@ -88,6 +88,20 @@ class Listener:
         infos = await trio.socket.getaddrinfo(host, self.address.port, type=trio.socket.SOCK_STREAM)
         self.sockets = [TcpListener.bind(str(infos[0][4][0]), self.address.port)]
 
+    def bind_ipv6_twin(self) -> bool:
+        """Also listen on the IPv6 counterpart of an IPv4 wildcard or loopback address (`::` for
+        0.0.0.0, `::1` for 127.0.0.1), same port: where transparent capture redirects IPv6
+        connections (ip6tables' REDIRECT sends them to ::1 or the interface's own address).
+        False when there is no such twin or the host has no IPv6."""
+        twin = {"0.0.0.0": "::", "127.0.0.1": "::1"}.get(self.address.host)
+        if twin is None or any(":" in str(s.sock.getsockname()[0]) for s in self.sockets):
+            return False
+        try:
+            self.sockets.append(TcpListener.bind(twin, self.sockets[0].port, v6_only=True))
+        except OSError:  # no IPv6 here (or ::1 missing): IPv4 only, as before
+            return False
+        return True
+
     async def serve(self, on_connection: ConnectionHandler, handler_nursery: trio.Nursery) -> None:
         """Accept until drained; each connection runs in `handler_nursery`."""
         handler_nursery.start_soon(self._watch_timers)

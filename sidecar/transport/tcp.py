@@ -195,13 +195,15 @@ class TcpListener:
         self._closed = False
 
     @classmethod
-    def bind(cls, host: str, port: int, backlog: int = 1024) -> TcpListener:
+    def bind(cls, host: str, port: int, backlog: int = 1024, *, v6_only: bool = False) -> TcpListener:
+        """Listen on `host`:`port`; an IPv6 `host` takes IPv4 too unless `v6_only` (a second socket
+        beside an IPv4 one on the same port)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6_only else 0)
             sock.bind((host, port))
             sock.listen(backlog)
         except BaseException:

@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _listen(port: int) -> socket.socket:
-    server = socket.socket()
+    server = socket.socket(socket.AF_INET6)  # IPv4 too (not v6-only)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", port))
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.bind(("::", port))
     server.listen(64)
     return server
 
@@ -71,7 +72,7 @@ def main() -> None:
         from apps import echo_app
 
         config = hypercorn.config.Config()
-        config.bind = [f"0.0.0.0:{port}"]
+        config.bind = [f"[::]:{port}"]  # IPv4 too (IPV6_V6ONLY is off by default)
         config.accesslog = None
         config.errorlog = None
 

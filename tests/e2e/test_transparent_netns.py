@@ -59,6 +59,7 @@ class Pod:
     address: str
     config: Path
     log: Path
+    address6: str | None = None
     sidecar: subprocess.Popen[str] | None = None
     nat_before: str = ""
 
@@ -142,7 +143,7 @@ def _nat(ns: Namespace) -> str:
 def pods() -> Iterator[Pods]:
     with Lab() as lab:
         a_ns, b_ns, outside = lab.namespace(), lab.namespace(), lab.namespace()
-        mesh_link = lab.link(a_ns, b_ns)
+        mesh_link = lab.link(a_ns, b_ns, ipv6=True)
         outside_link = lab.link(a_ns, outside)
         # Files the sidecars (uid 1337) can read: a directory of its own under /tmp.
         root = Path(tempfile.mkdtemp(prefix="sidecar-netns-"))
@@ -152,8 +153,8 @@ def pods() -> Iterator[Pods]:
             app_cert = app_pki.workload("tls-app")
             for service in ("pod-a", "pod-b"):
                 pki.workload(service)
-            a = Pod(a_ns, mesh_link.a_addr, root / "a", root / "a.log")
-            b = Pod(b_ns, mesh_link.b_addr, root / "b", root / "b.log")
+            a = Pod(a_ns, mesh_link.a_addr, root / "a", root / "a.log", address6=mesh_link.a_addr6)
+            b = Pod(b_ns, mesh_link.b_addr, root / "b", root / "b.log", address6=mesh_link.b_addr6)
             b_docs: list[dict[str, Any]] = [
                 _sidecar_doc(pki, "pod-b", inbound={"allow": [spiffe_id("pod-a")]}),
             ]
@@ -162,7 +163,7 @@ def pods() -> Iterator[Pods]:
                 {
                     "kind": "Service",
                     "name": "pod-b",
-                    "endpoints": [{"address": f"{b.address}:{APP_PORT}"}],
+                    "endpoints": [{"address": f"{b.address}:{APP_PORT}"}, {"address": f"[{b.address6}]:{APP_PORT}"}],
                     "tls": {"identity": spiffe_id("pod-b")},
                 },
                 {
@@ -170,6 +171,12 @@ def pods() -> Iterator[Pods]:
                     "name": "cache",
                     "protocol": "tcp",
                     "endpoints": [{"address": f"{b.address}:{REDIS_PORT}"}],
+                    "tls": {"identity": spiffe_id("pod-b")},
+                },
+                {
+                    "kind": "Service",
+                    "name": "greeter",
+                    "endpoints": [{"address": f"{b.address}:2525"}],
                     "tls": {"identity": spiffe_id("pod-b")},
                 },
                 {
@@ -193,6 +200,7 @@ def pods() -> Iterator[Pods]:
                 "redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
                 "--save", "", "--appendonly", "no",
             )  # fmt: skip
+            listening(b_ns.popen(sys.executable, POD_APPS, "greet", "2525"))
             listening(outside.popen(sys.executable, POD_APPS, "http", str(OUTSIDE_HTTP)))
             listening(outside.popen(sys.executable, POD_APPS, "echo", str(OUTSIDE_TCP)))
             for pod in (a, b):
@@ -284,6 +292,31 @@ def test_http_and_redis_between_pods_are_encrypted_and_identified(pods: Pods, tm
     assert _metric(b_metrics, "sidecar_tcp_connections_total", direction="inbound", service="pod-b") >= 2
     assert _metric(a_metrics, "sidecar_tcp_bytes_total", direction="outbound", service="cache", flow="received") > 0
     assert _metric(a_metrics, "sidecar_requests_total", direction="outbound", service="pod-b", code="200") >= 2
+
+
+def test_ipv6_is_captured_too(pods: Pods) -> None:
+    """The pods have global IPv6 addresses, so `sidecar iptables` installed ip6tables rules and the
+    listeners took their IPv6 twins: a call to pod B's IPv6 address is meshed like an IPv4 one."""
+    assert "SIDECAR_OUTPUT" in pods.a.ns.run("ip6tables-save", "-t", "nat").stdout
+    info = json.loads(pods.a.curl("-g", f"http://[{pods.b.address6}]:{APP_PORT}/info").stdout)
+    assert f"URI={spiffe_id('pod-a')}" in dict(info["headers"])["x-forwarded-client-cert"]
+
+
+def test_a_server_that_speaks_first_is_carried_after_the_detect_timeout(pods: Pods) -> None:
+    """Port 2525 is not opaque and its Service is not tcp: the sidecar waits `detect_timeout` (1 s)
+    for a first byte from the client, then carries the connection as TCP, greeting and all."""
+    client = (
+        "import socket, sys, time\n"
+        "started = time.monotonic()\n"
+        "with socket.create_connection((sys.argv[1], 2525), timeout=10) as s:\n"
+        "    greeting = s.recv(100)\n"
+        "    waited = time.monotonic() - started\n"
+        "    s.sendall(b'after\\n')\n"
+        "    print(greeting.decode().strip(), s.recv(100).decode().strip(), round(waited, 1))\n"
+    )
+    greeting, echoed, waited = pods.a.ns.run(sys.executable, "-c", client, pods.b.address).stdout.rsplit(" ", 2)
+    assert (greeting, echoed) == ("hello from greet", "after")
+    assert 0.9 <= float(waited) < 5
 
 
 def test_the_apps_own_tls_passes_through_untouched(pods: Pods) -> None:
