@@ -46,7 +46,9 @@ def test_example_mesh_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         cert="certs/frontend/cert.pem", key="certs/frontend/key.pem", ca="certs/frontend/ca.pem"
     )
     assert snapshot.identity == "spiffe://mesh.local/ns/default/sa/frontend"
-    assert list(snapshot.services) == ["orders", "orders-v2"]
+    assert list(snapshot.services) == ["orders", "orders-v2", "cache"]
+    assert snapshot.services["cache"].protocol == "tcp"
+    assert snapshot.sidecar.capture.mode == "explicit"
     orders = snapshot.services["orders"]
     assert orders.tls == ServiceTls(mode="mutual", identity="spiffe://mesh.local/ns/default/sa/orders")
     assert snapshot.services["orders-v2"].tls == ServiceTls()
