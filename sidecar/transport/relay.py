@@ -6,15 +6,22 @@ a reset). `PlainSide` is a socket as it is (the app's connection, a plaintext or
 the tunnel between two sidecars is `tunnel.TunnelSide`.
 
 `relay` runs one pump per direction. A pump that reads the end of one side's sending passes it on
-(`send_eof`) and stops; the relay returns once both have, so a client that half-closes after its
-request still gets the whole answer, and a server that speaks first is carried as well. A failure
-on either side (a reset, a tunnel cut without its end) ends both directions at once and aborts both
-sides: nothing is left half-open. Bytes are counted per direction as they are passed on.
+(`send_eof`); the relay returns once both have, so a client that half-closes after its request still
+gets the whole answer, and a server that speaks first is carried as well. A failure on either side
+(a reset, a tunnel cut without its end) ends both directions at once and aborts both sides: nothing
+is left half-open. Bytes are counted per direction as they are passed on.
+
+A side whose sending has ended is still watched (`Side.watch`) until the other direction ends too:
+a client that half-closes after its request and then resets (it gave up) ends the exchange at once,
+rather than when the silent server next writes. A plain socket is looked at with one `poll()` for
+POLLERR every WATCH_INTERVAL (after a FIN, `recv()` answers b"" even once a reset came, and
+readiness never settles); a tunnel is read, since after its end frame only its cut can come.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 from collections import Counter
@@ -27,6 +34,7 @@ from .tcp import TcpStream
 from .tls_socket import TlsStream
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+WATCH_INTERVAL = 0.5  # seconds between looks at a half-closed plain socket for a reset
 
 
 class Side(Protocol):
@@ -42,6 +50,10 @@ class Side(Protocol):
 
     def abort(self) -> None:
         """Close at once, as a reset where the transport can say so."""
+        ...
+
+    async def watch(self) -> None:
+        """After the end of its sending: return (or raise) when the side fails; until then, wait."""
         ...
 
 
@@ -79,6 +91,13 @@ class PlainSide:
         reset(self.stream.sock)
         self.stream.close_now()
 
+    async def watch(self) -> None:
+        poller = select.poll()
+        poller.register(self.stream.sock.fileno(), select.POLLERR)
+        while not poller.poll(0):
+            await trio.sleep(WATCH_INTERVAL)
+        raise trio.BrokenResourceError("reset after the end of its sending")
+
 
 class RelayBroken(Exception):
     """One side failed: `side` is "downstream" or "upstream"."""
@@ -113,10 +132,11 @@ class Carried:
 async def relay(downstream: Side, upstream: Side, carried: Carried) -> None:
     """Carry bytes both ways until both directions have ended (or one side failed: then both sides
     are aborted and `carried.failed` names it). The caller closes both afterwards."""
+    ended: list[bool] = []  # a True per direction whose end was passed on
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, downstream, upstream, carried, True)
-            nursery.start_soon(_pump, upstream, downstream, carried, False)
+            nursery.start_soon(_pump, downstream, upstream, carried, True, ended, nursery.cancel_scope)
+            nursery.start_soon(_pump, upstream, downstream, carried, False, ended, nursery.cancel_scope)
     except* RelayBroken as group:
         broken = group.exceptions[0]
         assert isinstance(broken, RelayBroken)
@@ -126,22 +146,38 @@ async def relay(downstream: Side, upstream: Side, carried: Carried) -> None:
         upstream.abort()
 
 
-async def _pump(source: Side, sink: Side, carried: Carried, from_downstream: bool) -> None:
+async def _pump(
+    source: Side, sink: Side, carried: Carried, from_downstream: bool, ended: list[bool], both: trio.CancelScope
+) -> None:
+    """One direction, until its end is passed on; then watch `source` until the other direction
+    ends too (which cancels `both`, the watch included)."""
     names = ("downstream", "upstream") if from_downstream else ("upstream", "downstream")
     while True:
         try:
             data = await source.receive()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, TunnelError) as exc:
+        except _FAILURES as exc:
             raise RelayBroken(names[0], str(exc) or type(exc).__name__) from None
         try:
             if not data:
                 await sink.send_eof()
-                return
+                break
             await sink.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, TunnelError) as exc:
+        except _FAILURES as exc:
             raise RelayBroken(names[1], str(exc) or type(exc).__name__) from None
         carried.add(from_downstream, len(data))
+    ended.append(True)
+    if len(ended) == 2:
+        both.cancel()
+        return
+    try:
+        await source.watch()
+    except _FAILURES as exc:
+        raise RelayBroken(names[0], str(exc) or type(exc).__name__) from None
+    raise RelayBroken(names[0], "closed after the end of its sending")
 
 
 class TunnelError(Exception):
     """The tunnel between two sidecars broke its framing, or ended without its end frame."""
+
+
+_FAILURES = (trio.BrokenResourceError, trio.ClosedResourceError, TunnelError)

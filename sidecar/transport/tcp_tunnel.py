@@ -106,6 +106,12 @@ class TunnelSide:
         reset(self.stream.sock)
         self.stream.close_now()
 
+    async def watch(self) -> None:
+        """After the end frame the peer sends nothing more; whatever comes (its close, a reset,
+        stray bytes) means it is gone before the other direction ended."""
+        data = await self.stream.receive_some()
+        raise TunnelError("bytes after the end of the tunnel" if data else "the tunnel closed before both ends")
+
 
 async def send_port(stream: TlsStream, port: int) -> None:
     """The caller's first bytes: which app port the tunnel is for (0: the receiver's only one)."""
