@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make .venv ready for the given pip extras (e.g. "test" or "demo"), and install the OS packages
-# the tests drive (curl, nginx, h2load, wrk) when they are missing. Safe to run again.
+# the tests drive when they are missing: curl, nginx and its stream module, h2load, wrk,
+# iptables-restore (`sidecar iptables`), ip (network namespaces), tcpdump, redis-server and
+# redis-cli. Safe to run again.
 # pip's output goes to .venv/install.log, shown only when the install fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +11,12 @@ PY="${PYTHON:-python3}"
 
 need_apt=()
 if [ "$extras" = "test" ]; then
-  for tool in curl:curl nginx:nginx-light h2load:nghttp2-client wrk:wrk; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
+  for tool in curl:curl nginx:nginx-light h2load:nghttp2-client wrk:wrk iptables-restore:iptables ip:iproute2 \
+    tcpdump:tcpdump redis-server:redis-server redis-cli:redis-tools; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
   done
+  # nginx's stream module (TCP proxying) is a file, not a command
+  [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

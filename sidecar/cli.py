@@ -1,6 +1,6 @@
 """Command line: argument parsing and wiring only (SPEC §2).
 
-Exit codes: 0 clean stop, 1 bad config at start (or `check` found errors), 2 usage error.
+Exit codes: 0 clean stop, 1 bad config at start (or `check` found errors, or `iptables` failed), 2 usage error.
 """
 
 from __future__ import annotations
@@ -49,6 +49,34 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--id", required=True, metavar="SPIFFE_ID", help="spiffe://TD/ns/NS/sa/SA")
     issue.add_argument("--out", required=True, metavar="DIR")
     issue.add_argument("--validity", default="24h", metavar="DURATION", help="default 24h")
+    iptables = sub.add_parser(
+        "iptables",
+        parents=[config],
+        help="install the nat rules of transparent capture in this network namespace (needs CAP_NET_ADMIN)",
+        description="Install, in the current network namespace, the nat rules built from the Sidecar's `capture` "
+        "section: inbound TCP to every port but the admin port, the inbound listener's own and "
+        "capture.exclude_inbound_ports is redirected to the inbound listener (only with an inbound section); "
+        "outbound TCP from every UID but capture.proxy_uid, except to loopback, capture.exclude_outbound_ports "
+        "and capture.exclude_outbound_cidrs, is redirected to the outbound listener. The rules live in the "
+        "chains SIDECAR_INBOUND and SIDECAR_OUTPUT, hooked once from PREROUTING (only with an inbound section) "
+        "and OUTPUT; running it again rewrites them and leaves one copy. IPv4 always, IPv6 too when the "
+        "namespace has a global IPv6 address. Applied with iptables-restore of the backend (legacy or nft) "
+        "the namespace already uses. "
+        "Needs CAP_NET_ADMIN: in Kubernetes, run it as an init container with the NET_ADMIN capability. "
+        "Exit code 0 on success, 1 on failure or a bad config.",
+    )
+    iptables.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print, in iptables-restore format, exactly what would be applied given the current table "
+        "(one section per address family, headed by a comment naming the restore command), and change nothing",
+    )
+    iptables.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove the chains and every hook into them instead (the config is not read); "
+        "nothing to remove is not an error",
+    )
     demo = sub.add_parser("demo", parents=[log_format], help="run a small mesh on loopback and show it working")
     demo.add_argument("--duration", type=float, metavar="N", help="send traffic for N seconds, print the summary, exit")
     sub.add_parser("version", help="print the version")
@@ -67,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_config_dir(args.config), fmt)
     if args.command == "certs":
         return _certs(args)
+    if args.command == "iptables":
+        return _iptables(_config_dir(args.config), dry_run=args.dry_run, clean=args.clean)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -96,6 +126,27 @@ def _certs(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {path}")
     return 0
+
+
+def _iptables(directory: str, *, dry_run: bool, clean: bool) -> int:
+    from .capture.iptables import run
+    from .config.loader import ConfigError, load_directory
+
+    sidecar = None
+    if not clean:
+        try:
+            sidecar = load_directory(directory).sidecar
+        except ConfigError as error:
+            for issue in error.issues:
+                print(issue, file=sys.stderr)
+            return 1
+    return run(
+        sidecar,
+        dry_run=dry_run,
+        clean=clean,
+        out=lambda line: print(line, flush=True),
+        err=lambda line: print(line, file=sys.stderr, flush=True),
+    )
 
 
 def _check(directory: str) -> int:

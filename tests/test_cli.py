@@ -149,3 +149,25 @@ def test_check_and_run_help_say_what_the_config_option_is_and_its_default() -> N
         assert result.returncode == 0
         text = " ".join(result.stdout.split())  # argparse wraps to the terminal width
         assert "-c DIR, --config DIR config directory (default $SIDECAR_CONFIG, else ./mesh-config)" in text, text
+
+
+def test_iptables_help_explains_each_flag() -> None:
+    result = run("iptables", "--help")
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    for words in ("-c DIR", "--dry-run", "iptables-restore format", "--clean", "CAP_NET_ADMIN", "NET_ADMIN"):
+        assert words in help_text, words
+
+
+def test_iptables_with_a_bad_config_exits_1_before_touching_anything(tmp_path: Path) -> None:
+    """The config is read first, so this needs no privilege (the real rules: tests/e2e/test_iptables_netns.py)."""
+    (tmp_path / "sidecar.yaml").write_text("kind: Sidecar\nservice: web\ncapture: {mode: sideways}\n")
+    for flags in ((), ("--dry-run",)):
+        result = run("iptables", "-c", str(tmp_path), *flags)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"{tmp_path}/sidecar.yaml:3: capture.mode: "), result.stderr
+        assert result.stdout == ""
+    missing = tmp_path / "nowhere"
+    result = run("iptables", "-c", str(missing))
+    assert (result.returncode, result.stderr.splitlines()[0]) == (1, f"{missing}: config directory not found")
+    assert run("iptables", "--frobnicate").returncode == 2

@@ -26,6 +26,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("http", ["sidecar.http.*"]),
     # Data: the validated config and the TLS material and identities (contexts, SPIFFE IDs, allow lists).
     ("config", ["sidecar", "sidecar.config.*", "sidecar.tls"]),
+    # Transparent capture's nat rules: built from the config (sans-IO) and applied with iptables.
+    ("capture", ["sidecar.capture.*"]),
     # Bytes meet trio streams: sockets, TLS streams, HTTP/1.1 and HTTP/2 servers and client connections.
     # Servers hand requests to a `Handler` they are given; client connections report to an owner
     # through the protocols they define.
