@@ -65,6 +65,8 @@ def outbound_handler(
         """Transparent capture, no Service by host: the Service the app dialed by address, else the
         outbound policy (allow_any: to that address as it is; registry_only: 404 no_route)."""
         cluster = registry.match_destination(*original)
+        if cluster is not None and cluster.settings.protocol == "tcp":  # a config swapped since the connection came
+            raise NoRoute(detail=f"{original[0]}:{original[1]} is an opaque TCP service")
         if cluster is None:
             if outbound_policy() != "allow_any":
                 raise NoRoute(detail=f"host {request.host!r} at {original[0]}:{original[1]} (registry_only)")
