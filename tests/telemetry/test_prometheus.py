@@ -27,6 +27,8 @@ SPEC_METRICS = {
     "sidecar_config_reloads_total": "counter",
     "sidecar_tls_handshake_failures_total": "counter",
     "sidecar_spans_dropped_total": "counter",
+    "sidecar_tcp_connections_total": "counter",
+    "sidecar_tcp_bytes_total": "counter",
 }
 UPSTREAM_METRICS = (
     "sidecar_upstream_retries_total",
