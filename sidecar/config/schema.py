@@ -577,6 +577,8 @@ class ServiceConfig(Model):
 
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "hosts" not in data and data.get("protocol") == "tcp":  # no Host to match: by address only
+            return {**data, "hosts": []}
         if "hosts" not in data:  # left out or null: the service's own name, when that is valid
             try:
                 return {**data, "hosts": [parse_name(data.get("name"))]}
@@ -593,6 +595,8 @@ class ServiceConfig(Model):
         if self.listen is not None and self.protocol != "tcp":
             errors.append(FieldError(("listen",), "listen applies to protocol tcp only"))
         if self.protocol == "tcp":
+            if self.hosts and given.get("hosts"):
+                errors.append(FieldError(("hosts",), "a tcp service is matched by address, not by Host"))
             if self.health_check is not None:
                 message = "health_check sends HTTP requests; a tcp service's endpoints are judged by connect failures"
                 errors.append(FieldError(("health_check",), message))
