@@ -6,14 +6,20 @@ app port among its `inbound.tcp_ports`.
   with one `protocol: "tcp"` access-log line per connection on each sidecar (bytes, peer identity)
   and `sidecar_tcp_connections_total` / `sidecar_tcp_bytes_total` on both.
 - Half-closes both ways, a server that speaks first, 20 MiB each way at once (hash-checked, two
-  real sidecar processes whose memory stays bounded).
+  real sidecar processes whose memory stays bounded); an endpoint picked per connection (names from
+  DNS, a refusing one passed over), HTTP's request and idle timeouts not applying, no spans, and a
+  tcp Service without mesh TLS reaching its endpoint as it is.
 - Failure paths: endpoint down (reset at once, `upstream_connect_failure`, ejected after
-  `consecutive_gateway_errors`), wrong peer identity, a caller B does not allow (`unauthorized`, the
-  app never sees it), a port not in `tcp_ports` (`no_route`), `circuit_breaker` full (`overflow`),
-  the app resetting mid-stream (`upstream_reset`).
+  `consecutive_gateway_errors`), a handshake that outlasts `timeouts.connect`, wrong peer identity,
+  a caller B does not allow (`unauthorized`, the app never sees it), a port not in `tcp_ports`
+  (`no_route`), `circuit_breaker` full (`overflow`), also for connections opened at the same moment
+  (xfail: a bug), the app resetting mid-stream (`upstream_reset`), the client resetting after its
+  half-close; /clusters counts nothing left over.
 - Drain (a real process on SIGTERM: open connections carry on until they close, or until
-  `drain_timeout`) and live reload (a `listen` port added serves within seconds, one removed stops
-  taking connections; open connections stay up throughout).
+  `drain_timeout`; the receiving sidecar draining keeps its tunnels) and live reload (a `listen` port
+  added serves within seconds, one removed or moved stops taking connections, one already taken
+  refuses the reload (and exits 1 at start); B's `tcp_ports` apply to new tunnels; open connections
+  stay up throughout).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import pytest
 import trio
 
 from .conftest import Mesh, Process, SidecarHandle, free_port, mesh_service, spiffe_id, wait_ready, write_config
+from .otlp import OtlpReceiver
 from .test_access_log import access_lines, metrics
 from .test_reload import admin_json, edit
 
@@ -187,6 +194,12 @@ async def peer(mesh: Mesh, tcp_ports: list[int], **inbound: Any) -> SidecarHandl
 async def connect(port: int) -> trio.SocketStream:
     with trio.fail_after(PROMPT):
         return await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def service_state(sc: SidecarHandle, name: str) -> dict[str, Any]:
+    """The service's entry in the sidecar's /clusters."""
+    (found,) = [s for s in (await admin_json(sc, "/clusters"))["services"] if s["name"] == name]
+    return dict(found)
 
 
 def sample(values: dict[Any, float], name: str, **labels: str) -> float:
@@ -641,7 +654,7 @@ async def test_a_caller_b_does_not_allow_is_refused_before_the_app_sees_a_connec
     app = await origin.start(nursery)
     b = await peer(mesh, [app], allow=[spiffe_id("only-this-one")])
     listen = free_port()
-    await mesh.sidecar(service="frontend", services=[tcp_service("cache", b, listen)])
+    a = await mesh.sidecar(service="frontend", services=[tcp_service("cache", b, listen)])
     log = AccessLog(capsys)
     stream = await connect(listen)
     async with stream:
@@ -653,6 +666,8 @@ async def test_a_caller_b_does_not_allow_is_refused_before_the_app_sees_a_connec
     assert outbound["reason"] is not None  # A saw its tunnel cut
     await trio.sleep(0.2)
     assert origin.accepted == 0
+    cache = await service_state(a, "cache")
+    assert cache["open_connections"] == 0 and cache["endpoints"][0]["active_requests"] == 0
 
 
 async def test_a_port_not_in_tcp_ports_is_refused_with_no_route(
@@ -697,11 +712,15 @@ async def test_a_full_circuit_breaker_refuses_the_next_connection_with_overflow(
 ) -> None:
     b = await peer(mesh, [await TcpOrigin(echo).start(nursery)])
     listen = free_port()
-    await mesh.sidecar(service="frontend", services=[tcp_service("cache", b, listen, circuit_breaker={threshold: 1})])
+    a = await mesh.sidecar(
+        service="frontend", services=[tcp_service("cache", b, listen, circuit_breaker={threshold: 1})]
+    )
     log = AccessLog(capsys)
     held = await connect(listen)
     await held.send_all(b"one")
     assert await receive_exactly(held, 3) == b"one"  # open, and carried
+    cache = await service_state(a, "cache")
+    assert cache["open_connections"] == 1 and cache["endpoints"][0]["active_requests"] == 1
     second = await connect(listen)
     async with second:
         assert await send_then_see_the_end(second, b"two") == "reset"
@@ -713,6 +732,8 @@ async def test_a_full_circuit_breaker_refuses_the_next_connection_with_overflow(
     assert await read_to_end(held) == b""
     await held.aclose()
     await log.wait_for("outbound", 2)
+    cache = await service_state(a, "cache")
+    assert cache["open_connections"] == 0 and cache["endpoints"][0]["active_requests"] == 0
     third = await connect(listen)  # the held one closed: room again
     async with third:
         await third.send_all(b"three")
@@ -766,7 +787,7 @@ async def test_an_app_reset_mid_stream_resets_the_client_and_is_logged_as_upstre
 ) -> None:
     b = await peer(mesh, [await TcpOrigin(resets_mid_stream).start(nursery)])
     listen = free_port()
-    await mesh.sidecar(service="frontend", services=[tcp_service("cache", b, listen)])
+    a = await mesh.sidecar(service="frontend", services=[tcp_service("cache", b, listen)])
     log = AccessLog(capsys)
     stream = await connect(listen)
     async with stream:
@@ -777,6 +798,8 @@ async def test_an_app_reset_mid_stream_resets_the_client_and_is_logged_as_upstre
     assert inbound["reason"] == "upstream_reset"
     assert outbound["reason"] == "upstream_reset"
     assert inbound["bytes_in"] == outbound["bytes_in"] == 13
+    cache = await service_state(a, "cache")  # nothing left counted
+    assert cache["open_connections"] == 0 and cache["endpoints"][0]["active_requests"] == 0
 
 
 async def test_a_client_reset_after_its_half_close_ends_the_app_connection(
@@ -1042,3 +1065,89 @@ async def test_a_reload_of_the_receiver_keeps_open_tunnels_and_applies_tcp_ports
     await held.send_eof()
     assert await read_to_end(held) == b""
     await held.aclose()
+
+
+async def test_a_listen_port_already_taken_at_start_exits_1_with_a_message(
+    mesh: Mesh, tmp_path: Path, processes: list[Process]
+) -> None:
+    ports = {name: free_port() for name in ("outbound", "admin")}
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        taken = squatter.getsockname()[1]
+        service = {
+            "kind": "Service",
+            "name": "cache",
+            "protocol": "tcp",
+            "listen": f"127.0.0.1:{taken}",
+            "endpoints": [{"address": "127.0.0.1:1"}],
+        }
+        write_config(tmp_path / "a", sidecar_process_docs(mesh.pki, "frontend", ports, extra=[service]))
+        proc = Process(tmp_path / "a", tmp_path / "a.log")
+        processes.append(proc)
+        await exits(proc, 15)
+    assert proc.proc.returncode == 1, proc.output()
+    assert "cache" in proc.output() and str(taken) in proc.output()
+
+
+async def test_a_tcp_service_without_mesh_tls_reaches_its_endpoint_as_it_is(
+    mesh: Mesh, redis_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tls.mode: disabled`: no tunnel, the app's bytes go to the endpoint as they are (an outside
+    database, say); half-closes pass too."""
+    listen = free_port()
+    a = await mesh.sidecar(
+        service="frontend",
+        services=[
+            {
+                "name": "db",
+                "protocol": "tcp",
+                "listen": f"127.0.0.1:{listen}",
+                "endpoints": [{"address": f"127.0.0.1:{redis_port}"}],
+                "tls": {"mode": "disabled"},
+            }
+        ],
+    )
+    log = AccessLog(capsys)
+    request = resp(b"PING") + resp(b"ECHO", b"plain")
+    stream = await connect(listen)
+    async with stream:
+        await stream.send_all(request)
+        await stream.send_eof()
+        assert await read_to_end(stream) == b"+PONG\r\n$5\r\nplain\r\n"
+    (line,) = await log.wait_for("outbound", 1)
+    assert line["upstream"] == f"127.0.0.1:{redis_port}" and line["reason"] is None
+    assert (line["bytes_in"], line["bytes_out"]) == (len(request), 18)
+    (db,) = [s for s in (await admin_json(a, "/clusters"))["services"] if s["name"] == "db"]
+    assert db["open_connections"] == 0 and db["endpoints"][0]["active_requests"] == 0
+
+
+async def test_a_tcp_connection_makes_no_spans(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tracing on both sidecars, a TCP connection leaves no span (there is no request to hang one
+    on); an HTTP request afterwards shows the collector does receive what there is."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    receiver = OtlpReceiver()
+    tracing = {"exporter": "otlp", "endpoint": f"http://127.0.0.1:{await mesh.origin(receiver)}", "sample_ratio": 1.0}
+    app = await TcpOrigin(echo).start(nursery)
+    b = await mesh.sidecar(
+        service="backend", inbound_app=await mesh.origin(), inbound={"tcp_ports": [app]}, tracing=tracing
+    )
+    listen = free_port()
+    a = await mesh.sidecar(
+        service="frontend",
+        services=[tcp_service("cache", b, listen), mesh_service("orders", b)],
+        tracing=tracing,
+    )
+    stream = await connect(listen)
+    async with stream:
+        await stream.send_all(b"untraced")
+        assert await receive_exactly(stream, 8) == b"untraced"
+        await stream.send_eof()
+        assert await read_to_end(stream) == b""
+    await trio.sleep(0.3)
+    async with httpx.AsyncClient(base_url=a.outbound_url) as client:
+        assert (await client.get("/info", headers={"host": "orders"})).status_code == 200
+    spans = await receiver.wait_for(2)
+    await trio.sleep(0.3)
+    assert sorted(span.kind for span in receiver.spans) == ["CLIENT", "SERVER"]
+    assert all(span.attributes.get("http.request.method") == "GET" for span in receiver.spans), spans
