@@ -237,6 +237,7 @@ class Runtime:
     def _swap_tcp_listeners(self, wanted: dict[str, Listener]) -> None:
         """Serve the newly bound `listen` listeners and close those no longer wanted (their open
         connections carry on to their end)."""
+        self._closed_tcp_listeners = [old for old in self._closed_tcp_listeners if old.connections]
         for name, listener in self.tcp_listeners.items():
             if wanted.get(name) is not listener:
                 listener.drain()

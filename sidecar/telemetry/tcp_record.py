@@ -3,9 +3,9 @@ when it is taken, `sidecar_tcp_bytes_total` as its bytes pass, and one access-lo
 closes (the HTTP fields method, path and status are null; `protocol` is "tcp"). No spans: there is
 no request to hang them on.
 
-`authority` holds the destination the caller dialed (the original destination, or for a tcp
-Service's own `listen` port the service's first address) so that a line says where the bytes were
-going; `reason` is set when the connection failed (no endpoint, a refused connect, a reset, a
+`authority` holds the destination the caller dialed (the original destination, or a tcp Service's
+own `listen` address; inbound, the app address the bytes were handed to) so that a line says where
+the bytes were going; `reason` is set when the connection failed (no endpoint, a refused connect, a reset, a
 destination the outbound policy refuses, a caller not allowed).
 """
 

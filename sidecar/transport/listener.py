@@ -139,7 +139,8 @@ class Listener:
                 self._quiet.set()
 
     async def _watch_timers(self) -> None:
-        while True:
+        """Until the listener is drained and its last connection has ended."""
+        while not (self.draining and self.connections == 0):
             await trio.sleep(self.tick)
             now = trio.current_time()
             watched: dict[int, ConnectionTimer] | None = None

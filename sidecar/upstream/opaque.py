@@ -45,22 +45,31 @@ class _ByCaller:
 
 async def connect_opaque(cluster: Cluster, conn: ConnectionInfo) -> tuple[Endpoint, TcpStream | TlsStream]:
     """An endpoint of `cluster` and a fresh connection to it, counted as one exchange in flight
-    (`endpoint.started()`); the caller ends it with `release()`. Raises the `ProxyError` of the
+    (`endpoint.started()`) and one open connection from before its connect starts; the caller ends
+    it with `release()`. Raises the `ProxyError` of the
     last failure (`overflow`, `no_healthy_upstream`, `upstream_connect_failure`)."""
     breaker = cluster.breaker
-    breaker.check_requests(cluster.name)
     policy = cluster.settings.retry
     tries = 1 + (policy.attempts if policy is not None and "connect-failure" in policy.conditions else 0)
     key = cast("Request", _ByCaller(conn))
     avoid: Endpoint | None = None
     failure: UpstreamConnectFailure | None = None
     for _ in range(tries):
+        # Checked and taken with no await between: connections opened at the same moment each see
+        # the others' places already taken (the connect itself is what takes time).
+        breaker.check_requests(cluster.name)
         breaker.check_connections(cluster.name, cluster.open_connections)
         endpoint = cluster.pick(key, avoid=avoid)
+        endpoint.started()
+        endpoint.pool.opaque_opening()
         breaker.open_pending(cluster.name)
         try:
             stream = await _open(cluster, endpoint)
-        except UpstreamConnectFailure as error:
+        except BaseException as error:
+            endpoint.pool.opaque_closed()
+            endpoint.finished()
+            if not isinstance(error, UpstreamConnectFailure):
+                raise
             endpoint.refused_until = trio.current_time() + CONNECT_FAILURE_PAUSE
             cluster.record(endpoint, None)
             failure, avoid = error, endpoint
@@ -69,7 +78,6 @@ async def connect_opaque(cluster: Cluster, conn: ConnectionInfo) -> tuple[Endpoi
             breaker.close_pending()
         endpoint.refused_until = 0.0
         cluster.record(endpoint, CONNECTED)
-        endpoint.started()
         return endpoint, stream
     assert failure is not None
     raise failure

@@ -203,8 +203,9 @@ class ConnectionPool:
     async def open_opaque(self) -> TcpStream | TlsStream:
         """A fresh connection for one opaque TCP connection (a `protocol: tcp` service): plain TCP,
         or TLS as the service says (to a mesh peer, ALPN `sidecar-tcp/1`, which the peer must
-        select). Counted among the open connections until `opaque_closed()`; never pooled. The
-        caller bounds the time (connect timeout)."""
+        select). Counted among the open connections from `opaque_opening()` (before the connect,
+        so that connects at the same moment meet `max_connections`) until `opaque_closed()`; never
+        pooled. The caller bounds the time (connect timeout)."""
         stream = await self._open("tcp")
         tls = self.tls
         if tls is not None and tls.mutual and isinstance(stream, TlsStream):
@@ -213,11 +214,14 @@ class ConnectionPool:
                 stream.close_now()
                 detail = f"{self.endpoint.address}: the peer does not carry opaque TCP (ALPN {chosen or 'none'})"
                 raise UpstreamConnectFailure(detail=detail)
-        self.open_connections += 1
         return stream
 
+    def opaque_opening(self) -> None:
+        """A connection for `open_opaque` is about to be opened: it counts from now."""
+        self.open_connections += 1
+
     def opaque_closed(self) -> None:
-        """A connection from `open_opaque` was closed."""
+        """A connection counted by `opaque_opening` was closed (or never made)."""
         self.open_connections -= 1
 
     async def _open(self, protocol: str) -> TcpStream | TlsStream:

@@ -12,8 +12,8 @@ app port among its `inbound.tcp_ports`.
 - Failure paths: endpoint down (reset at once, `upstream_connect_failure`, ejected after
   `consecutive_gateway_errors`), a handshake that outlasts `timeouts.connect`, wrong peer identity,
   a caller B does not allow (`unauthorized`, the app never sees it), a port not in `tcp_ports`
-  (`no_route`), `circuit_breaker` full (`overflow`), also for connections opened at the same moment
-  (xfail: a bug), the app resetting mid-stream (`upstream_reset`), the client resetting after its
+  (`no_route`), `circuit_breaker` full (`overflow`), also for connections opened at the same moment,
+  the app resetting mid-stream (`upstream_reset`), the client resetting after its
   half-close; /clusters counts nothing left over.
 - Drain (a real process on SIGTERM: open connections carry on until they close, or until
   `drain_timeout`; the receiving sidecar draining keeps its tunnels) and live reload (a `listen` port
@@ -740,11 +740,6 @@ async def test_a_full_circuit_breaker_refuses_the_next_connection_with_overflow(
         assert await receive_exactly(third, 5) == b"three"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: upstream/opaque.py checks max_connections/max_requests before the connect but counts the "
-    "connection only after it, so connections connecting at the same moment all pass",
-)
 @pytest.mark.parametrize("threshold", ["max_connections", "max_requests"])
 async def test_the_breaker_holds_for_connections_opened_at_the_same_moment(
     mesh: Mesh, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str], threshold: str
