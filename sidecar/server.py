@@ -7,6 +7,9 @@ turns 503, the inbound listener closes its sockets and its idle connections, bus
 connections finish their request and close, the outbound listener keeps serving the app; the
 process ends when no inbound or outbound connection is left open, or at `drain_timeout`. A second
 signal ends it at once.
+
+The listeners here are bound, served and drained; what each does with a connection it accepted is
+`listeners/connections.py`'s. The `listen` ports of tcp Services come and go with reloads.
 """
 
 from __future__ import annotations
@@ -23,38 +26,27 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from .config.loader import ConfigError, load_directory
-from .config.schema import Address, CaptureConfig
+from .config.schema import CaptureConfig
 from .config.snapshot import Snapshot
 from .config.watch import watch
 from .http.message import ConnectionInfo
-from .http.sniff import Speaks
+from .listeners import connections
 from .listeners.admin import admin_handler
 from .listeners.inbound import inbound_handler
-from .listeners.opaque import inbound_plain, inbound_tunnel, outbound_tcp
 from .listeners.outbound import outbound_handler
-from .pipeline.handler import Handler
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .telemetry.metrics import RequestMetrics
 from .telemetry.prometheus import collector_registry
 from .telemetry.record import Telemetry, access_log_wanted, access_logger, record_rejected
 from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
-from .tls import ALPN_TCP
-from .transport.detect import detect
-from .transport.h1_server import H1Server, ServerLimits
-from .transport.h2_server import H2Server
-from .transport.listener import ConnectionHandler, Listener
-from .transport.original_dst import original_destination
-from .transport.tcp import TcpStream
-from .transport.tls_accept import accept as tls_accept
-from .transport.tls_socket import TlsStream
+from .transport.h1_server import ServerLimits
+from .transport.listener import Listener
 from .upstream.registry import UpstreamRegistry
 
 log = structlog.get_logger("sidecar.server")
 
-H2_PREFACE_START = b"PRI * HTTP/2.0"
 SHUTDOWN_WAIT_CUT = 0.25  # seconds spans may take to leave after a drain cut at drain_timeout
-PREFACE_WAIT = 0.005  # seconds between looks at a preface that arrived in pieces (rare)
 
 
 class ReloadRefused(Exception):
@@ -246,7 +238,8 @@ class Runtime:
         for name, listener in wanted.items():
             if self.tcp_listeners.get(name) is not listener and self._nursery is not None:
                 listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))
-                self._nursery.start_soon(listener.serve, self._serve_tcp_service(name, listener.address), self._nursery)
+                serve = connections.tcp_service(self, name, listener.address)
+                self._nursery.start_soon(listener.serve, serve, self._nursery)
                 log.info("tcp_listener_opened", service=name, address=str(listener.address))
         self.tcp_listeners = wanted
 
@@ -281,164 +274,6 @@ class Runtime:
     def stop_now(self) -> None:
         if self._cancel is not None:
             self._cancel.cancel()
-
-    def _serve_with(self, listener: Listener, handler: Handler) -> ConnectionHandler:
-        """Plaintext connections: HTTP/1.1, or HTTP/2 when they open with the h2c preface."""
-
-        async def on_connection(stream: TcpStream) -> None:
-            try:
-                host, port = stream.getpeername()
-            except OSError:  # the peer is already gone
-                return
-            await self._serve_plaintext(stream, ConnectionInfo(host, port), handler, listener)
-
-        return on_connection
-
-    def _serve_outbound(self, listener: Listener, handler: Handler) -> ConnectionHandler:
-        """The app's connections: explicit HTTP, or under transparent capture whatever it dialed."""
-
-        async def on_connection(stream: TcpStream) -> None:
-            try:
-                host, port = stream.getpeername()
-            except OSError:  # the peer is already gone
-                return
-            capture = self.snapshot.sidecar.capture
-            original = original_destination(stream.sock) if capture.mode == "transparent" else None
-            conn = ConnectionInfo(host, port, original_dst=original)
-            if original is None:
-                await self._serve_plaintext(stream, conn, handler, listener)
-                return
-            cluster = self.registry.match_destination(*original)
-            opaque = original[1] in capture.opaque_ports or (cluster is not None and cluster.settings.protocol == "tcp")
-            speaks = Speaks.TCP if opaque else await self._detect(stream, capture)
-            if speaks is None:
-                return
-            if speaks is Speaks.TCP:
-                telemetry = self.current_telemetry()
-                await outbound_tcp(
-                    stream, conn, cluster, original, telemetry=telemetry, outbound_policy=capture.outbound_policy
-                )
-                return
-            server = H2Server if speaks is Speaks.HTTP2 else H1Server
-            await server(stream, conn, handler, self.limits, listener).serve()
-
-        return on_connection
-
-    async def _detect(self, stream: TcpStream, capture: CaptureConfig) -> Speaks | None:
-        return await detect(stream, capture.detect_timeout, self.limits.max_request_headers)
-
-    def _serve_tcp_service(self, name: str, listen: Address) -> ConnectionHandler:
-        """A tcp Service's own `listen` port (explicit mode): every connection is carried to it."""
-        destination = (listen.host, listen.port)
-
-        async def on_connection(stream: TcpStream) -> None:
-            try:
-                host, port = stream.getpeername()
-            except OSError:
-                return
-            await outbound_tcp(
-                stream,
-                ConnectionInfo(host, port),
-                self.registry.clusters.get(name),
-                destination,
-                telemetry=self.current_telemetry(),
-                outbound_policy="registry_only",  # a service that left the config: reset
-            )
-
-        return on_connection
-
-    async def _serve_plaintext(
-        self, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener
-    ) -> None:
-        """HTTP/1.1, or HTTP/2 when the connection opens with the h2c preface (prior knowledge).
-        Only the sniffing is bounded by the header read timeout; the protocol servers bound the rest."""
-        h2 = False
-        with trio.move_on_after(self.limits.header_read_timeout) as deadline:
-            while True:
-                try:
-                    first = await stream.peek(len(H2_PREFACE_START))
-                except trio.BrokenResourceError:
-                    return
-                if not first:
-                    return
-                if first[: len(H2_PREFACE_START)] != H2_PREFACE_START[: len(first)]:
-                    break  # not the preface: HTTP/1.x (no HTTP/1 request starts with "PRI * HTTP/2.0")
-                if len(first) >= len(H2_PREFACE_START):
-                    h2 = True
-                    break
-                await trio.sleep(PREFACE_WAIT)  # a preface split across packets: look again shortly
-        if deadline.cancelled_caught:
-            return
-        server = H2Server if h2 else H1Server
-        await server(stream, conn, handler, self.limits, listener).serve()
-
-    def _serve_inbound(self, listener: Listener, handler: Handler) -> ConnectionHandler:
-        """Inbound connections: TLS first (strict, or sniffed in permissive mode), then HTTP."""
-
-        async def on_connection(stream: TcpStream) -> None:
-            try:
-                peer = stream.getpeername()
-            except OSError:
-                return
-            capture = self.snapshot.sidecar.capture
-            original = original_destination(stream.sock) if capture.mode == "transparent" else None
-            tls = self.security.inbound
-            if tls is None:
-                await self._serve_plaintext(stream, ConnectionInfo(*peer, original_dst=original), handler, listener)
-                return
-            with trio.move_on_after(self.limits.header_read_timeout) as deadline:
-                accepted = await tls_accept(stream, peer, tls, self.tls_failures)
-            if deadline.cancelled_caught:
-                self.tls_failures["inbound", "timeout"] += 1
-                log.info("tls_handshake_failed", listener="inbound", reason="timeout", peer=peer[0])
-                return
-            if accepted is None:
-                return
-            accepted.conn.original_dst = original
-            if isinstance(accepted.stream, TcpStream):  # permissive mode, a plaintext caller
-                await self._serve_inbound_plaintext(accepted.stream, accepted.conn, handler, listener, capture)
-                return
-            # The TLS stream owns the socket now (the listener's close of the TCP stream is a no-op):
-            # close it here, so the peer sees the connection end when the server is done with it.
-            try:
-                if accepted.alpn == ALPN_TCP:
-                    assert isinstance(accepted.stream, TlsStream)
-                    inbound = self.snapshot.sidecar.inbound
-                    await inbound_tunnel(
-                        accepted.stream,
-                        accepted.conn,
-                        telemetry=self.current_telemetry(),
-                        allow=self.allow,
-                        tcp_ports=inbound.tcp_ports if inbound is not None else (),
-                        app_host=inbound.app.host if inbound is not None else "127.0.0.1",
-                        port_timeout=self.limits.header_read_timeout,
-                    )
-                elif accepted.alpn == "h2":
-                    await H2Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
-                else:
-                    await H1Server(accepted.stream, accepted.conn, handler, self.limits, listener).serve()
-            finally:
-                await trio.aclose_forcefully(accepted.stream)
-
-        return on_connection
-
-    async def _serve_inbound_plaintext(
-        self, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener, capture: CaptureConfig
-    ) -> None:
-        """Permissive mode, a plaintext caller: HTTP as ever; under transparent capture, what it
-        dialed may also be TCP (detected as on the outbound side)."""
-        original = conn.original_dst
-        if original is None:
-            await self._serve_plaintext(stream, conn, handler, listener)
-            return
-        speaks = Speaks.TCP if original[1] in capture.opaque_ports else await self._detect(stream, capture)
-        if speaks is None:
-            return
-        if speaks is Speaks.TCP:
-            await inbound_plain(stream, conn, telemetry=self.current_telemetry(), allow=self.allow)
-            return
-        server = H2Server if speaks is Speaks.HTTP2 else H1Server
-        await server(stream, conn, handler, self.limits, listener).serve()
 
     async def run(
         self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
@@ -479,9 +314,9 @@ class Runtime:
                 telemetry=self.current_telemetry,
                 outbound_policy=lambda: self.snapshot.sidecar.capture.outbound_policy,
             )
-            nursery.start_soon(outbound.serve, self._serve_outbound(outbound, outbound_stack), nursery)
+            nursery.start_soon(outbound.serve, connections.outbound(self, outbound, outbound_stack), nursery)
             admin_pages = admin_handler(self, self.collector_registry())
-            nursery.start_soon(admin.serve, self._serve_with(admin, admin_pages), nursery)
+            nursery.start_soon(admin.serve, connections.plaintext(self, admin, admin_pages), nursery)
             if inbound is not None:
                 inbound_stack = inbound_handler(
                     registry=self.registry,
@@ -489,7 +324,7 @@ class Runtime:
                     allow=lambda: self.allow,
                     identity=lambda: self.identity,
                 )
-                nursery.start_soon(inbound.serve, self._serve_inbound(inbound, inbound_stack), nursery)
+                nursery.start_soon(inbound.serve, connections.inbound(self, inbound, inbound_stack), nursery)
             self._swap_tcp_listeners(await self._open_tcp_listeners(self.snapshot))
             self.ready = True
             log.info(
