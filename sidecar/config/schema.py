@@ -573,7 +573,9 @@ class ServiceConfig(Model):
     outlier_detection: Annotated[OutlierDetection, nested(OutlierDetection)] = OutlierDetection()
     """Passive health, always on: endpoints that keep failing are ejected for a while."""
     health_check: Annotated[HealthCheck | None, nested(HealthCheck)] = None
-    """Active health checks; ``None`` (the default): none, outlier detection alone judges endpoints."""
+    """Active health checks; ``None`` (the default): none, outlier detection alone judges endpoints.
+    For a ``tcp`` service a check is a connection made (TCP and TLS, the peer's identity checked);
+    ``path`` does not apply."""
 
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -597,9 +599,6 @@ class ServiceConfig(Model):
         if self.protocol == "tcp":
             if self.hosts and given.get("hosts"):
                 errors.append(FieldError(("hosts",), "a tcp service is matched by address, not by Host"))
-            if self.health_check is not None:
-                message = "health_check sends HTTP requests; a tcp service's endpoints are judged by connect failures"
-                errors.append(FieldError(("health_check",), message))
             if self.hash_on is not None and not self.hash_on.source_ip:
                 errors.append(FieldError(("hash_on",), "a tcp service can hash on source_ip only (it has no headers)"))
         if errors:

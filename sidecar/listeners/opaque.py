@@ -140,19 +140,25 @@ async def inbound_tunnel(
     app_host: str,
     port_timeout: float,
 ) -> None:
-    """Carry one tunnel from a peer sidecar to the app port it is for."""
-    record = TcpRecord(telemetry, INBOUND, conn, telemetry.service, None)
+    """Carry one tunnel from a peer sidecar to the app port it is for. A tunnel closed before it
+    named its port carried nothing and leaves nothing behind (a peer's connect-only health check)."""
     if allow is not None and not allow.allows(conn.peer_identity):
         log.info("tcp_unauthorized", peer_identity=conn.peer_identity)
-        _refuse(tunnel, record, UNAUTHORIZED)
+        _refuse(tunnel, TcpRecord(telemetry, INBOUND, conn, telemetry.service, None), UNAUTHORIZED)
         return
     first = b""
-    asked = None
-    with trio.move_on_after(port_timeout), contextlib.suppress(TunnelError, *BROKEN):
-        asked, first = await receive_port(tunnel)
+    asked: int | None = None
+    ended = False
+    with trio.move_on_after(port_timeout), contextlib.suppress(*BROKEN):
+        try:
+            asked, first = await receive_port(tunnel)
+        except TunnelError:
+            ended = True
     if asked is None:
-        _refuse(tunnel, record, "bad_request")
+        if not ended:  # no port in time, or a broken connection
+            _refuse(tunnel, TcpRecord(telemetry, INBOUND, conn, telemetry.service, None), "bad_request")
         return
+    record = TcpRecord(telemetry, INBOUND, conn, telemetry.service, None)
     if conn.original_dst is not None:  # redirected here: the port the caller dialed, on this pod
         host, port = conn.original_dst
     else:

@@ -8,6 +8,11 @@ gets 403: a failed check). The request is HTTP/1.1 with `Host:` the service's fi
 `Connection: close`; only the status line and headers are read. It is not counted among the pool's
 connections or the endpoint's active requests.
 
+A service with `protocol: tcp` has no HTTP to ask with: its check is a connection made within
+`timeout` (`ConnectionPool.open_opaque`: TCP, then TLS with the peer's identity checked and the
+tunnel's ALPN selected), closed at once; the app behind a peer sidecar is not reached, as with
+Envoy's connect-only TCP checks.
+
 A 2xx answer within `timeout` is a success; any other status, a refused or broken connection, a
 malformed answer or no answer in time is a failure. `unhealthy_threshold` consecutive failures make
 a healthy endpoint unhealthy, `healthy_threshold` consecutive successes make it healthy again; the
@@ -65,6 +70,16 @@ async def probe(pool: ConnectionPool, request: bytes) -> int | None:
         stream.close_now()
 
 
+async def probe_connect(pool: ConnectionPool) -> bool:
+    """A tcp service's check: whether a connection can be made. The caller bounds the time."""
+    try:
+        stream = await pool.open_opaque()
+    except ProxyError:
+        return False
+    stream.close_now()
+    return True
+
+
 async def _read_status(stream: trio.abc.Stream) -> int | None:
     """The status of the first final response head on `stream` (1xx heads are skipped)."""
     buf = bytearray()
@@ -101,12 +116,13 @@ class CheckedCluster(Protocol):
 class HealthChecker:
     """Checks the endpoints of one cluster with one policy; replaced when the policy changes."""
 
-    __slots__ = ("cluster", "policy", "request")
+    __slots__ = ("cluster", "opaque", "policy", "request")
 
-    def __init__(self, cluster: CheckedCluster, policy: HealthCheck, host: str) -> None:
+    def __init__(self, cluster: CheckedCluster, policy: HealthCheck, host: str, *, opaque: bool = False) -> None:
         self.cluster = cluster
         self.policy = policy
         self.request = check_request(policy.path, host)
+        self.opaque = opaque  # a tcp service: connect-only checks
 
     async def run(self) -> None:
         """Check every endpoint each `interval`, for as long as the cluster keeps this policy."""
@@ -119,6 +135,12 @@ class HealthChecker:
 
     async def check(self, endpoint: Endpoint) -> None:
         status = None
+        if self.opaque:
+            connected = False
+            with trio.move_on_after(self.policy.timeout):
+                connected = await probe_connect(endpoint.pool)
+            self.observe(endpoint, connected)
+            return
         with trio.move_on_after(self.policy.timeout):
             status = await probe(endpoint.pool, self.request)
         self.observe(endpoint, status is not None and 200 <= status < 300, status)

@@ -314,13 +314,14 @@ class Cluster:
     def _apply_policies(self, settings: ClusterSettings) -> None:
         """New outlier or health check settings: new policy objects and tasks; endpoint state stays.
         Without health checks every endpoint counts as healthy."""
-        policies = (settings.outlier_detection, settings.health_check, settings.health_host)
+        policies = (settings.outlier_detection, settings.health_check, settings.health_host, settings.protocol)
         if policies == self._policies:
             return
         self._policies = policies
         outlier, health = settings.outlier_detection, settings.health_check
         self.outlier = OutlierDetector(self, outlier) if outlier is not None else None
-        self.health = HealthChecker(self, health, settings.health_host) if health is not None else None
+        opaque = settings.protocol == "tcp"
+        self.health = HealthChecker(self, health, settings.health_host, opaque=opaque) if health is not None else None
         if health is None:
             for endpoint in self.endpoints:
                 endpoint.healthy = True

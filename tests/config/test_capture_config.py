@@ -106,7 +106,6 @@ def test_tcp_only_fields_and_http_only_fields_are_refused_where_they_do_not_appl
     issues = config_dir.issues()
     assert f"{path}:3: listen: listen applies to protocol tcp only" in issues
     assert any(issue.startswith(f"{path}:9: hosts: a tcp service is matched by address") for issue in issues), issues
-    assert any(issue.startswith(f"{path}:10: health_check: health_check sends HTTP") for issue in issues), issues
     assert any(issue.startswith(f"{path}:12: hash_on: a tcp service can hash on source_ip only") for issue in issues)
 
 

@@ -627,6 +627,35 @@ async def test_an_endpoint_refusing_connections_resets_the_client_and_is_ejected
     assert (await log.wait_for("outbound", 3))[-1]["reason"] == "no_healthy_upstream"
 
 
+async def test_health_checks_of_a_tcp_service_connect_and_take_a_dead_endpoint_out(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """A tcp service's health check is a connection made to the endpoint (TCP, TLS, identity): one
+    whose connects fail turns unhealthy and takes no connection; the live one carries them all."""
+    b = await peer(mesh, [await TcpOrigin(echo).start(nursery)])
+    down = free_port()  # nothing listens there
+    listen = free_port()
+    check = {"interval": "100ms", "timeout": "500ms", "unhealthy_threshold": 1, "healthy_threshold": 1}
+    service = tcp_service("cache", b, listen, health_check=check, load_balancer="round_robin")
+    service["endpoints"].append({"address": f"127.0.0.1:{down}"})
+    a = await mesh.sidecar(service="frontend", services=[service])
+    with trio.fail_after(PROMPT):
+        while True:
+            health = {e["address"]: e["healthy"] for e in (await service_state(a, "cache"))["endpoints"]}
+            if health[f"127.0.0.1:{down}"] is False:
+                break
+            await trio.sleep(0.05)
+    assert health[f"127.0.0.1:{b.inbound}"] is True
+    for _ in range(4):  # round robin would alternate: only the healthy endpoint is left to pick
+        stream = await connect(listen)
+        async with stream:
+            await stream.send_all(b"ping")
+            assert await receive_exactly(stream, 4) == b"ping"
+    with trio.fail_after(PROMPT):  # the last one is released once the sidecar has seen its end
+        while (await service_state(a, "cache"))["open_connections"]:
+            await trio.sleep(0.05)
+
+
 async def test_a_peer_with_the_wrong_identity_is_refused(
     mesh: Mesh, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
 ) -> None:
