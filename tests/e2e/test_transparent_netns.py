@@ -44,6 +44,7 @@ REDIS_PORT = 6379
 TLS_APP_PORT = 8443
 OUTSIDE_HTTP = 9090
 OUTSIDE_TCP = 7000
+VIRTUAL_IP = "198.18.200.10"  # a Service address no host has (as a ClusterIP): routed out of pod A, captured
 POD_APPS = str(Path(__file__).with_name("pod_apps.py"))
 SIDECAR = [sys.executable, "-m", "sidecar"]
 READY_TIMEOUT = 20.0
@@ -173,6 +174,24 @@ def pods() -> Iterator[Pods]:
                     "endpoints": [{"address": f"{b.address}:{REDIS_PORT}"}],
                     "tls": {"identity": spiffe_id("pod-b")},
                 },
+                {  # a virtual IP (a ClusterIP) that nothing owns: only the sidecar knows where it goes
+                    "kind": "Service",
+                    "name": "cache-vip",
+                    "protocol": "tcp",
+                    "addresses": [VIRTUAL_IP],
+                    "ports": [REDIS_PORT],
+                    "endpoints": [{"address": f"{b.address}:{REDIS_PORT}"}],
+                    "tls": {"identity": spiffe_id("pod-b")},
+                },
+                {
+                    "kind": "Service",
+                    "name": "web-vip",
+                    "hosts": [],
+                    "addresses": [VIRTUAL_IP],
+                    "ports": [80],
+                    "endpoints": [{"address": f"{b.address}:{APP_PORT}"}],
+                    "tls": {"identity": spiffe_id("pod-b")},
+                },
                 {
                     "kind": "Service",
                     "name": "greeter",
@@ -203,6 +222,7 @@ def pods() -> Iterator[Pods]:
             listening(b_ns.popen(sys.executable, POD_APPS, "greet", "2525"))
             listening(outside.popen(sys.executable, POD_APPS, "http", str(OUTSIDE_HTTP)))
             listening(outside.popen(sys.executable, POD_APPS, "echo", str(OUTSIDE_TCP)))
+            a_ns.ip("route", "add", "198.18.200.0/24", "dev", mesh_link.a_dev)  # kube-proxy's part, roughly
             for pod in (a, b):
                 pod.nat_before = _nat(pod.ns)
                 pod.ns.run(*SIDECAR, "iptables", "-c", str(pod.config))
@@ -292,6 +312,23 @@ def test_http_and_redis_between_pods_are_encrypted_and_identified(pods: Pods, tm
     assert _metric(b_metrics, "sidecar_tcp_connections_total", direction="inbound", service="pod-b") >= 2
     assert _metric(a_metrics, "sidecar_tcp_bytes_total", direction="outbound", service="cache", flow="received") > 0
     assert _metric(a_metrics, "sidecar_requests_total", direction="outbound", service="pod-b", code="200") >= 2
+
+
+def test_services_are_matched_by_virtual_address_and_port_and_http_by_host_first(pods: Pods) -> None:
+    """A connection to a Service's `addresses` (and one of its `ports`) is that Service's, though
+    no host owns the address; HTTP is matched by Host before any address."""
+    a = pods.a
+    set_ = a.ns.run("redis-cli", "-h", VIRTUAL_IP, "-p", str(REDIS_PORT), "SET", "vip", "yes").stdout.strip()
+    assert set_ == "OK"
+    info = json.loads(a.curl(f"http://{VIRTUAL_IP}/info").stdout)
+    assert f"URI={spiffe_id('pod-a')}" in dict(info["headers"])["x-forwarded-client-cert"]
+    by_host = json.loads(a.curl("-H", "Host: pod-b", "http://198.18.200.99:8080/info").stdout)
+    assert dict(by_host["headers"])["host"] == "pod-b"
+    time.sleep(0.3)
+    services = {(line["service"], line["authority"]) for line in a.access_lines()}
+    assert ("cache-vip", f"{VIRTUAL_IP}:{REDIS_PORT}") in services
+    assert ("web-vip", VIRTUAL_IP) in services
+    assert ("pod-b", "pod-b") in services
 
 
 def test_ipv6_is_captured_too(pods: Pods) -> None:
