@@ -223,6 +223,11 @@ def pods() -> Iterator[Pods]:
             listening(outside.popen(sys.executable, POD_APPS, "http", str(OUTSIDE_HTTP)))
             listening(outside.popen(sys.executable, POD_APPS, "echo", str(OUTSIDE_TCP)))
             a_ns.ip("route", "add", "198.18.200.0/24", "dev", mesh_link.a_dev)  # kube-proxy's part, roughly
+            probe = a_ns.run(*SIDECAR, "version", user=PROXY_UID, check=False)
+            assert probe.returncode == 0, (
+                f"uid {PROXY_UID} cannot run the sidecar from this checkout ({sys.executable}): the sidecar "
+                f"runs as capture.proxy_uid here, so the checkout and the venv must be readable by it:\n{probe.stderr}"
+            )
             for pod in (a, b):
                 pod.nat_before = _nat(pod.ns)
                 pod.ns.run(*SIDECAR, "iptables", "-c", str(pod.config))
