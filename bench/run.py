@@ -6,6 +6,9 @@
     python bench/run.py --profile       # one-sidecar requests/s step under py-spy (or: --profile cprofile)
     python bench/run.py --profile cprofile --profile-step h2   # the one-sidecar h2load step instead
     python bench/run.py --profile cprofile --profile-setup sidecar-1-policies   # another one-sidecar setup
+    python bench/run.py tcp             # opaque TCP: two sidecars vs two nginx `stream` proxies, mTLS hop
+    python bench/run.py tcp --quick --setups all
+    sudo python bench/run.py transparent   # root only: transparent vs explicit HTTP, in network namespaces
 
 See bench/README.md for what each figure means. This file only wires the pieces in bench/harness/.
 """
@@ -23,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import nginx, profiling, report, tools
+from harness import nginx, profiling, report, tcp, tools, transparent
 from harness.measure import CONNECTIONS, H2_CLIENTS, H2_STREAMS, SetupResult, Timing, measure
 from harness.procs import ProcessSet, StartFailed, free_ports
 from harness.setups import SETUPS, Bench, Setup, select
@@ -36,10 +39,20 @@ STEPS_PER_SETUP = 5  # rps, latency, 16 KiB body, new connections, HTTP/2
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keys = ", ".join(setup.key + ("" if setup.default else " (opt-in)") for setup in SETUPS)
+    tcp_keys = ", ".join(setup.key + ("" if setup.default else " (opt-in)") for setup in tcp.SETUPS)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        choices=["http", "tcp", "transparent"],
+        default="http",
+        help="http (default): HTTP through sidecars vs nginx; tcp: opaque TCP through two sidecars vs two "
+        f"nginx stream proxies (setups: {tcp_keys}); transparent (root only, skipped otherwise): HTTP through "
+        "two sidecars in network namespaces, transparent capture vs explicit mode",
+    )
     parser.add_argument("--duration", type=int, default=None, help="seconds per load step (default 10)")
     parser.add_argument("--quick", action="store_true", help="short smoke run: 2 s per step, 1 s warm-up")
-    parser.add_argument("--setups", help=f"comma-separated setups to run, or 'all'; known: {keys}")
+    parser.add_argument("--setups", help=f"comma-separated setups to run, or 'all'; known (http): {keys}")
     parser.add_argument(
         "--profile",
         nargs="?",
@@ -118,6 +131,14 @@ def run_setups(bench: Bench, setups: list[Setup], timing: Timing) -> list[SetupR
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     timing = timing_from(args)
+    if args.scenario != "http":
+        if args.profile:
+            raise SystemExit("bench: --profile profiles the http scenario only")
+        if args.scenario == "tcp":
+            return main_tcp(args, timing)
+        if args.setups:
+            raise SystemExit("bench: the transparent scenario has no --setups")
+        return main_transparent(args, timing)
     setups = select(args.setups)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every finally block stops its processes
     paths = tools.ensure_tools()
@@ -149,6 +170,98 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + report.render_text(header, results))
     meta = {"header": header, "timing": timing.__dict__, "python": platform.python_version(), "stamp": stamp}
     written = report.write_results(RESULTS, stamp, header, meta, results)
+    print(f"\nbench: results written to {written.with_suffix('.*')}")
+    return 0
+
+
+def main_tcp(args: argparse.Namespace, timing: Timing) -> int:
+    """`run.py tcp`: the TCP setups (harness/tcp.py) against the sink and redis origins, one table."""
+    setups = tcp.select(args.setups)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every finally block stops its processes
+    paths = tools.ensure_tcp_tools()
+    load_at_start = os.getloadavg()[0]
+    loadgen_core, proxy_core = cores()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(tempfile.mkdtemp(prefix="sidecar-bench-tcp-"))
+    results = []
+    try:
+        with ProcessSet(run_dir) as procs:
+            sink_port, redis_port = tcp.start_origins(procs, paths, loadgen_core)
+            certs = tcp.make_certs(args.venv, paths["openssl"], run_dir / "certs")
+            launcher = SidecarLauncher.default(args.venv, proxy_core)
+            bench = tcp.TcpBench(paths, run_dir, launcher, loadgen_core, proxy_core, sink_port, redis_port, certs)
+            estimate = len(setups) * (5 * timing.warmup + 5 * timing.duration + 4)
+            print(f"bench: tcp, {len(setups)} setups, about {estimate} s; temp dir {run_dir}", flush=True)
+            for number, setup in enumerate(setups, 1):
+                print(f"bench: [{number}/{len(setups)}] {setup.title} ...", flush=True)
+                started = time.monotonic()
+                result = tcp.measure(bench, setup, timing)
+                mb_s, conn_s = result.figures.get("mb_s_1") or 0, result.figures.get("conn_s") or 0
+                outcome = f"failed: {result.failure}" if result.failure else f"{mb_s:,.0f} MB/s, {conn_s:,.0f} conns/s"
+                print(f"bench:     {outcome} ({time.monotonic() - started:.0f} s)", flush=True)
+                results.append(result)
+    except StartFailed as exc:
+        print(f"bench: {exc.reason}\n{exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep_temp:
+            print(f"bench: configs and logs kept in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    report.add_derived(results)
+    header = [
+        f"sidecar TCP benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {git_commit()}  "
+        f"{timing.duration} s per step (+ warm-up)  load average at start {load_at_start:.2f}",
+        f"load generators + origins (tcp_sink.py, redis-server) on core {loadgen_core}, proxies on core "
+        f"{proxy_core}; tcp_stream.py 1 and {tcp.STREAMS} conns, "
+        f"redis-benchmark -c{tcp.CLIENTS} PING (-k 0: new conns)",
+        "; ".join(tools.versions(paths).values()),
+        *tcp.summary(results),
+    ]
+    text = report.render_text(header, results, tcp.FIGURES, tcp.REFERENCES)
+    print("\n" + text)
+    meta = {"header": header, "timing": timing.__dict__, "python": platform.python_version(), "stamp": stamp}
+    written = report.write_results(RESULTS, stamp, header, meta, results, tcp.FIGURES, tcp.REFERENCES, "bench-tcp")
+    print(f"\nbench: results written to {written.with_suffix('.*')}")
+    return 0
+
+
+def main_transparent(args: argparse.Namespace, timing: Timing) -> int:
+    """`run.py transparent`: harness/transparent.py in two network namespaces; skipped unless root."""
+    why_not = transparent.unavailable()
+    if why_not:
+        print(f"bench: transparent scenario skipped: {why_not}")
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every finally block stops its processes
+    paths = tools.ensure_tools()
+    load_at_start = os.getloadavg()[0]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(tempfile.mkdtemp(prefix="sidecar-bench-netns-"))
+    print(f"bench: transparent vs explicit, about {3 * (timing.warmup + 3 * timing.duration) + 20} s", flush=True)
+    try:
+        results = transparent.run(paths, args.venv, run_dir, timing, cores())
+    except StartFailed as exc:
+        print(f"bench: {exc.reason}\n{exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep_temp:
+            print(f"bench: configs and logs kept in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    report.add_derived(results)
+    header = [
+        f"sidecar transparent-capture benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {git_commit()}  "
+        f"{timing.duration} s per step  load average at start {load_at_start:.2f}",
+        "pods in network namespaces (198.18.0.1 <-> 198.18.0.2, veth); wrk and the nginx origin on one core, "
+        "both sidecars (uid 1337) on the other; HTTP/2 + mTLS between the sidecars",
+        "; ".join(tools.versions(paths).values()),
+        *transparent.summary(results),
+    ]
+    print("\n" + report.render_text(header, results, transparent.FIGURES, transparent.REFERENCES))
+    meta = {"header": header, "timing": timing.__dict__, "python": platform.python_version(), "stamp": stamp}
+    written = report.write_results(
+        RESULTS, stamp, header, meta, results, transparent.FIGURES, transparent.REFERENCES, "bench-transparent"
+    )
     print(f"\nbench: results written to {written.with_suffix('.*')}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Load generators: wrk (HTTP/1.1) and h2load (HTTP/2, prior-knowledge h2c), run and parsed.
+"""Load generators: wrk (HTTP/1.1) and h2load (HTTP/2, prior-knowledge h2c), run and parsed; for the
+TCP scenario, redis-benchmark (PING over persistent or one-request connections) and tcp_stream.py.
 
 Both run pinned to the load-generator core with one thread. Every request carries `Host: origin`
 (`:authority` for h2), which the sidecar routes by and nginx ignores. A result says what went wrong
@@ -7,9 +8,13 @@ Both run pinned to the load-generator core with one thread. Every request carrie
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.procs import pinned
 
@@ -48,7 +53,14 @@ def run_wrk(
     wrk: str, core: int, url: str, connections: int, seconds: int, latency: bool = False, close: bool = False
 ) -> WrkResult:
     """One wrk run: -t1 -cN -dS, optional --latency and `Connection: close`."""
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-H", f"Host: {HOST}"]
+    return run_wrk_as((wrk,), core, url, connections, seconds, latency, close)
+
+
+def run_wrk_as(
+    command: tuple[str, ...], core: int, url: str, connections: int, seconds: int, latency: bool, close: bool
+) -> WrkResult:
+    """As run_wrk, `command` being wrk's path after what runs it (`ip netns exec NAME`)."""
+    argv = [*command, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-H", f"Host: {HOST}"]
     if latency:
         argv.append("--latency")
     if close:
@@ -131,3 +143,71 @@ def parse_h2load(out: str, err: str, code: int) -> H2Result:
     elif ok_2xx < succeeded or failed > max(10, succeeded // 1000):
         problem = f"{succeeded - ok_2xx} non-2xx, {failed} failed of {succeeded + failed} requests"
     return H2Result(float(finished.group(1)), succeeded, ok_2xx, failed, problem)
+
+
+@dataclass
+class RedisResult:
+    """What one redis-benchmark run measured: `requests` answered in `seconds` (wall clock, ours)."""
+
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    problem: str | None
+
+
+def run_redis_benchmark(
+    tool: str, core: int, port: int, clients: int, requests: int, keepalive: bool, limit: float
+) -> RedisResult:
+    """`redis-benchmark -t ping_mbulk`: `requests` PINGs over `clients` connections; with
+    `keepalive` false (`-k 0`) each request on a new connection. It hangs on a refused connection
+    rather than exiting, hence the time limit."""
+    argv = [tool, "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-n", str(requests)]
+    argv += ["-k", "1" if keepalive else "0", "-t", "ping_mbulk", "--csv"]
+    started = time.monotonic()
+    try:
+        result = subprocess.run(pinned(core, argv), capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return RedisResult(0, 0.0, 0.0, None, None, f"redis-benchmark did not finish within {limit:.0f} s")
+    seconds = time.monotonic() - started
+    return parse_redis_benchmark(result.stdout, result.stderr, result.returncode, requests, seconds)
+
+
+def parse_redis_benchmark(out: str, err: str, code: int, requests: int, seconds: float) -> RedisResult:
+    """Read the CSV line: "PING_MBULK","rps","avg","min","p50","p95","p99","max"."""
+    found = re.search(r'^"PING_MBULK","([\d.]+)","[\d.]+","[\d.]+","([\d.]+)","[\d.]+","([\d.]+)"', out, re.M)
+    if code != 0 or not found:
+        lines = [line for line in (err + out).splitlines() if line.strip() and not line.startswith("WARNING")]
+        why = lines[-1] if lines else f"exit code {code}"
+        return RedisResult(0, seconds, 0.0, None, None, f"redis-benchmark failed: {why}")
+    errors = [line for line in err.splitlines() if "rror" in line]
+    problem = f"{len(errors)} errors, e.g. {errors[0]}" if errors else None
+    rps = float(found.group(1))
+    return RedisResult(requests, seconds, rps, float(found.group(2)), float(found.group(3)), problem)
+
+
+@dataclass
+class StreamResult:
+    """One tcp_stream.py run: bytes the sink counted, over the whole transfer's seconds."""
+
+    connections: int
+    sent: int
+    counted: int
+    seconds: float
+    problem: str | None
+
+
+def run_stream(core: int, port: int, seconds: int, connections: int) -> StreamResult:
+    """Stream to the sink through `port` for `seconds` over `connections` connections."""
+    script = Path(__file__).resolve().parent / "tcp_stream.py"
+    argv = pinned(core, [sys.executable, str(script), str(port), str(seconds), str(connections)])
+    result = run_tool(argv, seconds)
+    try:
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        why = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()[-1]
+        return StreamResult(connections, 0, 0, 0.0, f"tcp_stream.py failed: {why}")
+    errors = report["errors"]
+    problem = f"{len(errors)} of {connections} connections failed: {errors[0]}" if errors else None
+    return StreamResult(connections, report["sent"], report["counted"], report["seconds"], problem)

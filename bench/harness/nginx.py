@@ -1,4 +1,5 @@
-"""nginx as the origin and as the reference reverse proxy, run as our own processes.
+"""nginx as the origin and as the reference reverse proxy (HTTP, or `stream` for `run.py tcp`), run as
+our own processes.
 
 Each nginx gets a config rendered from bench/templates/ into the run's temp dir, its pid file,
 error log and temp folders there too (`-p` prefix, `-e` startup log), `daemon off` so the process we
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.procs import Proc, ProcessSet, StartFailed, pinned, tail, wait_http_ok
+from harness.procs import Proc, ProcessSet, StartFailed, pinned, tail, wait_http_ok, wait_tcp_open
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SMALL_PATH = "/small.txt"
@@ -77,21 +78,25 @@ def start(procs: ProcessSet, nginx_bin: str, name: str, config: str, ports: tupl
     return NginxServer(proc, *ports)
 
 
-def start_origin(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], core: int) -> NginxServer:
-    """The fast origin every setup ends at."""
-    run_dir = procs.log_dir
+def origin_config(run_dir: Path, ports: tuple[int, int], address: str = "127.0.0.1") -> str:
+    """The origin's nginx config: the small file and the 16 KiB file on `address`, HTTP/1.1 and h2c."""
     write_site(run_dir)
-    config = render(
+    return render(
         "origin.conf",
         {
             "NAME": "origin",
             "RUN_DIR": run_dir,
+            "ADDRESS": address,
             "HTTP_PORT": ports[0],
             "H2_PORT": ports[1],
             "TEMP_PATHS": temp_paths(run_dir, "origin"),
         },
     )
-    return start(procs, nginx_bin, "origin", config, ports, core)
+
+
+def start_origin(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], core: int) -> NginxServer:
+    """The fast origin every setup ends at."""
+    return start(procs, nginx_bin, "origin", origin_config(procs.log_dir, ports), ports, core)
 
 
 def start_proxy(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], origin_port: int, core: int) -> NginxServer:
@@ -109,3 +114,22 @@ def start_proxy(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], origi
         },
     )
     return start(procs, nginx_bin, "nginx-proxy", config, ports, core)
+
+
+def start_stream(
+    procs: ProcessSet, nginx_bin: str, name: str, template: str, values: dict[str, object], port: int, core: int
+) -> Proc:
+    """An nginx `stream` proxy (bench/templates/stream-*.conf) pinned to `core`; ready once `port`
+    accepts TCP (it speaks no HTTP)."""
+    run_dir = procs.log_dir
+    config = render(template, {"NAME": name, "RUN_DIR": run_dir, **values})
+    conf_path = run_dir / f"{name}.conf"
+    conf_path.write_text(config)
+    argv = [nginx_bin, "-p", str(run_dir), "-c", str(conf_path), "-e", str(run_dir / f"{name}.startup.log")]
+    proc = procs.start(name, pinned(core, argv))
+    problem = wait_tcp_open(port, proc, timeout=10.0)
+    if problem:
+        detail = proc.output_tail() + "\n" + tail(run_dir / f"{name}.startup.log") + tail(run_dir / f"{name}.error.log")
+        procs.stop(proc)
+        raise StartFailed(f"{name} did not start: {problem}", detail)
+    return proc

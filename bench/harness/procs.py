@@ -229,3 +229,20 @@ def wait_http_ok(port: int, path: str, proc: Proc, timeout: float) -> str | None
             last = f"GET {path}: {exc.__class__.__name__}: {exc}"
         time.sleep(0.1)
     return f"not ready after {timeout:.0f} s ({last})"
+
+
+def wait_tcp_open(port: int, proc: Proc, timeout: float) -> str | None:
+    """Poll until 127.0.0.1:port accepts a TCP connection; None when it did, else why it did not.
+    For listeners that speak no HTTP (nginx `stream`, redis, the TCP sink)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            return f"{proc.name} exited with code {proc.popen.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return None
+        except OSError as exc:
+            last = f"connect to {port}: {exc.__class__.__name__}: {exc}"
+        time.sleep(0.1)
+    return f"not listening after {timeout:.0f} s ({last})"

@@ -71,13 +71,15 @@ def ratio(result: SetupResult, reference: SetupResult | None, figure: Figure) ->
     return f"{value / base:.2f}x"
 
 
-def rows(results: list[SetupResult]) -> list[list[str]]:
+def rows(
+    results: list[SetupResult], figures: tuple[Figure, ...] = FIGURES, references: tuple[str, ...] = REFERENCES
+) -> list[list[str]]:
     """Header row, then per figure its value row and one ratio row per reference that has values."""
     by_key = {result.key: result for result in results}
     table = [["figure", "better", *(result.title for result in results)]]
-    for figure in FIGURES:
+    for figure in figures:
         table.append([figure.label, figure.better, *(cell(result, figure) for result in results)])
-        for ref_key in REFERENCES:
+        for ref_key in references:
             ratios = [ratio(result, by_key.get(ref_key), figure) for result in results]
             if any(text != "-" for text in ratios):
                 table.append([f"  vs {ref_key}", "", *ratios])
@@ -103,9 +105,9 @@ def markdown(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def footnotes(results: list[SetupResult]) -> list[str]:
+def footnotes(results: list[SetupResult], figures: tuple[Figure, ...] = FIGURES) -> list[str]:
     """Why a column failed (with the process output tail), and every figure marked with *."""
-    labels = {figure.key: figure.label for figure in FIGURES}
+    labels = {figure.key: figure.label for figure in figures}
     lines = []
     for result in results:
         if result.failure:
@@ -117,30 +119,48 @@ def footnotes(results: list[SetupResult]) -> list[str]:
     return lines
 
 
-def render_text(header: list[str], results: list[SetupResult]) -> str:
-    notes = footnotes(results)
-    text = [*header, "", align(rows(results))]
+def render_text(
+    header: list[str],
+    results: list[SetupResult],
+    figures: tuple[Figure, ...] = FIGURES,
+    references: tuple[str, ...] = REFERENCES,
+) -> str:
+    notes = footnotes(results, figures)
+    text = [*header, "", align(rows(results, figures, references))]
     if notes:
         text += ["", "* / failed / n/a:", *notes]
     return "\n".join(text)
 
 
-def render_markdown(header: list[str], results: list[SetupResult]) -> str:
-    notes = footnotes(results)
-    text = ["# sidecar benchmark", "", *(f"- {line}" for line in header), "", markdown(rows(results))]
+def render_markdown(
+    header: list[str],
+    results: list[SetupResult],
+    figures: tuple[Figure, ...] = FIGURES,
+    references: tuple[str, ...] = REFERENCES,
+) -> str:
+    notes = footnotes(results, figures)
+    table = markdown(rows(results, figures, references))
+    text = ["# sidecar benchmark", "", *(f"- {line}" for line in header), "", table]
     if notes:
         text += ["", "## Notes", "", "```", *notes, "```"]
     return "\n".join(text) + "\n"
 
 
 def write_results(
-    folder: Path, stamp: str, header: list[str], meta: dict[str, Any], results: list[SetupResult]
+    folder: Path,
+    stamp: str,
+    header: list[str],
+    meta: dict[str, Any],
+    results: list[SetupResult],
+    figures: tuple[Figure, ...] = FIGURES,
+    references: tuple[str, ...] = REFERENCES,
+    prefix: str = "bench",
 ) -> Path:
-    """bench/results/bench-STAMP.{txt,md,json}; returns the markdown path."""
+    """bench/results/PREFIX-STAMP.{txt,md,json}; returns the markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = folder / f"bench-{stamp}"
-    base.with_suffix(".txt").write_text(render_text(header, results) + "\n")
-    base.with_suffix(".md").write_text(render_markdown(header, results))
+    base = folder / f"{prefix}-{stamp}"
+    base.with_suffix(".txt").write_text(render_text(header, results, figures, references) + "\n")
+    base.with_suffix(".md").write_text(render_markdown(header, results, figures, references))
     document = {"meta": meta, "setups": [asdict(result) for result in results]}
     base.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     return base.with_suffix(".md")

@@ -41,6 +41,19 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class TcpService:
+    """A `kind: Service` document with `protocol: tcp` (explicit mode): the app dials `listen_port`
+    on 127.0.0.1; the sidecar carries the connection to `endpoint_port`, through the mTLS tunnel to
+    the peer sidecar `identity` names (asking it for `app_port`), or as it is without `identity`."""
+
+    name: str
+    listen_port: int
+    endpoint_port: int
+    app_port: int | None = None  # `ports: [..]`: the app port asked of the peer sidecar
+    identity: str | None = None
+
+
+@dataclass(frozen=True)
 class SidecarSpec:
     """What one sidecar of a setup looks like; rendered to YAML by `config_yaml`."""
 
@@ -55,6 +68,8 @@ class SidecarSpec:
     inbound_mode: str = "strict"  # "permissive" also serves plaintext callers (the plain two-sidecar row)
     sidecar_lines: tuple[str, ...] = ()  # more YAML lines of the Sidecar document (tracing, ...)
     log_level: str = "warning"  # SIDECAR_LOG_LEVEL: "info" writes the access log (to the stdout log file)
+    tcp_services: tuple[TcpService, ...] = ()
+    tcp_ports: tuple[int, ...] = ()  # `inbound.tcp_ports`: app ports peers may reach as opaque TCP
 
 
 def listen(port: int) -> str:
@@ -67,9 +82,10 @@ def config_yaml(spec: SidecarSpec) -> str:
     if spec.tls:
         lines.append(f"tls: {{cert: {spec.tls.cert}, key: {spec.tls.key}, ca: {spec.tls.ca}}}")
     if spec.inbound_port is not None:
+        tcp_ports = f", tcp_ports: [{', '.join(map(str, spec.tcp_ports))}]" if spec.tcp_ports else ""
         lines.append(
             f"inbound: {{listen: 127.0.0.1:{spec.inbound_port}, app: 127.0.0.1:{spec.app_port}, "
-            f"mode: {spec.inbound_mode}}}"
+            f"mode: {spec.inbound_mode}{tcp_ports}}}"
         )
     lines.append(f"outbound: {listen(spec.outbound_port)}")
     lines.append(f"admin: {listen(spec.admin_port)}")
@@ -89,7 +105,27 @@ def config_yaml(spec: SidecarSpec) -> str:
             lines.append(f"tls: {{mode: mutual, identity: {upstream.identity}}}")
         else:  # a plain origin, or the plain two-sidecar row
             lines.append("tls: {mode: disabled}")
+    for service in spec.tcp_services:
+        lines += tcp_service_yaml(service)
     return "\n".join(lines) + "\n"
+
+
+def tcp_service_yaml(service: TcpService) -> list[str]:
+    lines = [
+        "---",
+        "kind: Service",
+        f"name: {service.name}",
+        "protocol: tcp",
+        f"listen: 127.0.0.1:{service.listen_port}",
+        f"endpoints: [{{address: 127.0.0.1:{service.endpoint_port}}}]",
+    ]
+    if service.app_port is not None:
+        lines.append(f"ports: [{service.app_port}]")
+    if service.identity:
+        lines.append(f"tls: {{mode: mutual, identity: {service.identity}}}")
+    else:
+        lines.append("tls: {mode: disabled}")
+    return lines
 
 
 @dataclass
