@@ -62,6 +62,7 @@ def server_context(
     context.load_verify_locations(cafile=str(ca))
     context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     context.set_alpn_protocols(list(alpn))
+    context.num_tickets = 1  # a client keeps one session per endpoint (pool.py); the default sends two
     return context
 
 

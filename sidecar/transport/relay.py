@@ -34,6 +34,7 @@ from .tcp import TcpStream
 from .tls_socket import TlsStream
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+READ_SIZE = 65536 - 4  # bytes read from a plain side at a time
 WATCH_INTERVAL = 0.5  # seconds between looks at a half-closed plain socket for a reset
 
 
@@ -73,7 +74,8 @@ class PlainSide:
         self.stream = stream
 
     async def receive(self) -> bytes:
-        return await self.stream.receive_some()
+        # A read's bytes plus the tunnel's 4-byte frame header fill four TLS records exactly.
+        return await self.stream.receive_some(READ_SIZE)
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)

@@ -91,6 +91,6 @@ async def _open(cluster: Cluster, endpoint: Endpoint) -> TcpStream | TlsStream:
 
 def release(endpoint: Endpoint, stream: Any) -> None:
     """The connection from `connect_opaque` is over: close it and count it out."""
+    endpoint.pool.opaque_closed(stream)
     stream.close_now()
-    endpoint.pool.opaque_closed()
     endpoint.finished()

@@ -220,9 +220,12 @@ class ConnectionPool:
         """A connection for `open_opaque` is about to be opened: it counts from now."""
         self.open_connections += 1
 
-    def opaque_closed(self) -> None:
-        """A connection counted by `opaque_opening` was closed (or never made)."""
+    def opaque_closed(self, stream: TcpStream | TlsStream | None = None) -> None:
+        """A connection counted by `opaque_opening` was closed (or never made: None). Its TLS
+        session ticket, which came after the handshake, is kept so that the next tunnel resumes."""
         self.open_connections -= 1
+        if stream is not None and self.tls is not None:
+            self._keep_session(stream)
 
     async def _open(self, protocol: str) -> TcpStream | TlsStream:
         """TCP, then TLS when the service says so, offering the ALPN of `protocol`. The caller
