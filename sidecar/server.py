@@ -14,6 +14,7 @@ The listeners here are bound, served and drained; what each does with a connecti
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import ssl
@@ -25,8 +26,9 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
+from .capture.iptables import global_ipv6
 from .config.loader import ConfigError, load_directory
-from .config.schema import CaptureConfig
+from .config.schema import Address, CaptureConfig
 from .config.snapshot import Snapshot
 from .config.watch import watch
 from .http.message import ConnectionInfo
@@ -78,9 +80,10 @@ class Runtime:
         self.ready = False
         self.draining = False
         self.listeners: dict[str, Listener] = {}
-        # The `listen` ports of tcp Services (explicit mode), by service name; a reload binds new
+        # The `listen` ports of tcp Services (explicit mode), by address; a reload binds new
         # ones and closes those gone (their connections carry on, and a drain waits for them).
-        self.tcp_listeners: dict[str, Listener] = {}
+        self.tcp_listeners: dict[Address, Listener] = {}
+        self.listen_services: dict[Address, str] = {}  # which service each of those addresses serves
         self._closed_tcp_listeners: list[Listener] = []
         self._nursery: trio.Nursery | None = None
         # TLS handshake failures by (listener, reason); sidecar_tls_handshake_failures_total reads it.
@@ -167,6 +170,12 @@ class Runtime:
         try:
             snapshot = await trio.to_thread.run_sync(load_directory, directory)
             moved = _moved_listeners(self.snapshot, snapshot)
+            before, after = self.snapshot.sidecar.capture.mode, snapshot.sidecar.capture.mode
+            if before != after:
+                raise ReloadRefused(
+                    f"capture.mode cannot change while running ({before} -> {after}): the listeners were set up "
+                    "for it at start; restart the sidecar (after `sidecar iptables` or `--clean`) to change it"
+                )
             if moved:
                 raise ReloadRefused(
                     f"listener addresses cannot change while running ({moved}); restart the sidecar to move them"
@@ -199,48 +208,60 @@ class Runtime:
                 "installed its rules, this sidecar's own connections are captured too (a loop); run it as proxy_uid",
             )
 
-    async def _open_tcp_listeners(self, snapshot: Snapshot) -> dict[str, Listener]:
-        """The `listen` listeners `snapshot` wants: those already open at the same address, the
-        others bound now (not serving yet). A port that cannot be bound refuses the whole config
-        (an OSError)."""
-        wanted: dict[str, Listener] = {}
+    async def _open_tcp_listeners(self, snapshot: Snapshot) -> dict[Address, Listener]:
+        """The `listen` listeners `snapshot` wants, by address: those already open there (whichever
+        service they served), the others bound now (not serving yet). A listener going away that
+        holds the port a new address needs (127.0.0.1:P becoming 0.0.0.0:P) stops accepting first.
+        A port that cannot be bound refuses the whole config (an OSError; at start, exit 1)."""
+        wanted = {service.listen: service.name for service in snapshot.services.values() if service.listen}
+        opened: dict[Address, Listener] = {}
         try:
-            for service in snapshot.services.values():
-                if service.listen is None:
+            for address, name in wanted.items():
+                current = self.tcp_listeners.get(address)
+                if current is not None:
+                    opened[address] = current
                     continue
-                current = self.tcp_listeners.get(service.name)
-                if current is not None and current.address == service.listen:
-                    wanted[service.name] = current
-                    continue
-                listener = Listener(f"tcp/{service.name}", service.listen)
+                listener = Listener(f"tcp/{name}", address)
                 try:
                     await listener.bind()
-                except OSError as error:  # at start: exit 1; on reload: the running config stays
-                    message = f"service {service.name}: cannot listen on {service.listen}: {error.strerror or error}"
-                    raise OSError(error.errno, message) from None
-                wanted[service.name] = listener
+                except OSError as error:
+                    in_the_way = [
+                        old for at, old in self.tcp_listeners.items() if at.port == address.port and at not in wanted
+                    ]
+                    if error.errno != errno.EADDRINUSE or not in_the_way:
+                        message = f"service {name}: cannot listen on {address}: {error.strerror}"
+                        raise OSError(error.errno, message) from None
+                    for old in in_the_way:
+                        old.drain()  # its open connections carry on; the swap forgets it
+                    try:
+                        await listener.bind()
+                    except OSError as again:
+                        message = f"service {name}: cannot listen on {address}: {again.strerror}"
+                        raise OSError(again.errno, message) from None
+                opened[address] = listener
         except BaseException:
-            for name, listener in wanted.items():
-                if self.tcp_listeners.get(name) is not listener:
+            for address, listener in opened.items():
+                if self.tcp_listeners.get(address) is not listener:
                     listener.drain()
             raise
-        return wanted
+        return opened
 
-    def _swap_tcp_listeners(self, wanted: dict[str, Listener]) -> None:
+    def _swap_tcp_listeners(self, wanted: dict[Address, Listener]) -> None:
         """Serve the newly bound `listen` listeners and close those no longer wanted (their open
-        connections carry on to their end)."""
+        connections carry on to their end); each address serves the service that now names it."""
+        self.listen_services = {s.listen: s.name for s in self.snapshot.services.values() if s.listen}
         self._closed_tcp_listeners = [old for old in self._closed_tcp_listeners if old.connections]
-        for name, listener in self.tcp_listeners.items():
-            if wanted.get(name) is not listener:
+        for address, listener in self.tcp_listeners.items():
+            if wanted.get(address) is not listener:
                 listener.drain()
                 self._closed_tcp_listeners.append(listener)
-                log.info("tcp_listener_closed", service=name, address=str(listener.address))
-        for name, listener in wanted.items():
-            if self.tcp_listeners.get(name) is not listener and self._nursery is not None:
+                log.info("tcp_listener_closed", address=str(address))
+        for address, listener in wanted.items():
+            if self.tcp_listeners.get(address) is not listener and self._nursery is not None:
                 listener.tick = max(0.05, min(0.5, self.limits.header_read_timeout / 5))
-                serve = connections.tcp_service(self, name, listener.address)
+                serve = connections.tcp_service(self, address)
                 self._nursery.start_soon(listener.serve, serve, self._nursery)
-                log.info("tcp_listener_opened", service=name, address=str(listener.address))
+                log.info("tcp_listener_opened", service=self.listen_services.get(address), address=str(address))
         self.tcp_listeners = wanted
 
     def _reload_failed(self, directory: str, message: str) -> None:
@@ -298,9 +319,17 @@ class Runtime:
                     self.listeners[name].rejected = partial(self._rejected, name)
             if sidecar.capture.mode == "transparent":
                 self._check_capture(sidecar.capture)
+                ipv6 = global_ipv6()  # then `sidecar iptables` installed ip6tables rules too
                 for name in ("outbound", "inbound"):
-                    if name in self.listeners:
-                        self.listeners[name].bind_ipv6_twin()  # where ip6tables redirects to
+                    if name in self.listeners and not self.listeners[name].bind_ipv6_twin() and ipv6:
+                        log.error(
+                            "ipv6_capture_unserved",
+                            listener=name,
+                            address=str(self.listeners[name].address),
+                            message="this namespace has a global IPv6 address, so IPv6 connections are redirected "
+                            "here, but the listener takes no IPv6: they will be refused. Listen on 0.0.0.0, "
+                            "127.0.0.1 or [::], and keep IPv6 (::1) on the loopback interface",
+                        )
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._watch_config)

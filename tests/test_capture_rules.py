@@ -40,6 +40,7 @@ DEFAULT_V4 = """\
 *nat
 :SIDECAR_INBOUND - [0:0]
 :SIDECAR_OUTPUT - [0:0]
+-A SIDECAR_INBOUND -m addrtype ! --dst-type LOCAL -j RETURN
 -A SIDECAR_INBOUND -p tcp -m tcp --dport 15006 -j RETURN
 -A SIDECAR_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
 -A SIDECAR_INBOUND -p tcp -j REDIRECT --to-ports 15006
@@ -63,6 +64,7 @@ INSTALLED = """\
 :SIDECAR_OUTPUT - [0:0]
 -A PREROUTING -p tcp -j SIDECAR_INBOUND
 -A OUTPUT -p tcp -j SIDECAR_OUTPUT
+-A SIDECAR_INBOUND -m addrtype ! --dst-type LOCAL -j RETURN
 -A SIDECAR_INBOUND -p tcp -m tcp --dport 15006 -j RETURN
 -A SIDECAR_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
 -A SIDECAR_INBOUND -p tcp -j REDIRECT --to-ports 15006
@@ -100,7 +102,8 @@ def test_exclusions_return_before_the_redirects() -> None:
         4,
         None,
     )
-    assert lines(text)[3:14] == [
+    assert lines(text)[3:15] == [
+        "-A SIDECAR_INBOUND -m addrtype ! --dst-type LOCAL -j RETURN",
         "-A SIDECAR_INBOUND -p tcp -m tcp --dport 15006 -j RETURN",
         "-A SIDECAR_INBOUND -p tcp -m tcp --dport 15000 -j RETURN",
         "-A SIDECAR_INBOUND -p tcp -m tcp --dport 22 -j RETURN",  # 15000 again is not repeated
@@ -131,8 +134,8 @@ def test_each_table_lists_the_excluded_cidrs_of_its_family() -> None:
     ]
     # The CIDRs return after the proxy's UID and before the excluded ports and the redirect.
     text = lines(install_text(plan(exclude_outbound_cidrs=("10.0.0.0/8",), exclude_outbound_ports=(53,)), 4, None))
-    assert text.index("-A SIDECAR_OUTPUT -d 10.0.0.0/8 -j RETURN") == 8
-    assert text.index("-A SIDECAR_OUTPUT -p tcp -m tcp --dport 53 -j RETURN") == 9
+    assert text.index("-A SIDECAR_OUTPUT -d 10.0.0.0/8 -j RETURN") == 9
+    assert text.index("-A SIDECAR_OUTPUT -p tcp -m tcp --dport 53 -j RETURN") == 10
 
 
 def test_listener_ports_and_proxy_uid_come_from_the_config() -> None:
@@ -246,7 +249,7 @@ def test_parse_reads_only_the_nat_section_of_a_whole_dump() -> None:
     table = parse_nat(dump)
     assert table.chains == ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "SIDECAR_INBOUND", "SIDECAR_OUTPUT")
     assert table.rules[:2] == ("-A PREROUTING -p tcp -j SIDECAR_INBOUND", "-A OUTPUT -p tcp -j SIDECAR_OUTPUT")
-    assert len(table.rules) == 8
+    assert len(table.rules) == 9
     assert table.jumps_in() == [
         ("-A PREROUTING -p tcp -j SIDECAR_INBOUND", "SIDECAR_INBOUND"),
         ("-A OUTPUT -p tcp -j SIDECAR_OUTPUT", "SIDECAR_OUTPUT"),

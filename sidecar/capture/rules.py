@@ -102,6 +102,9 @@ class CapturePlan:
         """The ``-A`` lines of the sidecar's own chains, for the nat table of ``family``."""
         lines = []
         if self.inbound_port is not None:
+            # Only connections to this namespace's own addresses: a packet for another address is
+            # not the pod's to serve (redirected, the sidecar would dial it on the sender's behalf).
+            lines.append(f"-A {INBOUND_CHAIN} -m addrtype ! --dst-type LOCAL -j RETURN")
             lines += [
                 f"-A {INBOUND_CHAIN} -p tcp -m tcp --dport {port} -j RETURN" for port in self.inbound_return_ports
             ]

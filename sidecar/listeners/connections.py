@@ -34,7 +34,7 @@ from ..transport.detect import detect
 from ..transport.h1_server import H1Server, ServerLimits
 from ..transport.h2_server import H2Server
 from ..transport.listener import ConnectionHandler, Listener
-from ..transport.original_dst import original_destination
+from ..transport.original_dst import is_local, original_destination
 from ..transport.tcp import TcpStream
 from ..transport.tls_accept import accept as tls_accept
 from ..transport.tls_socket import TlsStream
@@ -64,6 +64,7 @@ class Serving(Protocol):
     security: MeshSecurity
     allow: AllowList | None
     tls_failures: Counter[tuple[str, str]]
+    listen_services: dict[Address, str]  # the tcp Service each `listen` address serves
 
     def current_telemetry(self) -> Telemetry: ...
 
@@ -112,6 +113,9 @@ def outbound(serving: Serving, listener: Listener, handler: Handler) -> Connecti
         if speaks is None:
             return
         if speaks is Speaks.TCP:
+            if not opaque:  # the detection took time: a reload may have come meanwhile
+                capture = serving.snapshot.sidecar.capture
+                cluster = serving.registry.match_destination(*original)
             telemetry = serving.current_telemetry()
             await outbound_tcp(
                 stream, conn, cluster, original, telemetry=telemetry, outbound_policy=capture.outbound_policy
@@ -123,18 +127,20 @@ def outbound(serving: Serving, listener: Listener, handler: Handler) -> Connecti
     return on_connection
 
 
-def tcp_service(serving: Serving, name: str, listen: Address) -> ConnectionHandler:
-    """A tcp Service's own `listen` port (explicit mode): every connection is carried to it."""
+def tcp_service(serving: Serving, listen: Address) -> ConnectionHandler:
+    """A tcp Service's own `listen` port (explicit mode): every connection is carried to the service
+    that names this address now (a reload may rename it)."""
     destination = (listen.host, listen.port)
 
     async def on_connection(stream: TcpStream) -> None:
         peer = _peer(stream)
         if peer is None:
             return
+        name = serving.listen_services.get(listen)
         await outbound_tcp(
             stream,
             ConnectionInfo(*peer),
-            serving.registry.clusters.get(name),
+            serving.registry.clusters.get(name) if name is not None else None,
             destination,
             telemetry=serving.current_telemetry(),
             outbound_policy="registry_only",  # a service that left the config: reset
@@ -151,6 +157,9 @@ def inbound(serving: Serving, listener: Listener, handler: Handler) -> Connectio
         if peer is None:
             return
         original = _original(serving, stream)
+        if original is not None and not is_local(original[0]):
+            log.warning("inbound_not_local", peer=peer[0], destination=original[0], port=original[1])
+            return  # redirected on its way to another address: not this pod's to serve
         tls = serving.security.inbound
         if tls is None:  # the loader requires tls with an inbound section; kept for code-built configs
             await serve_http(serving, stream, ConnectionInfo(*peer, original_dst=original), handler, listener)

@@ -92,9 +92,12 @@ class Listener:
         """Also listen on the IPv6 counterpart of an IPv4 wildcard or loopback address (`::` for
         0.0.0.0, `::1` for 127.0.0.1), same port: where transparent capture redirects IPv6
         connections (ip6tables' REDIRECT sends them to ::1 or the interface's own address).
-        False when there is no such twin or the host has no IPv6."""
+        True when the listener takes IPv6 connections (already, or now through its twin); False
+        when it has no such twin or the twin cannot be bound (no IPv6 here, ::1 missing)."""
+        if any(":" in str(s.sock.getsockname()[0]) for s in self.sockets):
+            return True
         twin = {"0.0.0.0": "::", "127.0.0.1": "::1"}.get(self.address.host)
-        if twin is None or any(":" in str(s.sock.getsockname()[0]) for s in self.sockets):
+        if twin is None:
             return False
         try:
             self.sockets.append(TcpListener.bind(twin, self.sockets[0].port, v6_only=True))

@@ -87,7 +87,9 @@ class PlainSide:
             return
         await trio.lowlevel.checkpoint()
         with contextlib.suppress(OSError):
-            stream.sock.shutdown(socket.SHUT_WR)
+            # The socket's own shutdown: `SSLSocket.shutdown` would also drop the TLS layer, and the
+            # answer still to come would then be read as raw ciphertext.
+            socket.socket.shutdown(stream.sock, socket.SHUT_WR)
 
     def abort(self) -> None:
         reset(self.stream.sock)

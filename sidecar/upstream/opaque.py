@@ -60,9 +60,9 @@ async def connect_opaque(cluster: Cluster, conn: ConnectionInfo) -> tuple[Endpoi
         breaker.check_requests(cluster.name)
         breaker.check_connections(cluster.name, cluster.open_connections)
         endpoint = cluster.pick(key, avoid=avoid)
+        breaker.open_pending(cluster.name)  # may refuse (overflow): before anything is taken
         endpoint.started()
         endpoint.pool.opaque_opening()
-        breaker.open_pending(cluster.name)
         try:
             stream = await _open(cluster, endpoint)
         except BaseException as error:

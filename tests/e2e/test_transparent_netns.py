@@ -441,3 +441,52 @@ def test_clean_leaves_the_namespaces_as_they_were(pods: Pods) -> None:
     info = json.loads(pods.a.curl(f"http://{pods.b.address}:{APP_PORT}/info").stdout)
     assert "x-forwarded-client-cert" not in dict(info["headers"])
     assert len(pods.a.access_lines()) == before
+
+
+def test_a_packet_for_another_address_is_not_relayed_by_the_pod() -> None:
+    """A host on the pod's link that sends the pod a connection addressed to some other IP (the pod
+    as its "router") must not get the sidecar to dial that IP on its behalf: `sidecar iptables`
+    redirects inbound only what is addressed to the pod itself, and the inbound listener refuses a
+    redirected connection whose original destination is not one of the pod's addresses (rules
+    installed by other means)."""
+    with Lab() as lab:
+        pod, attacker, victim = lab.namespace(), lab.namespace(), lab.namespace()
+        front, back = lab.link(pod, attacker), lab.link(pod, victim)
+        victim.ip("route", "add", "198.18.0.0/24", "via", back.a_addr)
+        attacker.ip("route", "add", f"{back.b_addr}/32", "via", front.a_addr)  # the victim "via the pod"
+        assert pod.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+        listening(victim.popen(sys.executable, POD_APPS, "greet", "7000"))
+        root = Path(tempfile.mkdtemp(prefix="sidecar-netns-"))
+        try:
+            pki = Pki(root / "pki")
+            config = root / "config"
+            config.mkdir()
+            sidecar = _sidecar_doc(pki, "pod", inbound={"mode": "permissive"})
+            (config / "mesh.yaml").write_text(yaml.safe_dump_all([sidecar]))
+            subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+            root.chmod(0o755)
+            pod.run(*SIDECAR, "iptables", "-c", str(config))
+            pod_state = Pod(pod, front.a_addr, config, root / "pod.log")
+            _start_sidecar(pod_state)
+            client = (
+                "import socket, sys\n"
+                "try:\n"
+                "    with socket.create_connection((sys.argv[1], 7000), timeout=3) as s:\n"
+                "        print(repr(s.recv(100)))\n"
+                "except OSError as error:\n"
+                "    print(type(error).__name__)\n"
+            )
+            # The rules leave it alone, and the pod, which forwards nothing, drops it.
+            seen = attacker.run(sys.executable, "-c", client, back.b_addr, check=False).stdout.strip()
+            assert "greet" not in seen, seen
+            # Rules that redirect it anyway (installed by something else): the sidecar refuses it.
+            local_only = ("-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", "RETURN")
+            pod.run("iptables", "-t", "nat", "-D", "SIDECAR_INBOUND", *local_only)
+            seen = attacker.run(sys.executable, "-c", client, back.b_addr, check=False).stdout.strip()
+            assert "greet" not in seen, seen
+            deadline = time.monotonic() + 5
+            while "inbound_not_local" not in pod_state.log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "inbound_not_local" in pod_state.log.read_text()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

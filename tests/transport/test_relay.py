@@ -9,18 +9,23 @@ from __future__ import annotations
 import hashlib
 import select
 import socket
+import ssl
 import struct
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import trio
 
+from sidecar.certs import init_ca, issue_workload
 from sidecar.transport.relay import Carried, PlainSide, Side, relay
-from sidecar.transport.tcp import TcpStream
+from sidecar.transport.tcp import TcpStream, open_tcp
 from sidecar.transport.tcp_tunnel import TunnelSide
+from sidecar.transport.tls_socket import TlsStream
 
 PROMPT = 3.0  # seconds: what "promptly" may take on a loaded machine (a hang is forever)
 MiB = 1024 * 1024
@@ -356,3 +361,41 @@ async def test_through_a_tunnel_a_client_reset_reaches_the_server_as_a_reset() -
         hard_reset(r.client)
         assert await sees_the_end(r.server) == "reset"
     assert r.carried.failed == "downstream"
+
+
+async def test_a_half_close_toward_a_tls_server_keeps_its_answer_readable(tmp_path: Path) -> None:
+    """A tcp Service with `tls.mode: simple`: the app half-closes after its request, which goes to
+    the server as a TCP half-close under the TLS session, and the answer still arrives decrypted
+    (`SSLSocket.shutdown` would drop the TLS layer and hand over ciphertext)."""
+    init_ca("example.org", tmp_path / "ca")
+    cert = issue_workload(tmp_path / "ca", "spiffe://example.org/ns/x/sa/server", tmp_path / "server")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, tmp_path / "server" / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        with server_context.wrap_socket(raw, server_side=True) as tls:
+            request = tls.recv(4096)
+            tls.sendall(b"ANSWER to " + request)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    stream = TlsStream.wrap(await open_tcp(*listener.getsockname()), client_context, server_side=False)
+    await stream.do_handshake()
+    side = PlainSide(stream)
+    try:
+        await side.send(b"PING")
+        await trio.sleep(0.2)  # the answer is in the socket's buffer by now
+        await side.send_eof()
+        got = b""
+        with trio.fail_after(PROMPT):
+            while data := await side.receive():
+                got += data
+    finally:
+        stream.close_now()
+        listener.close()
+    assert got == b"ANSWER to PING"
