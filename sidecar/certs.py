@@ -3,8 +3,9 @@
 `init` makes an EC P-256 CA whose certificate carries the trust domain as its URI SAN
 (`spiffe://TD`, as a SPIFFE trust bundle root may). `issue` makes a workload key and a certificate
 whose only URI SAN is the workload's SPIFFE ID (an X.509-SVID): short-lived by default, usable as
-both TLS client and server. Keys are written 0600, certificates 0644. For real deployments, use
-your own CA or cert-manager (see README); this module exists so tests and the demo need no setup.
+both TLS client and server. Keys are written 0600, certificates 0644. For real deployments, use your
+own CA or cert-manager (docs: operations/certificates.md); this module exists so tests and the demo
+need no setup.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Command line: argument parsing and wiring only (SPEC §2).
+"""Command line: argument parsing and wiring only (docs: reference/cli.md).
 
 Exit codes: 0 clean stop, 1 bad config at start (or `check` found errors, or `iptables` failed), 2 usage error.
 """

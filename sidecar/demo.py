@@ -1,4 +1,4 @@
-"""`sidecar demo`: a small mesh on loopback, with no files to write (SPEC §9).
+"""`sidecar demo`: a small mesh on loopback, with no files to write (docs: getting-started.md).
 
 It makes a throwaway mesh CA and one workload certificate per service, starts two replicas of the
 `orders` example service and one `frontend`, each beside its own sidecar (real `sidecar run`

@@ -1,4 +1,4 @@
-"""The demo's trace collector and the trace tree it prints (SPEC §9).
+"""The demo's trace collector and the trace tree it prints (docs: reference/cli.md).
 
 This module owns two things `sidecar demo` needs to show one request's trace across the mesh:
 

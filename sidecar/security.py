@@ -2,9 +2,9 @@
 connection: the inbound server context and mode, the allow list, this workload's SPIFFE ID, and
 the client TLS settings for each upstream service.
 
-Secure defaults (SPEC §3): inbound is strict (mTLS only) and upstream services are `mutual` unless
-the config says otherwise. Contexts are rebuilt when a new snapshot is applied, so new handshakes
-use the certificates the snapshot names while established connections keep theirs.
+Secure defaults (docs: behaviour/security.md): inbound is strict (mTLS only) and upstream services
+are `mutual` unless the config says otherwise. Contexts are rebuilt when a new snapshot is applied,
+so new handshakes use the certificates the snapshot names while established connections keep theirs.
 """
 
 from __future__ import annotations

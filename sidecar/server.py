@@ -1,12 +1,12 @@
 """The running sidecar: one top nursery holding the listeners, the upstream registry's task and
 the signal watcher, plus the drain that ends it all.
 
-Start order (SPEC §8): the outbound listener is bound first, then admin, then inbound; `/ready` turns
-200 only once every listener is bound and serving. Drain (SIGTERM, SIGINT, `POST /drain`): `/ready`
-turns 503, the inbound listener closes its sockets and its idle connections, busy inbound
-connections finish their request and close, the outbound listener keeps serving the app; the
-process ends when no inbound or outbound connection is left open, or at `drain_timeout`. A second
-signal ends it at once.
+Start order (docs: operations/lifecycle.md): the outbound listener is bound first, then admin, then
+inbound; `/ready` turns 200 only once every listener is bound and serving. Drain (SIGTERM, SIGINT,
+`POST /drain`): `/ready` turns 503, the inbound listener closes its sockets and its idle
+connections, busy inbound connections finish their request and close, the outbound listener keeps
+serving the app; the process ends when no inbound or outbound connection is left open, or at
+`drain_timeout`. A second signal ends it at once.
 
 The listeners here are bound, served and drained; what each does with a connection it accepted is
 `listeners/connections.py`'s. The `listen` ports of tcp Services come and go with reloads.

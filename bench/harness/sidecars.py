@@ -1,4 +1,4 @@
-"""Sidecars under test: their config directories (SPEC §3) and starting them until /ready (SPEC §6).
+"""Sidecars under test: their config directories and starting them until /ready.
 
 A sidecar is started as `sidecar run -c DIR` (or through a profiler, see profiling.py) pinned to the
 proxy core, with `SIDECAR_LOG_LEVEL=warning` (so no access log) unless its spec says otherwise. It
@@ -22,7 +22,7 @@ TRUST_DOMAIN = "bench.local"
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """A workload's certificate, key and the mesh trust bundle (SPEC §3 `tls:`)."""
+    """A workload's certificate, key and the mesh trust bundle (a Sidecar's `tls:`)."""
 
     cert: Path
     key: Path
@@ -134,7 +134,7 @@ class SidecarLauncher:
 
     command: list[str]
     core: int
-    stop_signal: int = 15  # SIGTERM: SPEC §8 drain; it exits at once with no connection open
+    stop_signal: int = 15  # SIGTERM: a drain; it exits at once with no connection open
     stop_timeout: float = 5.0
 
     @classmethod
@@ -160,7 +160,7 @@ class SidecarLauncher:
 
 
 def issue_certs(venv: Path, out: Path, services: list[str]) -> dict[str, TlsFiles]:
-    """A throwaway mesh CA and one workload cert per service, made with `sidecar certs` (SPEC §2)."""
+    """A throwaway mesh CA and one workload cert per service, made with `sidecar certs`."""
     sidecar = SidecarLauncher.default(venv, 0).command
     ca_dir = out / "ca"
     run_cli([*sidecar, "certs", "init", "--trust-domain", TRUST_DOMAIN, "--out", str(ca_dir)])

@@ -6,7 +6,7 @@ Columns (setups), each started fresh on the proxy core:
   nginx-stream           nginx A (stream, plain in) -> mTLS -> nginx B (stream, `ssl_verify_client on`) -> origin;
                          A verifies B (`proxy_ssl_verify on`) and resumes TLS sessions (its default)
   nginx-stream-noreuse   opt-in: as nginx-stream with `proxy_ssl_session_reuse off`: a full handshake per
-                         connection, as the sidecars do
+                         connection (the sidecars resume sessions, as nginx does by default)
   sidecars               sidecar A (a `protocol: tcp` Service's listen port) -> tunnel (ALPN sidecar-tcp/1,
                          mTLS) -> sidecar B (`inbound.tcp_ports`) -> origin
 Both proxy pairs use the same certificates: `sidecar certs init/issue` from one dev CA, the server-side

@@ -9,6 +9,7 @@ The rules for the default config with an inbound section, IPv4::
     *nat
     :SIDECAR_INBOUND - [0:0]
     :SIDECAR_OUTPUT - [0:0]
+    -A SIDECAR_INBOUND -m addrtype ! --dst-type LOCAL -j RETURN
     -A SIDECAR_INBOUND -p tcp -m tcp --dport 15006 -j RETURN
     -A SIDECAR_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
     -A SIDECAR_INBOUND -p tcp -j REDIRECT --to-ports 15006
@@ -19,12 +20,13 @@ The rules for the default config with an inbound section, IPv4::
     -A OUTPUT -p tcp -j SIDECAR_OUTPUT
     COMMIT
 
-``SIDECAR_INBOUND`` (hooked from ``PREROUTING``: TCP arriving from outside the pod) returns the
-inbound listener's own port (peers in explicit mode dial it directly), the admin port (probes and
-scrapes reach it as is) and each of ``capture.exclude_inbound_ports``, and redirects every other
-port to the inbound listener. Without an inbound section there is no inbound listener to redirect
-to, so there is no ``SIDECAR_INBOUND`` chain and no ``PREROUTING`` hook at all (one left by an
-earlier install with an inbound section is removed).
+``SIDECAR_INBOUND`` (hooked from ``PREROUTING``: TCP arriving from outside the pod) returns what is
+not addressed to one of the pod's own addresses (the pod is not a router), the inbound listener's
+own port (peers in explicit mode dial it directly), the admin port (probes and scrapes reach it as
+is) and each of ``capture.exclude_inbound_ports``, and redirects every other port to the inbound
+listener. Without an inbound section there is no inbound listener to redirect to, so there is no
+``SIDECAR_INBOUND`` chain and no ``PREROUTING`` hook at all (one left by an earlier install with an
+inbound section is removed).
 
 ``SIDECAR_OUTPUT`` (hooked from ``OUTPUT``: TCP the pod's processes open) returns, in order: the
 connections of ``capture.proxy_uid`` (the sidecar's own, which must leave as they are), loopback

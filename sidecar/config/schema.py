@@ -290,7 +290,7 @@ TraceExporter = Literal["otlp", "console", "none"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tracing(Model):
-    """Where spans go (SPEC §7). A field left out is taken from the standard ``OTEL_*`` environment
+    """Where spans go. A field left out is taken from the standard ``OTEL_*`` environment
     variables (``telemetry/tracing.py`` says which); values written here win over them."""
 
     exporter: Annotated[TraceExporter | None, one_of(*get_args(TraceExporter))] = None
@@ -445,7 +445,7 @@ class RetryBudget(Model):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retries(Model):
-    """When and how often a failed try is sent again (SPEC §11 "Retries")."""
+    """When and how often a failed try is sent again (docs: behaviour/resilience.md)."""
 
     attempts: Annotated[int, bounded(INTEGER, ge=0, le=10)] = 2
     """Retries after the first try."""
@@ -477,7 +477,7 @@ class CircuitBreaker(Model):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutlierDetection(Model):
-    """Passive health: ejection of endpoints whose answers keep failing (SPEC §11 "Outlier detection").
+    """Passive health: ejection of endpoints whose answers keep failing (docs: behaviour/resilience.md).
 
     A try that ends without a response counts as a 5xx and as a gateway error; a 502, 503 or 504 counts
     as both; another 5xx counts as a 5xx and breaks a run of gateway errors; any other status ends both

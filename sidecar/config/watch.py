@@ -1,4 +1,4 @@
-"""Noticing changes to the config directory and the files it names (SPEC §3 "Watching").
+"""Noticing changes to the config directory and the files it names (docs: operations/lifecycle.md).
 
 A poll, not inotify: every `POLL_INTERVAL` the watcher takes a fingerprint, the `stat` (following
 symlinks) of each `*.yaml`/`*.yml` directly in the directory and of each certificate, key and CA

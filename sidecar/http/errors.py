@@ -1,4 +1,5 @@
-"""Proxy errors: each failure the sidecar answers itself, with its SPEC §5 status and reason code.
+"""Proxy errors: each failure the sidecar answers itself, with its status and reason code
+(docs: reference/replies.md).
 
 Everything below the pipeline raises one of these; `pipeline.local_reply` is the one place that
 turns them into a reply. Messages are short, safe to show a client, and never carry an internal

@@ -1,7 +1,7 @@
 """gRPC over HTTP as the sidecar sees it, sans-IO: recognising a gRPC call, reading its
 `grpc-timeout`, and shaping a reply the sidecar makes itself as a gRPC error.
 
-A gRPC client reads a call's outcome from `grpc-status`, not from the HTTP status, so a SPEC §5
+A gRPC client reads a call's outcome from `grpc-status`, not from the HTTP status, so a local
 reply toward one is HTTP 200 with `content-type: application/grpc`, no body, and `grpc-status` /
 `grpc-message` in the header block (a "trailers-only" response), still carrying `x-sidecar-reason`.
 """
@@ -20,7 +20,7 @@ RESOURCE_EXHAUSTED = 8
 UNAVAILABLE = 14
 DEADLINE_EXCEEDED = 4
 
-# SPEC §5 reason -> the gRPC code a client should see (retryable failures are UNAVAILABLE).
+# reason code of a local reply -> the gRPC code a client should see (retryable failures are UNAVAILABLE).
 STATUS_FOR_REASON = {
     "bad_request": INTERNAL,
     "unauthorized": PERMISSION_DENIED,

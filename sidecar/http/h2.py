@@ -2,12 +2,11 @@
 and the header-name casing carried across a sidecar-to-sidecar HTTP/2 hop.
 
 `h2_conn` (the connection codec) does the framing and validates what it receives; this module only
-translates header lists. HTTP/2 field names
-are lower-case by definition. SPEC §4 keeps an HTTP/1.1 client's header-name casing all the way to an
-HTTP/1.1 app, so when both ends of an HTTP/2 hop are sidecars (mutual TLS), the sender lists the
-names whose casing is not lower-case in one internal field, `x-sidecar-header-case`, and the receiver
-puts that casing back and drops the field. From any other peer the field is dropped unread.
-No trio import here.
+translates header lists. HTTP/2 field names are lower-case by definition. The sidecar keeps an
+HTTP/1.1 client's header-name casing all the way to an HTTP/1.1 app, so when both ends of an HTTP/2
+hop are sidecars (mutual TLS), the sender lists the names whose casing is not lower-case in one
+internal field, `x-sidecar-header-case`, and the receiver puts that casing back and drops the field.
+From any other peer the field is dropped unread. No trio import here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Header rules of a proxy hop (SPEC §4), as pure functions over `Headers`.
+"""Header rules of a proxy hop (docs: behaviour/protocols.md), as pure functions over `Headers`.
 
 - hop-by-hop fields (Connection and what it names, Keep-Alive, Proxy-*, TE except `trailers`,
   Transfer-Encoding, Upgrade) never cross a hop;

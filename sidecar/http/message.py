@@ -148,7 +148,7 @@ class ExchangeObserver(Protocol):
     each try, the protocol server reports the response once written (or given up)."""
 
     service: str  # the upstream service (outbound, once routed) or this sidecar's own (inbound)
-    reason: str | None  # the SPEC §5 reason, when the sidecar made the reply itself
+    reason: str | None  # the reason code, when the sidecar made the reply itself
 
     def try_started(self, cluster: Any, endpoint: Any, attempt: int) -> None: ...
 

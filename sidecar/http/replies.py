@@ -1,4 +1,5 @@
-"""The replies the sidecar makes itself (SPEC §5), sans-IO: a `ProxyError` in, a `Response` out.
+"""The replies the sidecar makes itself (docs: reference/replies.md), sans-IO: a `ProxyError` in, a
+`Response` out.
 
 Every such reply carries `x-sidecar-reason: CODE` and a short text body, and never an internal
 address or a stack trace (`ProxyError.detail`, which may, goes to the log only). Toward a gRPC
@@ -17,7 +18,7 @@ from .message import BytesBody, Headers, Request, Response
 
 
 def error_response(error: ProxyError, request: Request | None = None) -> Response:
-    """The SPEC §5 reply for `error`; shaped as a gRPC error when `request` is a gRPC call."""
+    """The local reply for `error`; shaped as a gRPC error when `request` is a gRPC call."""
     if request is not None and is_grpc(request.headers.get(b"content-type")):
         return grpc_error_response(error)
     text = error.message.encode() + b"\n"

@@ -1,7 +1,7 @@
 """WebSocket over HTTP/1.1 `Upgrade` (RFC 6455 §4), the header side: which requests are WebSocket
 upgrades, and which Upgrade/Connection fields cross a hop for them.
 
-SPEC §4 drops hop-by-hop fields, "`Upgrade` except for WebSocket": a WebSocket upgrade keeps
+A hop drops hop-by-hop fields, `Upgrade` among them except for WebSocket: a WebSocket upgrade keeps
 `Upgrade: websocket` and `Connection: upgrade`, and nothing else its Upgrade or Connection fields
 named (other offered protocols, fields listed in Connection). Every other upgrade (h2c, TLS, any
 token) is stripped like any hop-by-hop field, so the app never switches protocols behind our back.

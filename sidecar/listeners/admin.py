@@ -1,4 +1,5 @@
-"""The admin listener (SPEC §6): `/ready`, `/live`, `POST /drain`, `/metrics`, `/config`, `/clusters`.
+"""The admin listener (docs: reference/observability.md): `/ready`, `/live`, `POST /drain`,
+`/metrics`, `/config`, `/clusters`.
 
 It answers throughout a drain, so an orchestrator can watch `/ready` turn 503. Every page is built
 when asked, from the current snapshot and live state; HEAD answers as GET without the body. What
@@ -9,11 +10,11 @@ defined here; the server's `Runtime` is one.
   registry, handed to `admin_handler`).
 - `/config`: the current snapshot's version (sha256 of its files), files, effective config, and the
   last failed reload (`config_error`) or null.
-- `/clusters`: `services` lists every upstream service this sidecar calls (config order), exactly
-  SPEC §11's list; the local app behind the inbound listener, when there is one, is shown apart under
-  `app` (named after this Sidecar's own service), so `services` holds nothing but upstream services.
-  Beyond SPEC §11's keys each entry carries `direction`, `retries`, `ejections` and
-  `open_connections`, and each endpoint `times_ejected`.
+- `/clusters`: `services` lists every upstream service this sidecar calls (config order); the local
+  app behind the inbound listener, when there is one, is shown apart under `app` (named after this
+  Sidecar's own service), so `services` holds nothing but upstream services. Besides its endpoints
+  each entry carries `direction`, `retries`, `ejections` and `open_connections`, and each endpoint
+  `times_ejected`.
 """
 
 from __future__ import annotations

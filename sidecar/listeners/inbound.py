@@ -1,7 +1,7 @@
 """The inbound listener's stack: calls from other sidecars in, forwarded to the local app.
 
 observe       the request's telemetry record: metrics, access log, the SERVER span
-local_reply   SPEC §5 replies for every failure below
+local_reply   local replies (x-sidecar-reason) for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id (x-sidecar-attempt passes unchanged)
 call          the local app's pooled connections (closed after app_idle_timeout), request timeout
               capped by a gRPC caller's grpc-timeout; under transparent capture, the app port the

@@ -1,7 +1,7 @@
 """The outbound listener's stack: the local app's plain HTTP in, routed to upstream services.
 
 observe       the request's telemetry record: metrics, access log, a CLIENT span per try
-local_reply   SPEC §5 replies for every failure below
+local_reply   local replies (x-sidecar-reason) for every failure below
 forwarding    hop-by-hop, x-forwarded-*, x-request-id
 route         host (+ path, headers) -> service, weighted split, route timeout
 call          endpoint pick, pooled connection, request timeout (capped by a gRPC caller's grpc-timeout)

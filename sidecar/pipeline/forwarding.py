@@ -1,4 +1,4 @@
-"""Layer: the header rules of one proxy hop (SPEC §4), both directions.
+"""Layer: the header rules of one proxy hop (docs: behaviour/protocols.md), both directions.
 
 Request: hop-by-hop fields dropped, `x-forwarded-for` appended with the peer, `x-forwarded-proto`
 set for this hop, `x-request-id` kept or generated. Response: hop-by-hop fields dropped.

@@ -1,4 +1,5 @@
-"""The layer where a `ProxyError` raised below becomes a reply the sidecar makes itself (SPEC §5).
+"""The layer where a `ProxyError` raised below becomes a reply the sidecar makes itself (docs:
+reference/replies.md).
 
 The reply is `http/replies.py`'s `error_response`: `x-sidecar-reason: CODE` and a short text body,
 never an internal address or a stack trace (`ProxyError.detail`, which may hold one, is only logged,
@@ -20,7 +21,7 @@ log = structlog.get_logger("sidecar.local_reply")
 
 
 def local_reply(inner: Handler) -> Handler:
-    """Layer: answer any ProxyError raised below with its SPEC reply."""
+    """Layer: answer any ProxyError raised below with its local reply."""
 
     async def handle(request: Request) -> Response:
         try:

@@ -4,9 +4,9 @@ The level comes from `SIDECAR_LOG_LEVEL` (default info). Filtering happens befor
 so a debug call on the hot path costs one method call when debug is off.
 
 The format chosen here is also the access log's (`telemetry/record.py` builds its logger with
-`access_renderer()`): JSON lines with exactly SPEC §11's fields, or with `console` one line a human
-reads, beside the console process lines. The renderer is picked once, when a logger is made, so a
-request pays for one format only.
+`access_renderer()`): JSON lines with a fixed set of fields (docs: reference/observability.md), or
+with `console` one line a human reads, beside the console process lines. The renderer is picked
+once, when a logger is made, so a request pays for one format only.
 """
 
 from __future__ import annotations

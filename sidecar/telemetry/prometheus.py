@@ -1,4 +1,5 @@
-"""The Prometheus exposition of one running sidecar (SPEC §6): names, help, label sets, buckets.
+"""The Prometheus exposition of one running sidecar (docs: reference/observability.md): names, help,
+label sets, buckets.
 
 Nothing here is counted: at scrape time `SidecarCollector` reads what it was given, the plain
 counters the request path keeps (`telemetry/metrics.py`), the upstream registry's live state
@@ -41,7 +42,7 @@ BUCKET_BOUNDS = (*(floatToGoString(bound) for bound in DURATION_BUCKETS), "+Inf"
 
 
 class SidecarCollector:
-    """A prometheus_client custom collector over one running sidecar: every metric of SPEC §6, at
+    """A prometheus_client custom collector over one running sidecar: every metric of the sidecar, at
     scrape time.
 
     `metrics`: its request, reload and dropped-span counts; `clusters`: the statistics of its upstream

@@ -1,11 +1,11 @@
 """What one request through one listener leaves behind: a count and a duration in the metrics, one
-access-log line, and its spans (SPEC §6, §7).
+access-log line, and its spans (docs: reference/observability.md).
 
-`pipeline/observe.py` opens a `RequestRecord` when a request enters a listener's stack and leaves
-it on `request.observer`; the layers below fill it in (the route names the service, `local_reply`
-the SPEC §5 reason, the upstream call each try's endpoint and outcome); the protocol server closes
-it with `response_sent` once the response is written, or given up (a client that leaves before
-its response is logged as 499, as nginx does). A record closes once.
+`pipeline/observe.py` opens a `RequestRecord` when a request enters a listener's stack and leaves it
+on `request.observer`; the layers below fill it in (the route names the service, `local_reply` the
+reason code of a local reply, the upstream call each try's endpoint and outcome); the protocol
+server closes it with `response_sent` once the response is written, or given up (a client that
+leaves before its response is logged as 499, as nginx does). A record closes once.
 
 Spans: the inbound listener makes one SERVER span per request, a child of the caller's trace
 context, and hands the app a `traceparent` naming that span. The outbound listener makes one CLIENT
@@ -13,9 +13,9 @@ span per try, each a child of the app's context (siblings when retried, with
 `http.request.resend_count`), and sends the upstream a `traceparent` naming that try's span; a
 request answered without any try (no route, a full breaker, no healthy endpoint) still gets one
 CLIENT span, carrying the reason. A span ends when its response ends; an error sets the span's
-status and `error.type` (the SPEC §5 reason, else the status code for a 5xx).
+status and `error.type` (the reply's reason code, else the status code for a 5xx).
 
-Access log: one line on stdout per request with exactly SPEC §11's fields, written through a
+Access log: one line on stdout per request with a fixed set of fields, written through a
 structlog logger of its own: JSON, or a line for humans when the process logs in the `console`
 format (`telemetry/logging.py`, which picks the renderer once per logger). Off
 (`SIDECAR_ACCESS_LOG=off`, or a log level above info), nothing is built.
@@ -107,7 +107,7 @@ class RequestRecord:
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
         self.service = telemetry.service if direction == INBOUND else UNROUTED
-        self.reason: str | None = None  # the SPEC §5 reason of a reply this sidecar made
+        self.reason: str | None = None  # the reason code of a reply this sidecar made
         self.upstream: str | None = None  # the endpoint of the last try
         self.attempts = 0
         self.span: Span | None = None  # the SERVER span, or the CLIENT span of the current try

@@ -1,5 +1,5 @@
 """Tracing: settings from the config and `OTEL_*` variables, sampling, span ids, and the batch
-export that keeps spans off the request path (SPEC §7).
+export that keeps spans off the request path (docs: reference/observability.md).
 
 Settings: a value in the `tracing` section wins; what it leaves out comes from the environment:
 - exporter: `OTEL_TRACES_EXPORTER` (otlp | console | none); when neither says, `otlp` if an OTLP
@@ -16,7 +16,7 @@ What OpenTelemetry's SDK gives here: the Resource (`service.name` = the Sidecar'
 (`TraceIdRatioBased`: a new trace is sampled when the low 64 bits of its id fall under the bound).
 Spans themselves are `span.Span` records, not the SDK's: an SDK span costs 40-60 µs on the request
 path (objects, locks, attribute cleaning, a copy at end), which would take tracing at 100 % below
-70 % of the untraced throughput; a record costs a few µs (bench/README.md has the figures).
+70 % of the untraced throughput; a record costs a few µs (docs: benchmarks.md has the figures).
 
 Export never touches the request path: ending a sampled span appends it to a bounded queue, and a
 worker thread sends batches (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, default 512; at least every

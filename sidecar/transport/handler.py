@@ -23,7 +23,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 async def call_guarded(handler: Handler, request: Request) -> Response:
-    """The handler, with anything that escapes it answered here too (a ProxyError as its SPEC §5
+    """The handler, with anything that escapes it answered here too (a ProxyError as its local
     reply, a bug as a plain 500); a vanished client is passed on."""
     try:
         return await handler(request)

@@ -46,7 +46,7 @@ async def accept(
 ) -> Accepted | None:
     """Handshake (or sniff plaintext) on a new inbound connection; None when it must be dropped.
 
-    The caller bounds the time (the header read timeout covers the handshake, SPEC §11) and counts
+    The caller bounds the time (the header read timeout covers the handshake) and counts
     a handshake that ran out of it."""
     host, port = peer
     if tls.permissive:

@@ -1,4 +1,4 @@
-"""Circuit breakers of one service (Envoy's thresholds, SPEC §11), per sidecar process.
+"""Circuit breakers of one service (Envoy's thresholds), per sidecar process.
 
 `max_connections`: open connections to all the service's endpoints; `max_pending`: requests waiting
 for a connection (or an HTTP/2 stream slot); `max_requests`: requests in flight; `max_retries`:
@@ -63,10 +63,10 @@ class Breaker:
         return self.retries < self.thresholds.max_retries
 
     def is_open(self, open_connections: int, must_connect: bool) -> bool:
-        """Whether a new request would be answered 503 `overflow` now (`sidecar_circuit_breaker_open`,
-        SPEC §11): `max_requests` or `max_pending` is full, or `max_retries` (for a retry), or
-        `max_connections` is full and no open connection can take the request (`must_connect`: it
-        would have to open one). Idle pooled connections at `max_connections` alone leave it closed.
+        """Whether a new request would be answered 503 `overflow` now (`sidecar_circuit_breaker_open`;
+        docs: reference/observability.md): `max_requests` or `max_pending` is full, or `max_retries` (for a
+        retry), or `max_connections` is full and no open connection can take the request (`must_connect`:
+        it would have to open one). Idle pooled connections at `max_connections` alone leave it closed.
         `max_retries: 0` means no retries at all, not a breaker that is always open."""
         t = self.thresholds
         return (

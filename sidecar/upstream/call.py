@@ -92,7 +92,7 @@ async def _tries(cluster: Cluster, request: Request, policy: RetryPolicy, deadli
 
 def _may_try_again(cluster: Cluster, policy: RetryPolicy, attempt: int, replay: ReplayBuffer | None) -> bool:
     """Whether another try may follow: attempts left, the body replayable, `max_retries` not full and
-    the budget willing (SPEC §11: both apply)."""
+    the budget willing (both apply: docs behaviour/resilience.md)."""
     if attempt > policy.attempts or (replay is not None and not replay.replayable):
         return False
     breaker = cluster.breaker
@@ -204,10 +204,10 @@ async def _exchange(cluster: Cluster, endpoint: Endpoint, request: Request) -> R
     try:
         return await conn.send(request)
     except UpstreamReset as exc:
-        # Sent once more at once, outside the retry policy, when the request provably never reached
-        # the app (an HTTP/2 stream refused or past a GOAWAY), or met the keep-alive race (a reused
-        # connection the peer had closed, not one response byte back; idempotent only: SPEC §4 says it
-        # never shows up as a 502). Bodiless requests only; a body is the retry policy's to replay.
+        # Sent once more at once, outside the retry policy, when the request provably never reached the app
+        # (an HTTP/2 stream refused or past a GOAWAY), or met the keep-alive race (a reused connection the
+        # peer had closed, not one response byte back; idempotent only: a closed keep-alive connection never
+        # shows up as a 502). Bodiless requests only; a body is the retry policy's to replay.
         again = exc.refused or (reused and exc.before_response and request.method in IDEMPOTENT)
         if not (again and request.body.length == 0):
             raise

@@ -14,11 +14,11 @@ ejection count, and `availability_changed()`.
   ejected`, at most `MAX_EJECTION` (300 s). The runs start again from zero.
 - **`max_ejection_percent` is a hard cap**, counting the endpoint about to be ejected: an ejection
   happens only if `(ejected + 1) * 100 <= max_ejection_percent * endpoints`. This is Envoy's current
-  reading without `always_eject_one_host`; the older "at least one host may always be ejected" is not
-  taken because this sidecar has no panic mode (SPEC §11): with it, a one-endpoint service would turn
-  into 503s. So a service with one endpoint is ejected only with `max_ejection_percent: 100`, and two
-  endpoints at the default 50 % lose at most one. An endpoint kept in by the cap stays counted: its
-  next failure ejects it as soon as there is room.
+  reading without `always_eject_one_host`; the older "at least one host may always be ejected" is
+  not taken because this sidecar has no panic mode (docs: behaviour/resilience.md): with it, a
+  one-endpoint service would turn into 503s. So a service with one endpoint is ejected only with
+  `max_ejection_percent: 100`, and two endpoints at the default 50 % lose at most one. An endpoint
+  kept in by the cap stays counted: its next failure ejects it as soon as there is room.
 - **Return** is on time: each cluster's detector has a task that sleeps until the earliest
   `ejected_until` among its ejected endpoints (an ejection that ends sooner moves that wake-up
   earlier) and returns every endpoint whose time is up, so an ejection lasts exactly its time.

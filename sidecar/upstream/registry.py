@@ -7,12 +7,12 @@ a new snapshot and keeps the state of every endpoint that is still there; endpoi
 marked removed, their idle connections closed, and their in-flight requests finish undisturbed.
 
 An endpoint is *available* when it is not removed, healthy and not ejected; only available endpoints
-are picked, and when none is left `pick()` raises `NoHealthyUpstream` at once (no panic mode, SPEC
-§11). The balancer is built over the available endpoints and rebuilt only when availability or the
-endpoint set changes, so a pick costs what it did before health existed. `record()` feeds each try's
-outcome to outlier detection in O(1). The policies act on their `Cluster` through the protocols
-they define (`outlier.OutlierCluster`, `health.CheckedCluster`): its name, its endpoints, and
-`availability_changed()`.
+are picked, and when none is left `pick()` raises `NoHealthyUpstream` at once (no panic mode, see
+docs: behaviour/resilience.md). The balancer is built over the available endpoints and rebuilt only
+when availability or the endpoint set changes, so a pick costs what it did before health existed.
+`record()` feeds each try's outcome to outlier detection in O(1). The policies act on their
+`Cluster` through the protocols they define (`outlier.OutlierCluster`, `health.CheckedCluster`): its
+name, its endpoints, and `availability_changed()`.
 
 The registry's `run()` task re-resolves DNS endpoints and sweeps idle pooled connections; its nursery
 also runs each service's policy tasks (outlier returns and reviews, health checks), restarted when a reload

@@ -1,11 +1,11 @@
 """Retries of one service, sans-IO: which failed tries may be sent again, how long to wait first, the
 budget that keeps a sick service from a retry storm, and the request body kept for a replay.
 
-The rules are SPEC §11's: `connect-failure` and `refused-stream` retry any method (the app never saw
-the request); `reset`, `gateway-error` (502/503/504, or a per-try timeout), `5xx` and
-`retriable-status` retry only idempotent methods unless `non_idempotent` is set. A request whose body
-outgrew `buffer` is not retried once a byte of it was read. The caller guarantees the rest: nothing
-is retried once the response has been handed on.
+The rules (docs: behaviour/resilience.md): `connect-failure` and `refused-stream` retry any method
+(the app never saw the request); `reset`, `gateway-error` (502/503/504, or a per-try timeout), `5xx`
+and `retriable-status` retry only idempotent methods unless `non_idempotent` is set. A request whose
+body outgrew `buffer` is not retried once a byte of it was read. The caller guarantees the rest:
+nothing is retried once the response has been handed on.
 """
 
 from __future__ import annotations

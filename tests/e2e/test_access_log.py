@@ -1,4 +1,4 @@
-"""The access log (one JSON line per request, exactly SPEC §11's fields) and the request metrics
+"""The access log (one JSON line per request, exactly the documented fields) and the request metrics
 (`sidecar_requests_total`, `sidecar_request_duration_seconds`) as real traffic flows through one and
 two sidecars: outbound and inbound lines of one request, replies the sidecar makes itself, retries,
 a client that leaves, the switch that turns the log off, and `--log-format console`, which makes
@@ -70,7 +70,7 @@ async def metrics(admin_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]
 async def test_one_line_per_request_on_each_sidecar_with_exactly_the_spec_fields(
     mesh: Mesh, hop: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One access-log line per request on each sidecar, with exactly the SPEC's fields (`protocol` as
+    """One access-log line per request on each sidecar, with exactly the documented fields (`protocol` as
     each sidecar was spoken to); in lines and metrics, `service` is the upstream service on outbound
     and this Sidecar's own service on inbound."""
     b = await mesh.sidecar(service="backend", inbound_app=await mesh.origin())  # called as Service orders

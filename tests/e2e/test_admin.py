@@ -1,4 +1,4 @@
-"""The admin listener's JSON and Prometheus pages over real sockets (SPEC §6, §11): `/config`,
+"""The admin listener's JSON and Prometheus pages over real sockets: `/config`,
 `/clusters` (at rest and with a request held in flight at the origin) and `/metrics` (parsed with
 prometheus_client's parser, pooled connections and retries as the upstream registry counts them), and
 the breaker shown open exactly while a new request would get 503 `overflow`."""

@@ -1,4 +1,4 @@
-"""`sidecar demo` (SPEC §9) and its trace receiver against real sidecars: the spans two sidecars
+"""`sidecar demo` and its trace receiver against real sidecars: the spans two sidecars
 export land in the demo's receiver as one tree, and `sidecar demo --duration N` prints the trace tree
 of one request across the mesh (frontend's SERVER and CLIENT spans, orders' SERVER span under the
 CLIENT one), and, after killing orders-2's app at a third of the run, a resilience section with

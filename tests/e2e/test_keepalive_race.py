@@ -1,4 +1,4 @@
-"""The keep-alive race (SPEC §4): pooled connections closed by the app never show as 502, pooled app
+"""The keep-alive race: pooled connections closed by the app never show as 502, pooled app
 connections are closed after `app_idle_timeout`, and between sidecars a connection the peer closed
 while idle is seen closed (and never handed a request that cannot be re-sent)."""
 

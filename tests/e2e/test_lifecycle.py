@@ -1,4 +1,4 @@
-"""Lifecycle (SPEC §8): readiness, SIGTERM and POST /drain, exit codes (with real processes), and a
+"""Lifecycle: readiness, SIGTERM and POST /drain, exit codes (with real processes), and a
 peer sidecar's drain as sidecar A sees it over either hop (in process)."""
 
 from __future__ import annotations

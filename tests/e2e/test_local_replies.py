@@ -1,4 +1,4 @@
-"""Replies the sidecar makes itself (SPEC §5) with one sidecar in front of a plain origin, and slow
+"""Replies the sidecar makes itself with one sidecar in front of a plain origin, and slow
 clients. The same replies through two sidecars, over every protocol pairing, and the malformed and
 smuggling-shaped requests are in `test_failure_matrix.py`."""
 

@@ -1,4 +1,4 @@
-"""Mutual TLS between sidecars (SPEC §3, §11): who may connect, who may call, what the app learns,
+"""Mutual TLS between sidecars: who may connect, who may call, what the app learns,
 and what the outbound side verifies. Certificates are made in the tests (sidecar's dev PKI for SPIFFE
 certs, trustme for foreign CAs and ordinary HTTPS)."""
 

@@ -1,4 +1,4 @@
-"""Live config reload (SPEC §3 "Watching"): the config directory is edited while the sidecar runs;
+"""Live config reload: the config directory is edited while the sidecar runs;
 a new endpoint gets traffic within seconds and no request fails, a broken file leaves the last good
 config serving (and `/config` and the reload metric say so), a Kubernetes-style `..data` symlink
 swap is noticed, a listener that would move is refused with a clear message, and a rotated

@@ -1,4 +1,4 @@
-"""sidecar.http.headers: hop-by-hop stripping and the forwarding rules of one hop (SPEC §4)."""
+"""sidecar.http.headers: hop-by-hop stripping and the forwarding rules of one hop."""
 
 from __future__ import annotations
 

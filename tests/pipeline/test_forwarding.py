@@ -129,7 +129,7 @@ async def test_compose_order() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# WebSocket upgrades: "Upgrade except for WebSocket" (SPEC §4)
+# WebSocket upgrades: Upgrade is hop-by-hop except for WebSocket
 # --------------------------------------------------------------------------------------------------
 
 _UPGRADE_REQUEST = [

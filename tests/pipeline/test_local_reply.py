@@ -1,4 +1,4 @@
-"""sidecar.pipeline.local_reply: every ProxyError becomes its SPEC §5 reply (`http/replies.py`)."""
+"""sidecar.pipeline.local_reply: every ProxyError becomes its local reply (`http/replies.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sidecar.pipeline.route: host, path and header matching, rule order, weighted splits (SPEC §11 Routes)."""
+"""sidecar.pipeline.route: host, path and header matching, rule order, weighted splits."""
 
 from __future__ import annotations
 

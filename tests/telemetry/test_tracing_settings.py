@@ -1,5 +1,5 @@
 """sidecar.telemetry.tracing.resolve_settings: the file's `tracing` values win, the OTEL_* variables
-fill what it leaves out, and with neither tracing is off (SPEC §11 "Tracing")."""
+fill what it leaves out, and with neither tracing is off."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """sidecar.upstream.breaker: each threshold answers 503 overflow at once when full, and frees up; the
 breaker shows open (`sidecar_circuit_breaker_open`, `/clusters` `breaker_open`) exactly while a new
-request would get that 503, as `call_cluster` decides it from the service's pools (SPEC §11)."""
+request would get that 503, as `call_cluster` decides it from the service's pools."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ async def test_without_outlier_detection_record_does_nothing() -> None:
 # Timing: base x times ejected, the cap, the return exactly when the time is up
 # --------------------------------------------------------------------------------------------------
 
-# A review every 10 s, ejections of 3 s: the interval must not delay a return (SPEC §11).
+# A review every 10 s, ejections of 3 s: the interval must not delay a return.
 ON_TIME = OutlierDetection(consecutive_5xx=1, interval=10.0, base_ejection=3.0, max_ejection_percent=50)
 JUST = 1e-6  # seconds: a hair before / after a deadline
 

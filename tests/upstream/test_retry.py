@@ -1,4 +1,4 @@
-"""sidecar.upstream.retry: which failures and statuses retry (SPEC §11), backoff bounds, the budget's
+"""sidecar.upstream.retry: which failures and statuses retry, backoff bounds, the budget's
 arithmetic, and the replay buffer behind a retried request body."""
 
 from __future__ import annotations
