@@ -183,10 +183,15 @@ def _run(directory: str, fmt: str) -> int:
         log.error("bad_config", directory=directory, errors=len(error.issues))
         return 1
     runtime = Runtime(snapshot)
+    failures: list[str] = []
     try:
         trio.run(runtime.run)
-    except OSError as exc:
-        log.error("start_failed", error=str(exc))
+    except* OSError as group:  # a port taken, an address not ours: one line each, no traceback
+        failures = [error.strerror or str(error) for error in group.exceptions if isinstance(error, OSError)]
+    for failure in failures:
+        print(f"sidecar: cannot start: {failure}", file=sys.stderr)
+        log.error("start_failed", error=failure)
+    if failures:
         return 1
     log.info("stopped")
     return 0

@@ -65,4 +65,4 @@ class MeshSecurity:
             contexts = self._simple[tls.ca] = {
                 p: simple_client_context(ca, alpn=alpn) for p, alpn in SIMPLE_ALPN.items()
             }
-        return UpstreamTls(contexts, mutual=False, server_name=tls.server_name)
+        return UpstreamTls(contexts, mutual=False, server_name=tls.server_name, ca=tls.ca)

@@ -365,7 +365,7 @@ class Runtime:
             await self._drain_requested.wait()
             if inbound is not None:
                 inbound.drain()
-            with trio.move_on_after(sidecar.drain_timeout) as deadline:
+            with trio.move_on_after(self.snapshot.sidecar.drain_timeout) as deadline:  # as reloaded
                 if inbound is not None:
                     await inbound.wait_quiet()
                 await outbound.wait_quiet()

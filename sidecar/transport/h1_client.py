@@ -68,12 +68,13 @@ class H1ClientOwner(Protocol):
 
 
 class H1ClientConnection:
-    __slots__ = ("_request_error", "_request_sent", "exchanges", "idle_since", "owner", "wire")
+    __slots__ = ("_request_error", "_request_sent", "exchanges", "generation", "idle_since", "owner", "wire")
 
     def __init__(self, stream: trio.abc.Stream, owner: H1ClientOwner) -> None:
         self.wire = Wire(stream)
         self.owner = owner
         self.idle_since = 0.0
+        self.generation = 0  # the owner's, when it opened this connection (see ConnectionPool.retire_connections)
         self.exchanges = 0  # completed on this connection
         self._request_sent = False
         self._request_error: BaseException | None = None

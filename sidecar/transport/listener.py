@@ -84,9 +84,14 @@ class Listener:
         return self.sockets[0].port
 
     async def bind(self) -> None:
+        """Listen on the address; an OSError names the listener and the address."""
         host = self.address.host.strip("[]")
-        infos = await trio.socket.getaddrinfo(host, self.address.port, type=trio.socket.SOCK_STREAM)
-        self.sockets = [TcpListener.bind(str(infos[0][4][0]), self.address.port)]
+        try:
+            infos = await trio.socket.getaddrinfo(host, self.address.port, type=trio.socket.SOCK_STREAM)
+            self.sockets = [TcpListener.bind(str(infos[0][4][0]), self.address.port)]
+        except OSError as error:
+            message = f"the {self.name} listener cannot listen on {self.address}: {error.strerror or error}"
+            raise OSError(error.errno, message) from None
 
     def bind_ipv6_twin(self) -> bool:
         """Also listen on the IPv6 counterpart of an IPv4 wildcard or loopback address (`::` for

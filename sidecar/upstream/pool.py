@@ -55,6 +55,7 @@ class UpstreamTls:
     mutual: bool
     identity: str | None = None
     server_name: str | None = None
+    ca: str | None = None  # simple: the trust bundle file named in the config (None: the system's)
 
 
 class PooledEndpoint(Protocol):
@@ -77,6 +78,7 @@ class ConnectionPool:
     __slots__ = (
         "background",
         "endpoint",
+        "generation",
         "h2_connecting",
         "h2_conns",
         "h2_seen",
@@ -96,6 +98,7 @@ class ConnectionPool:
         self.stream_idle_timeout: float | None = None  # a response body stalled this long ends (None: never)
         self.idle: list[H1ClientConnection] = []
         self.open_connections = 0
+        self.generation = 0  # bumped when the way to reach the endpoint changes: older connections are not reused
         self.tls: UpstreamTls | None = None
         # The latest session, with the context it came from: it resumes only with that context (not
         # another protocol's, nor the ones a reload put in its place).
@@ -185,7 +188,9 @@ class ConnectionPool:
                 raise
             self.h2_conns.append(conn)
             return conn
-        return H1ClientConnection(stream, self)
+        h1 = H1ClientConnection(stream, self)
+        h1.generation = self.generation
+        return h1
 
     async def connect_dedicated_http1(self) -> H1ClientConnection:
         """A fresh HTTP/1.1 connection for an exchange that keeps it for good (a WebSocket upgrade):
@@ -193,7 +198,9 @@ class ConnectionPool:
         joins the pool (its exchange ends with `exchange_done(conn, reuse=False)`, which closes it)."""
         stream = await self._open("http1")
         self.open_connections += 1
-        return H1ClientConnection(stream, self)
+        conn = H1ClientConnection(stream, self)
+        conn.generation = self.generation
+        return conn
 
     async def open_stream(self) -> TcpStream | TlsStream:
         """A fresh HTTP/1.1 stream to the endpoint (TLS as the service says, ALPN http/1.1) that the
@@ -293,7 +300,7 @@ class ConnectionPool:
         if reuse and self.tls is not None and conn.exchanges == 0:
             self._keep_session(conn.wire.stream)
         conn.exchanges += 1
-        if reuse and len(self.idle) < MAX_IDLE and not self.endpoint.removed:
+        if reuse and len(self.idle) < MAX_IDLE and not self.endpoint.removed and conn.generation == self.generation:
             conn.idle_since = trio.current_time()
             self.idle.append(conn)
         else:
@@ -324,6 +331,23 @@ class ConnectionPool:
             else:
                 keep.append(conn)
         self.idle = keep
+
+    def retire_connections(self) -> None:
+        """The way to reach the endpoint changed (its TLS policy or protocol, by a reload): no
+        connection opened the old way takes another request. Idle ones close now; busy HTTP/1.1 ones
+        close when their exchange ends; busy HTTP/2 ones take no new stream and close after their
+        last. A new connection is made the new way, without resuming the old session."""
+        self.generation += 1
+        for h2conn in list(self.h2_conns):
+            if h2conn.active:
+                h2conn.goaway = True
+            else:
+                h2conn.close()
+        for conn in self.idle:
+            self._close(conn)
+        self.idle = []
+        self.h2_seen = None
+        self.tls_session = None
 
     def close_idle(self) -> None:
         for h2conn in list(self.h2_conns):

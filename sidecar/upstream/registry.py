@@ -161,6 +161,18 @@ class ClusterStatistics:
     open_connections: int = 0
 
 
+def _reached_differently(tls: UpstreamTls | None, protocol: str, settings: ClusterSettings) -> bool:
+    """Whether `settings` reach an endpoint another way than `tls` and `protocol` did: TLS on or off,
+    mutual or simple, the peer identity or server name verified, or the protocol. New contexts for
+    the same policy (a rotated certificate, which reaches new handshakes) do not count."""
+    new = settings.tls
+    if (tls is None) != (new is None) or protocol != settings.protocol:
+        return True
+    if tls is None or new is None:
+        return False
+    return (tls.mutual, tls.identity, tls.server_name, tls.ca) != (new.mutual, new.identity, new.server_name, new.ca)
+
+
 def _paused(endpoint: Endpoint) -> bool:
     """Whether `endpoint`'s last connect failed within `CONNECT_FAILURE_PAUSE` (see `call.py`)."""
     return endpoint.refused_until > 0.0 and endpoint.refused_until > trio.current_time()
@@ -271,6 +283,8 @@ class Cluster:
 
     def _configure_pool(self, endpoint: Endpoint) -> None:
         pool = endpoint.pool
+        if pool.open_connections and _reached_differently(pool.tls, pool.protocol, self.settings):
+            pool.retire_connections()
         pool.idle_timeout = self.settings.idle_timeout
         pool.stream_idle_timeout = self.settings.stream_idle_timeout
         pool.tls = self.settings.tls

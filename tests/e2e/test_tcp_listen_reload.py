@@ -83,3 +83,38 @@ async def test_widening_the_listen_host_on_the_same_port_applies(tmp_path: Path)
     port = free_port()
     runtime = await reload_keeps_the_port(tmp_path, ("cache", f"127.0.0.1:{port}"), ("cache", f"0.0.0.0:{port}"))
     assert [str(address) for address in runtime.tcp_listeners] == [f"0.0.0.0:{port}"]
+
+
+async def test_a_reloaded_drain_timeout_bounds_the_drain(tmp_path: Path) -> None:
+    """drain_timeout is read when the drain starts: lowered by a reload, it is the one that cuts a
+    connection held open through the drain."""
+    outbound, admin, port = free_port(), free_port(), free_port()
+    async with trio.open_nursery() as nursery:
+        origin = await echo_origin(nursery)
+        write(tmp_path, "cache", f"127.0.0.1:{port}", outbound, admin, origin)
+        config = tmp_path / "mesh.yaml"
+        config.write_text(config.read_text().replace("service: a\n", "service: a\ndrain_timeout: 30s\n", 1))
+        runtime = Runtime(load_directory(tmp_path))
+        finished = trio.Event()
+
+        async def run() -> None:
+            await runtime.run(handle_signals=False)
+            finished.set()
+
+        nursery.start_soon(run)
+        with trio.fail_after(5):
+            while not runtime.ready:
+                await trio.sleep(0.01)
+        config.write_text(config.read_text().replace("drain_timeout: 30s", "drain_timeout: 300ms"))
+        await runtime.reload()
+        assert runtime.config_error is None
+        held = await trio.open_tcp_stream("127.0.0.1", port)  # open through the drain
+        async with held:
+            await held.send_all(b"ping")
+            assert await held.receive_some() == b"ping"
+            started = trio.current_time()
+            runtime.start_drain("test")
+            with trio.fail_after(5):
+                await finished.wait()
+            assert trio.current_time() - started < 2.0
+        nursery.cancel_scope.cancel()

@@ -14,12 +14,13 @@ IDLE_TIMEOUT = 10.0
 
 
 class FakeConn:
-    """Stands in for H1ClientConnection: what the pool touches is idle_since, exchanges, close(),
-    peer_closed()."""
+    """Stands in for H1ClientConnection: what the pool touches is idle_since, generation, exchanges,
+    close(), peer_closed()."""
 
     def __init__(self, name: str, *, peer_gone: bool = False) -> None:
         self.name = name
         self.idle_since = 0.0
+        self.generation = 0
         self.exchanges = 0
         self.closed = 0
         self.peer_gone = peer_gone
@@ -247,3 +248,43 @@ async def test_close_idle(endpoint: Endpoint, autojump_clock: trio.testing.MockC
     assert [c.closed for c in conns] == [1, 1, 1]
     assert pool.idle == []
     assert pool.open_connections == 0
+
+
+def test_a_changed_way_to_the_endpoint_retires_its_connections() -> None:
+    """A reload that changes the service's TLS policy or protocol: idle connections close at once, a
+    busy one closes when its exchange ends instead of rejoining the pool."""
+    endpoint = Endpoint("127.0.0.1", 9, 1, IDLE_TIMEOUT)
+    pool = endpoint.pool
+    idle, busy = FakeConn("idle"), FakeConn("busy")
+    pool.open_connections = 2
+    pool.idle.append(idle)  # type: ignore[arg-type]
+    endpoint.started()  # busy's exchange
+    pool.retire_connections()
+    assert (idle.closed, pool.idle, pool.open_connections) == (1, [], 1)
+    pool.exchange_done(busy, reuse=True)  # type: ignore[arg-type]
+    assert (busy.closed, pool.idle, pool.open_connections) == (1, [], 0)
+
+
+def test_only_a_new_policy_counts_as_a_changed_way_not_new_contexts() -> None:
+    from sidecar.upstream.pool import UpstreamTls
+    from sidecar.upstream.registry import _reached_differently
+
+    def settings(tls: UpstreamTls | None, protocol: str = "auto") -> ClusterSettings:
+        return ClusterSettings(
+            connect_timeout=1.0,
+            request_timeout=15.0,
+            idle_timeout=IDLE_TIMEOUT,
+            load_balancer="round_robin",
+            dns_refresh=5.0,
+            targets=((Address("127.0.0.1", 9), 1),),
+            tls=tls,
+            protocol=protocol,
+        )
+
+    before = UpstreamTls({}, mutual=True, identity="spiffe://mesh.local/ns/default/sa/orders")
+    rotated = UpstreamTls({"auto": object()}, mutual=True, identity=before.identity)  # type: ignore[dict-item]
+    assert not _reached_differently(before, "auto", settings(rotated))
+    assert _reached_differently(before, "auto", settings(UpstreamTls({}, mutual=True, identity=None)))
+    assert _reached_differently(before, "auto", settings(before, "http1"))
+    assert _reached_differently(before, "auto", settings(None))
+    assert _reached_differently(None, "auto", settings(before))
