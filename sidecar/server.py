@@ -27,7 +27,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from .capture.iptables import global_ipv6
-from .config.loader import ConfigError, load_directory
+from .config.loader import ConfigError, directory_version, load_directory
 from .config.schema import Address, CaptureConfig
 from .config.snapshot import Snapshot
 from .config.watch import watch
@@ -270,7 +270,12 @@ class Runtime:
         log.error("config_reload_failed", directory=directory, error=message)
 
     async def _watch_config(self) -> None:
-        await watch(str(self.snapshot.directory), self.watched_files, self.reload)
+        await watch(
+            str(self.snapshot.directory),
+            self.watched_files,
+            self.reload,
+            changed_since_load=lambda: directory_version(self.snapshot.directory) != self.snapshot.version,
+        )
 
     def current_telemetry(self) -> Telemetry:
         assert self.telemetry is not None

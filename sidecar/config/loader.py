@@ -599,6 +599,15 @@ def _read_directory(
     return files
 
 
+def directory_version(directory: str | Path) -> str | None:
+    """The `content_version` the config files of `directory` have now, as `load_directory` would
+    compute it (None when the directory cannot be read): whether it still holds what was loaded."""
+    files = _read_directory(os.fspath(directory), [], [])
+    if files is None:
+        return None
+    return content_version((name, content) for name, _found, content in files)
+
+
 def load_directory(directory: str | Path) -> Snapshot:
     """Read, parse and validate the config directory as a whole.
 

@@ -59,14 +59,20 @@ async def watch(
     *,
     interval: float = POLL_INTERVAL,
     settle: float = SETTLE,
+    changed_since_load: Callable[[], bool] | None = None,
 ) -> None:
     """Call `on_change` whenever the directory's config files or `files()` (the files the current
-    config names) change and then hold still; forever."""
+    config names) change and then hold still; forever. `changed_since_load` is asked once, after
+    the first look: a change made between loading the config and that look (a quick edit right after
+    start) is in the first fingerprint already, and would otherwise go unnoticed."""
 
     async def look() -> Fingerprint:  # in a thread: a stat on a network filesystem may be slow
         return await trio.to_thread.run_sync(fingerprint, directory, list(files()))
 
     last = await look()
+    if changed_since_load is not None and await trio.to_thread.run_sync(changed_since_load):
+        await on_change()
+        last = await look()
     while True:
         await trio.sleep(interval)
         current = await look()

@@ -18,6 +18,8 @@ import yaml
 from .apps import Receive, Scope, Send, echo_app
 from .conftest import Mesh, SidecarHandle, mesh_service, service
 
+RELOAD_WAIT = 15.0  # seconds a reload may take on a loaded machine (within 2 s when idle)
+
 
 class Named:
     """Answers its own name, counting requests."""
@@ -96,7 +98,7 @@ async def test_a_broken_file_keeps_the_last_good_config_serving(mesh: Mesh) -> N
     version = (await admin_json(sc, "/config"))["version"]
     good = config_file(sc).read_text()
     config_file(sc).write_text(good + "---\nkind: Service\nname: broken\nendpoints: [{address: nowhere}]\n")
-    with trio.fail_after(5):
+    with trio.fail_after(RELOAD_WAIT):
         while (await admin_json(sc, "/config"))["last_error"] is None:
             await trio.sleep(0.05)
     shown = await admin_json(sc, "/config")
@@ -106,7 +108,7 @@ async def test_a_broken_file_keeps_the_last_good_config_serving(mesh: Mesh) -> N
     async with httpx.AsyncClient(base_url=sc.outbound_url) as client:
         assert (await client.get("/info", headers={"host": "orders"})).status_code == 200  # still served
     config_file(sc).write_text(good + "# touched\n")
-    with trio.fail_after(5):
+    with trio.fail_after(RELOAD_WAIT):
         while (await admin_json(sc, "/config"))["last_error"] is not None:
             await trio.sleep(0.05)
     assert await reloads(sc, "success") == 1
@@ -131,7 +133,7 @@ async def test_a_configmap_style_symlink_swap_is_noticed(mesh: Mesh, tmp_path: P
         assert (await client.get("/x")).text == "first"
         os.symlink("..v2", directory / "..data_tmp")
         os.replace(directory / "..data_tmp", directory / "..data")  # the atomic swap
-        with trio.fail_after(5):
+        with trio.fail_after(RELOAD_WAIT):
             while (await client.get("/x")).text != "second":
                 await trio.sleep(0.05)
 
@@ -141,7 +143,7 @@ async def test_moving_a_listener_is_refused_with_a_clear_message(mesh: Mesh) -> 
 
     sc = await mesh.sidecar(services=[service("orders", await mesh.origin())])
     edit(sc, lambda docs: docs[0].update(outbound={"listen": f"127.0.0.1:{free_port()}"}))
-    with trio.fail_after(5):
+    with trio.fail_after(RELOAD_WAIT):
         while (await admin_json(sc, "/config"))["last_error"] is None:
             await trio.sleep(0.05)
     message = (await admin_json(sc, "/config"))["last_error"]["message"]
@@ -176,7 +178,7 @@ async def test_a_rotated_certificate_is_served_to_new_handshakes_and_nothing_dro
         os.replace(fresh / "key.pem", files / "key.pem")  # a pair caught half-written: key new, cert old
         await trio.sleep(1.0)  # the watcher sees it, the loader refuses the mismatched pair
         os.replace(fresh / "cert.pem", files / "cert.pem")
-        with trio.fail_after(5):
+        with trio.fail_after(RELOAD_WAIT):
             while True:
                 stream, serial = await handshake_serial()
                 await stream.aclose()
@@ -198,7 +200,7 @@ async def test_a_rotated_certificate_is_served_to_new_handshakes_and_nothing_dro
     assert len(statuses) > 10 and set(statuses) == {200}  # no request failed during the rotation
     # The connection opened before the rotation still carries requests.
     await old_stream.send_all(b"GET /info HTTP/1.1\r\nHost: app\r\n\r\n")
-    with trio.fail_after(5):
+    with trio.fail_after(RELOAD_WAIT):
         answer = await old_stream.receive_some(65536)
     assert answer.startswith(b"HTTP/1.1 200")
     await old_stream.aclose()
@@ -223,7 +225,7 @@ class Slow(Named):
 
 
 async def wait_reloaded(sc: SidecarHandle, count: int) -> None:
-    with trio.fail_after(5):
+    with trio.fail_after(RELOAD_WAIT):
         while await reloads(sc, "success") < count:
             await trio.sleep(0.05)
 
@@ -248,7 +250,7 @@ async def test_connections_websockets_and_requests_in_flight_live_across_a_reloa
                     slow.append(await other.get("/slow", timeout=10))
 
             nursery.start_soon(slow_request)
-            with trio.fail_after(5):
+            with trio.fail_after(RELOAD_WAIT):
                 while leaving.waiting == 0:
                     await trio.sleep(0.01)
             # The endpoint with a request in flight is replaced by another one.
@@ -283,7 +285,7 @@ async def test_new_connections_after_a_reload_do_not_offer_a_session_of_the_old_
                     statuses.append((await other.get(path)).status_code)
 
             nursery.start_soon(get, "/slow")
-            with trio.fail_after(5):
+            with trio.fail_after(RELOAD_WAIT):
                 while slow.waiting == 0:
                     await trio.sleep(0.01)
             nursery.start_soon(get, "/x")
@@ -304,7 +306,7 @@ async def test_a_session_from_a_connection_opened_before_a_reload_is_not_kept_af
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(get, "/slow")  # the first exchange on a fresh TLS connection, across the reload
-        with trio.fail_after(5):
+        with trio.fail_after(RELOAD_WAIT):
             while slow.waiting == 0:
                 await trio.sleep(0.01)
         edit(a, lambda docs: docs[1].update(timeouts={"request": "14s"}))
@@ -313,7 +315,7 @@ async def test_a_session_from_a_connection_opened_before_a_reload_is_not_kept_af
     slow.release = trio.Event()
     async with trio.open_nursery() as nursery:  # the pooled connection busy: the second needs a new one
         nursery.start_soon(get, "/slow")
-        with trio.fail_after(5):
+        with trio.fail_after(RELOAD_WAIT):
             while slow.waiting < 2:
                 await trio.sleep(0.01)
         nursery.start_soon(get, "/x")
