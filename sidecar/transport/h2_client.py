@@ -57,6 +57,7 @@ log = structlog.get_logger("sidecar.h2")
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 HIGH_WATER = 65536  # bytes queued for the writer before body senders wait
+INLINE_MAX_STREAMS = 1  # with more streams in flight, frames wait for the writer (one write for many)
 
 
 class _Exchange:
@@ -99,6 +100,8 @@ class H2ClientConnection:
             max_header_block=MAX_RESPONSE_HEAD,
         )
         self.stream = stream
+        # How to write at once, without waiting (TcpStream, TlsStream); None for other streams.
+        self._try_send: Callable[[bytes], int] | None = getattr(stream, "try_send", None)
         self.owner = owner
         self.scheme = b"https" if secure else b"http"
         self.mesh_peer = mesh_peer  # a sidecar: header casing is carried
@@ -142,7 +145,8 @@ class H2ClientConnection:
         (or when the connection closed, so that it ends)."""
         data = self.h2.data_to_send()
         if data:
-            self._backlog.add(data)
+            inline = len(self._exchanges) <= INLINE_MAX_STREAMS and not self.closed
+            self._backlog.add_or_send(data, self._try_send if inline else None)
         elif self.closed:
             self._backlog.wake()
 

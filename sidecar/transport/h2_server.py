@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -71,6 +72,7 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _CALM = ErrorCode.ENHANCE_YOUR_CALM
 HIGH_WATER = 65536  # bytes in the writer's backlog before flush() waits for it to be sent
+INLINE_MAX_STREAMS = 1  # with more streams open, frames wait for the writer (one write for many)
 
 __all__ = ["MAX_CONCURRENT_STREAMS", "STATS", "H2Server"]
 
@@ -98,6 +100,8 @@ class H2Server:
         listener: Listener,
     ) -> None:
         self.stream = stream
+        # How to write at once, without waiting (TcpStream, TlsStream); None for other streams.
+        self._try_send: Callable[[bytes], int] | None = getattr(stream, "try_send", None)
         self.conn = conn
         self.handler = handler
         self.limits = limits
@@ -132,7 +136,8 @@ class H2Server:
             raise DownstreamGone("client went away")
 
     def _queue(self, data: bytes) -> None:
-        self._backlog.add(data)
+        inline = len(self._scopes) <= INLINE_MAX_STREAMS and not self._wire_broken
+        self._backlog.add_or_send(data, self._try_send if inline else None)
 
     async def _sent(self) -> None:
         """Wait until the writer has sent the backlog (or the connection can send no more)."""

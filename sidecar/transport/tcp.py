@@ -140,6 +140,15 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 raise self._error(exc) from exc
             view = view[sent:]
 
+    def try_send(self, data: bytes) -> int:
+        """Send what the socket takes now, without waiting: the bytes sent (0 when it would block)."""
+        if self._closed:
+            return 0
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
     def _error(self, exc: OSError) -> Exception:
         if self._closed or exc.errno == errno.EBADF:
             return trio.ClosedResourceError("stream is closed")

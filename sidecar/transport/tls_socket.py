@@ -174,6 +174,16 @@ class TlsStream(trio.abc.Stream):
         else:
             await self._fair()
 
+    def try_send(self, data: bytes) -> int:
+        """Send what OpenSSL takes now, without waiting: the bytes sent (0 when it would block; the
+        same bytes are offered again later, as OpenSSL requires after a short write)."""
+        if self._closed:
+            return 0
+        try:
+            return self.sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+
     async def _wait(self, wait: Any) -> None:
         try:
             await wait(self.sock)
