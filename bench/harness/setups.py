@@ -9,9 +9,10 @@ To add a row, write such a function and add it to `SETUPS` (see `two_sidecars_mt
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from harness import nginx
 from harness.nginx import NginxServer
@@ -204,16 +205,33 @@ SETUPS = [
 REFERENCES = ("direct", "nginx-proxy")  # ratios are printed against these two
 
 
+class Selectable(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def default(self) -> bool: ...
+
+
+S = TypeVar("S", bound=Selectable)
+
+
+def select_from(setups: Sequence[S], references: Iterable[str], keys: str | None, kind: str = "") -> list[S]:
+    """The setups named on the command line ("all" for every one; none: the default ones), with
+    the references always in; an unknown name ends the run with the known ones."""
+    if keys is None:
+        return [setup for setup in setups if setup.default]
+    if keys == "all":
+        return list(setups)
+    wanted = {key.strip() for key in keys.split(",") if key.strip()}
+    unknown = wanted - {setup.key for setup in setups}
+    if unknown:
+        known = ", ".join(setup.key for setup in setups)
+        raise SystemExit(f"bench: unknown {kind}setup(s) {', '.join(sorted(unknown))}; known: {known}, all")
+    wanted |= set(references)
+    return [setup for setup in setups if setup.key in wanted]
+
+
 def select(keys: str | None) -> list[Setup]:
     """Setups named on the command line ("all" for every one), references always first."""
-    if keys is None:
-        return [setup for setup in SETUPS if setup.default]
-    if keys == "all":
-        return list(SETUPS)
-    wanted = {key.strip() for key in keys.split(",") if key.strip()}
-    unknown = wanted - {setup.key for setup in SETUPS}
-    if unknown:
-        known = ", ".join(setup.key for setup in SETUPS)
-        raise SystemExit(f"bench: unknown setup(s) {', '.join(sorted(unknown))}; known: {known}, all")
-    wanted |= set(REFERENCES)
-    return [setup for setup in SETUPS if setup.key in wanted]
+    return select_from(SETUPS, REFERENCES, keys)

@@ -34,6 +34,7 @@ from harness import loadgen, nginx
 from harness.measure import SetupResult, Timing
 from harness.procs import Proc, ProcessSet, StartFailed, cpu_seconds, free_ports, peak_rss_kib, pinned, wait_tcp_open
 from harness.report import Figure
+from harness.setups import select_from
 from harness.sidecars import SidecarLauncher, SidecarSpec, TcpService, TlsFiles, issue_certs, spiffe_id
 
 CLIENTS = 50  # redis-benchmark connections, as wrk's 50 in the HTTP run
@@ -246,17 +247,7 @@ SETUPS = [
 
 def select(keys: str | None) -> list[TcpSetup]:
     """Setups named on the command line ("all" for every one), the references always in."""
-    if keys is None:
-        return [setup for setup in SETUPS if setup.default]
-    if keys == "all":
-        return list(SETUPS)
-    wanted = {key.strip() for key in keys.split(",") if key.strip()}
-    unknown = wanted - {setup.key for setup in SETUPS}
-    if unknown:
-        known = ", ".join(setup.key for setup in SETUPS)
-        raise SystemExit(f"bench: unknown tcp setup(s) {', '.join(sorted(unknown))}; known: {known}, all")
-    wanted |= set(REFERENCES)
-    return [setup for setup in SETUPS if setup.key in wanted]
+    return select_from(SETUPS, REFERENCES, keys, "tcp ")
 
 
 # -- measuring ------------------------------------------------------------------------------------

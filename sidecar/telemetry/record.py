@@ -222,7 +222,7 @@ class RequestRecord:
         headers = request.headers
         request_id = headers.get(b"x-request-id")
         return {
-            "time": _rfc3339(self.started_ns),
+            "time": rfc3339(self.started_ns),
             "direction": self.direction,
             "method": request.method.decode("latin-1"),
             "authority": request.authority.decode("latin-1") if request.authority else None,
@@ -252,7 +252,7 @@ def record_rejected(
     if telemetry.access_log is None:
         return
     telemetry.access_log.msg(
-        time=_rfc3339(time.time_ns()),
+        time=rfc3339(time.time_ns()),
         direction=direction,
         method=None,
         authority=None,
@@ -326,7 +326,7 @@ def _trace_id(span: Span | None, traceparent: bytes | None) -> str | None:
 _seconds_cache: tuple[int, str] = (-1, "")
 
 
-def _rfc3339(ns: int) -> str:
+def rfc3339(ns: int) -> str:
     """`2026-11-27T21:05:03.123Z`: UTC, milliseconds; the seconds part is formatted once a second."""
     global _seconds_cache
     seconds, rest = divmod(ns, 1_000_000_000)

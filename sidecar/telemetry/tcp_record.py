@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..transport.relay import Carried
-from .record import _rfc3339
+from .record import rfc3339
 
 if TYPE_CHECKING:
     from ..http.message import ConnectionInfo
@@ -67,7 +67,7 @@ class TcpRecord:
             return
         carried = self.carried
         access_log.msg(
-            time=_rfc3339(self.started_ns),
+            time=rfc3339(self.started_ns),
             direction=self.direction,
             method=None,
             authority=self.destination,
