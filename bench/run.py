@@ -1,6 +1,6 @@
 """Benchmark the sidecar against a direct path and nginx-as-proxy, and print the figures side by side.
 
-    python bench/run.py                 # the full run (10 s per step, a few minutes)
+    python bench/run.py                 # the full run (10 s per step, about 8 minutes)
     python bench/run.py --quick         # smoke run, about a minute
     python bench/run.py --duration 5 --setups sidecar-1
     python bench/run.py --profile       # one-sidecar requests/s step under py-spy (or: --profile cprofile)
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from harness import nginx, profiling, report, tcp, tools, transparent
-from harness.measure import CONNECTIONS, H2_CLIENTS, H2_STREAMS, SetupResult, Timing, measure
+from harness.measure import CONNECTIONS, H2_CLIENTS, H2_STREAMS, RATES, SetupResult, Timing, measure, rate_clients
 from harness.procs import ProcessSet, StartFailed, free_ports
 from harness.setups import SETUPS, Bench, Setup, select
 from harness.sidecars import SidecarLauncher
@@ -35,6 +35,7 @@ from harness.sidecars import SidecarLauncher
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 STEPS_PER_SETUP = 5  # rps, latency, 16 KiB body, new connections, HTTP/2
+STEP_OVERHEAD = 3  # seconds per setup beyond its steps: certificates, start, smoke check, stop
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,14 +107,22 @@ def header_lines(
     timing: Timing, versions: dict[str, str], loadgen_core: int, proxy_core: int, load_at_start: float
 ) -> list[str]:
     """What the run was: when, which commit, how long each step, pinning, tool versions."""
+    fixed_rates = " and ".join(f"{rate_clients(rate)} x {rate // rate_clients(rate)} req/s" for rate in RATES)
     return [
         f"sidecar benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {git_commit()}  "
         f"{timing.duration} s per step (+{timing.warmup} s warm-up per setup)  "
         f"load average at start {load_at_start:.2f}",
         f"load generator + origin on core {loadgen_core}, proxies on core {proxy_core}; "
-        f"wrk -t1 -c{CONNECTIONS} (latency: -c1), h2load -c{H2_CLIENTS} -m{H2_STREAMS}",
+        f"wrk -t1 -c{CONNECTIONS} (latency: -c1), h2load -c{H2_CLIENTS} -m{H2_STREAMS}; fixed rate: h2load --h1 "
+        f"-c1 -m1, {fixed_rates}",
         "; ".join(versions.values()),
     ]
+
+
+def estimate_seconds(setups: list[Setup], timing: Timing) -> int:
+    """About how long the run takes: warm-up, every step and some overhead per setup."""
+    steps = sum(STEPS_PER_SETUP + (len(RATES) if setup.fixed_rate else 0) for setup in setups)
+    return len(setups) * (timing.warmup + STEP_OVERHEAD) + steps * timing.duration
 
 
 def run_setups(bench: Bench, setups: list[Setup], timing: Timing) -> list[SetupResult]:
@@ -129,6 +138,7 @@ def run_setups(bench: Bench, setups: list[Setup], timing: Timing) -> list[SetupR
 
 
 def main(argv: list[str] | None = None) -> int:
+    run_started = time.monotonic()
     args = parse_args(argv)
     timing = timing_from(args)
     if args.scenario != "http":
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(paths, run_dir, args.venv, origin, launcher, loadgen_core, proxy_core)
             if args.profile:
                 return profiling.run(bench, args.profile, args.profile_setup, args.profile_step, timing, RESULTS, stamp)
-            estimate = len(setups) * (timing.warmup + STEPS_PER_SETUP * timing.duration + 2)
+            estimate = estimate_seconds(setups, timing)
             print(f"bench: {len(setups)} setups, about {estimate} s; temp dir {run_dir}", flush=True)
             results = run_setups(bench, setups, timing)
     except StartFailed as exc:
@@ -167,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     report.add_derived(results)
     header = header_lines(timing, tools.versions(paths), loadgen_core, proxy_core, load_at_start)
-    print("\n" + report.render_text(header, results))
+    summary = [*report.cpu_summary(results), f"whole run: {time.monotonic() - run_started:.0f} s"]
+    print("\n" + report.render_text(header, results, summary=summary))
     meta = {"header": header, "timing": timing.__dict__, "python": platform.python_version(), "stamp": stamp}
-    written = report.write_results(RESULTS, stamp, header, meta, results)
+    written = report.write_results(RESULTS, stamp, header, meta, results, summary=summary)
     print(f"\nbench: results written to {written.with_suffix('.*')}")
     return 0
 

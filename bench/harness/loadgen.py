@@ -1,5 +1,6 @@
-"""Load generators: wrk (HTTP/1.1) and h2load (HTTP/2, prior-knowledge h2c), run and parsed; for the
-TCP scenario, redis-benchmark (PING over persistent or one-request connections) and tcp_stream.py.
+"""Load generators: wrk (HTTP/1.1) and h2load (HTTP/2, prior-knowledge h2c; and HTTP/1.1 at a fixed
+rate, its per-request log read for latency percentiles), run and parsed; for the TCP scenario,
+redis-benchmark (PING over persistent or one-request connections) and tcp_stream.py.
 
 Both run pinned to the load-generator core with one thread. Every request carries `Host: origin`
 (`:authority` for h2), which the sidecar routes by and nginx ignores. A result says what went wrong
@@ -9,6 +10,7 @@ Both run pinned to the load-generator core with one thread. Every request carrie
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -76,6 +78,136 @@ def run_h2load(h2load: str, core: int, url: str, clients: int, streams: int, sec
     return parse_h2load(result.stdout, result.stderr, result.returncode)
 
 
+@dataclass
+class RateResult:
+    """One fixed-rate h2load run: the rate asked and the rate achieved, and the latency percentiles
+    of the responses in its per-request log (measured from when each request was sent)."""
+
+    target_rps: float
+    rps: float  # achieved: responses per second over the run (h2load's req/s)
+    requests: int  # responses received, whatever their status
+    ok_2xx: int
+    failed: int  # requests that got no response
+    p50_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    problem: str | None
+
+
+RATE_SHORTFALL = 0.95  # below this share of the asked rate, a fixed-rate run's latencies are not valid
+MAX_CLIENT_RPS = 100  # h2load's rate timer fires at most every 10 ms: above 100/s a client sends in bursts
+
+
+def run_h2load_rate(
+    h2load: str, core: int, url: str, clients: int, rps_per_client: int, seconds: int, log_prefix: Path
+) -> RateResult:
+    """HTTP/1.1 (`--h1`) at a fixed rate: `clients` h2load processes of one connection each, each at
+    `rps_per_client` with one request in flight (-m1), for `seconds`; each request's status and
+    duration go to LOG_PREFIX-N.log.
+
+    One process per connection, started a fraction of the request interval apart: the clients of one
+    h2load share its event loop and connect together, so their rate timers would fire together and
+    send the requests of all clients in one burst at each tick."""
+    interval = 1.0 / rps_per_client
+    logs = [log_prefix.with_name(f"{log_prefix.name}-{n}.log") for n in range(clients)]
+    argvs = [pinned(core, rate_argv(h2load, url, rps_per_client, seconds, log)) for log in logs]
+    runs = run_staggered(argvs, interval + interval / clients, seconds)
+    summary = combine([parse_h2load(run.stdout, run.stderr, run.returncode, "HTTP/1.1") for run in runs])
+    log_text = "".join(read_or_empty(log) for log in logs)
+    return rate_result(summary, log_text, float(clients * rps_per_client))
+
+
+def rate_argv(h2load: str, url: str, rps: int, seconds: int, log_file: Path) -> list[str]:
+    """One h2load client over HTTP/1.1 at `rps`, one request in flight, its per-request log."""
+    argv = [h2load, "--h1", "-t1", "-c1", "-m1", f"--rps={rps}", f"-D{seconds}", f"--log-file={log_file}"]
+    return [*argv, "-H", f":authority: {HOST}", url]
+
+
+def run_staggered(argvs: list[list[str]], spacing: float, seconds: int) -> list[subprocess.CompletedProcess[str]]:
+    """Start the commands `spacing` seconds apart and wait for all; any still running past the time
+    limit (or when this is interrupted) is killed by PID."""
+    procs: list[subprocess.Popen[str]] = []
+    started = time.monotonic()
+    try:
+        for number, argv in enumerate(argvs):
+            time.sleep(max(0.0, started + number * spacing - time.monotonic()))
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + seconds + 30
+        results = []
+        for proc in procs:
+            try:
+                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                results.append(subprocess.CompletedProcess(proc.args, -1, out, f"timed out after {seconds + 30} s"))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def combine(runs: list[H2Result]) -> H2Result:
+    """The sum of several h2load runs that ran side by side; the first failure explains them all."""
+    rps = sum(run.rps for run in runs)
+    succeeded, ok_2xx, failed = (sum(getattr(run, name) for run in runs) for name in ("succeeded", "ok_2xx", "failed"))
+    broken = [run.problem for run in runs if run.problem and run.problem.startswith("h2load failed")]
+    problem = broken[0] if broken else h2_problem(succeeded, ok_2xx, failed, "HTTP/1.1")
+    return H2Result(rps, succeeded, ok_2xx, failed, problem)
+
+
+def read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def rate_result(summary: H2Result, log: str, target_rps: float) -> RateResult:
+    """Percentiles from the log's durations (failed streams, status -1, left out); the problem says
+    when requests failed or the run fell short of the asked rate (then its latencies are invalid)."""
+    durations_ms = sorted(ms for status, ms in parse_rate_log(log) if status >= 0)
+    p50, p99, p999 = (nearest_rank(durations_ms, q) for q in (0.50, 0.99, 0.999))
+    problems = [summary.problem] if summary.problem else []
+    if summary.rps < RATE_SHORTFALL * target_rps and summary.succeeded:
+        problems.append(
+            f"achieved {summary.rps:,.0f} of {target_rps:,.0f} req/s asked (< {RATE_SHORTFALL:.0%}): the rate was "
+            "not sustained, latencies (timed from when each request was sent) are not valid"
+        )
+    return RateResult(
+        target_rps,
+        summary.rps,
+        summary.succeeded,
+        summary.ok_2xx,
+        summary.failed,
+        p50,
+        p99,
+        p999,
+        "; ".join(problems) or None,
+    )
+
+
+def parse_rate_log(log: str) -> list[tuple[int, float]]:
+    """h2load's --log-file: per request, tab-separated start time (µs since the epoch), status (-1:
+    failed), duration (µs); returns (status, duration in ms) per well-formed line."""
+    rows = []
+    for line in log.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[2].strip().isdigit():
+            rows.append((int(fields[1]), int(fields[2]) / 1e3))
+    return rows
+
+
+def nearest_rank(sorted_values: list[float], quantile: float) -> float | None:
+    """The nearest-rank percentile of already sorted values; None for none."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(0, math.ceil(quantile * len(sorted_values)) - 1)]
+
+
 def run_tool(argv: list[str], seconds: int) -> subprocess.CompletedProcess[str]:
     """Run a load generator with a hard time limit well past its own duration."""
     try:
@@ -128,7 +260,7 @@ def percentile(out: str, which: str) -> float | None:
     return float(found.group(1)) * TIME_UNITS[found.group(2)] if found else None
 
 
-def parse_h2load(out: str, err: str, code: int) -> H2Result:
+def parse_h2load(out: str, err: str, code: int, protocol: str = "HTTP/2") -> H2Result:
     """Read h2load's summary; a run where nothing succeeded with 2xx is a failure (e.g. no h2c)."""
     finished = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
@@ -137,12 +269,18 @@ def parse_h2load(out: str, err: str, code: int) -> H2Result:
         why = (err.strip() or out.strip() or f"exit code {code}").splitlines()[-1]
         return H2Result(0.0, 0, 0, 0, f"h2load failed: {why}")
     succeeded, failed, ok_2xx = int(counts.group(4)), int(counts.group(5)), int(statuses.group(1))
-    problem = None
-    if ok_2xx == 0:
-        problem = "no 2xx response over HTTP/2 (front does not speak h2c?)"
-    elif ok_2xx < succeeded or failed > max(10, succeeded // 1000):
-        problem = f"{succeeded - ok_2xx} non-2xx, {failed} failed of {succeeded + failed} requests"
+    problem = h2_problem(succeeded, ok_2xx, failed, protocol)
     return H2Result(float(finished.group(1)), succeeded, ok_2xx, failed, problem)
+
+
+def h2_problem(succeeded: int, ok_2xx: int, failed: int, protocol: str) -> str | None:
+    """Describe failed requests of an h2load run: none answered 2xx, or non-2xx / failed beyond noise."""
+    if ok_2xx == 0:
+        hint = " (front does not speak h2c?)" if protocol == "HTTP/2" else ""
+        return f"no 2xx response over {protocol}{hint}"
+    if ok_2xx < succeeded or failed > max(10, succeeded // 1000):
+        return f"{succeeded - ok_2xx} non-2xx, {failed} failed of {succeeded + failed} requests"
+    return None
 
 
 @dataclass

@@ -7,6 +7,10 @@ The steps, in order, each against the setup's front door:
   body         wrk -c50 on the 16 KiB file: requests/s and MiB/s
   connections  wrk -c50 with `Connection: close`: one new connection per request
   h2           h2load, where the front has an HTTP/2 listener; "n/a" when it does not answer h2c
+  rate 500     only for setups marked `fixed_rate`: h2load --h1 at a fixed 500 requests/s in total
+               (10 connections x 50/s, one request in flight each): p50 / p99 / p99.9 from its log
+  rate 2000    the same at 2,000 requests/s (20 x 100/s); the proxy CPU it cost gives vCPU per 1,000
+               req/s per proxy
   rss          VmHWM of the proxy processes, read last
 A setup that does not start, or whose proxy exits mid-way, becomes a failed column with the reason.
 """
@@ -14,6 +18,7 @@ A setup that does not start, or whose proxy exits mid-way, becomes a failed colu
 from __future__ import annotations
 
 import http.client
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +29,8 @@ from harness.setups import Bench, Front, Setup
 CONNECTIONS = 50
 H2_CLIENTS = 1
 H2_STREAMS = 50  # concurrent streams on one connection: 50 requests in flight, as wrk's 50 connections
+RATE_CLIENTS = 10  # fewest connections of a fixed-rate step, one request in flight on each
+RATES = (500, 2000)  # total requests/s of the fixed-rate steps; CPU per request is read at the last
 
 
 @dataclass
@@ -60,7 +67,7 @@ def measure(bench: Bench, setup: Setup, timing: Timing) -> SetupResult:
         except (OSError, RuntimeError, ValueError) as exc:
             result.failure = f"{exc.__class__.__name__}: {exc}"
             return result
-        run_steps(bench, front, timing, result)
+        run_steps(bench, front, timing, result, setup.fixed_rate)
     return result
 
 
@@ -81,9 +88,12 @@ def tails(front: Front) -> str:
     return "\n".join(proc.output_tail() for proc in front.proxies)
 
 
-def run_steps(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> None:
-    """Every figure in turn; stops early (with the reason) when a proxy process dies."""
+def run_steps(bench: Bench, front: Front, timing: Timing, result: SetupResult, fixed_rate: bool = False) -> None:
+    """Every figure in turn (the fixed-rate ones only with `fixed_rate`); stops early (with the
+    reason) when a proxy process dies."""
     steps = [step_rps, step_latency, step_body, step_connections, step_h2]
+    if fixed_rate:
+        steps += [step_rate_low, step_rate_high]
     if timing.warmup:
         wrk(bench, front, nginx.SMALL_PATH, CONNECTIONS, timing.warmup)
     pids = proxy_pids(front)
@@ -172,3 +182,60 @@ def step_h2(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> 
     result.figures["h2_rps"] = run.rps if run.ok_2xx else None
     note(result, ["h2_rps"], run.problem)
     result.raw["h2"] = run.__dict__
+
+
+def rate_clients(rate: int) -> int:
+    """Connections for a fixed rate: at least RATE_CLIENTS, and enough that none goes above
+    h2load's 100 requests/s per client (its rate timer's limit; beyond it a client sends in bursts)."""
+    return max(RATE_CLIENTS, math.ceil(rate / loadgen.MAX_CLIENT_RPS))
+
+
+def rate_keys(rate: int) -> list[str]:
+    """The figure keys of one fixed-rate step: p50, p99 and p99.9 in ms."""
+    return [f"rate{rate}_{which}_ms" for which in ("p50", "p99", "p999")]
+
+
+def step_fixed_rate(bench: Bench, front: Front, timing: Timing, result: SetupResult, rate: int) -> None:
+    """Latency at a fixed request rate (open loop: requests go out on h2load's clock, not when the
+    last answer came), HTTP/1.1, small file; the proxy CPU it cost, per request and per proxy."""
+    clients = rate_clients(rate)
+    pids = proxy_pids(front)
+    before = cpu_seconds(pids)
+    run = loadgen.run_h2load_rate(
+        bench.tools["h2load"],
+        bench.loadgen_core,
+        url(front, nginx.SMALL_PATH),
+        clients,
+        rate // clients,
+        timing.duration,
+        bench.run_dir / f"{result.key}-rate-{rate}",
+    )
+    cpu = cpu_seconds(pids) - before if pids else None
+    keys = rate_keys(rate)
+    for key, value in zip(keys, (run.p50_ms, run.p99_ms, run.p999_ms), strict=True):
+        result.figures[key] = value
+    note(result, keys, run.problem)
+    result.raw[f"rate_{rate}"] = {**run.__dict__, "cpu_s": cpu, "proxies": len(front.proxies)}
+    if rate == RATES[-1]:
+        result.figures["vcpu_per_krps"] = vcpu_per_krps(cpu, run.requests, len(front.proxies))
+        short = run.rps < loadgen.RATE_SHORTFALL * run.target_rps
+        saturated = f"measured at {run.rps:,.0f} of {run.target_rps:,.0f} req/s asked: CPU per request at saturation"
+        note(result, ["vcpu_per_krps"], saturated if short else run.problem)
+
+
+def vcpu_per_krps(cpu: float | None, requests: int, proxies: int) -> float | None:
+    """(proxy CPU-s / step s) / (requests/s / 1000) / proxies: the step's seconds cancel, so it is
+    the CPU seconds one proxy process spends on 1,000 requests."""
+    if not cpu or not requests or not proxies:
+        return None
+    return 1000 * cpu / requests / proxies
+
+
+def step_rate_low(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> None:
+    """The fixed-rate step at the lower rate (500 requests/s)."""
+    step_fixed_rate(bench, front, timing, result, RATES[0])
+
+
+def step_rate_high(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> None:
+    """The fixed-rate step at the higher rate (2,000 requests/s), with the CPU figure."""
+    step_fixed_rate(bench, front, timing, result, RATES[-1])

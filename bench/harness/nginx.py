@@ -1,5 +1,5 @@
-"""nginx as the origin and as the reference reverse proxy (HTTP, or `stream` for `run.py tcp`), run as
-our own processes.
+"""nginx as the origin and as the reference reverse proxies (one HTTP proxy, a pair of HTTP proxies with
+mutual TLS between them, or `stream` proxies for `run.py tcp`), run as our own processes.
 
 Each nginx gets a config rendered from bench/templates/ into the run's temp dir, its pid file,
 error log and temp folders there too (`-p` prefix, `-e` startup log), `daemon off` so the process we
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.procs import Proc, ProcessSet, StartFailed, pinned, tail, wait_http_ok, wait_tcp_open
+from harness.sidecars import TlsFiles
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SMALL_PATH = "/small.txt"
@@ -116,11 +117,11 @@ def start_proxy(procs: ProcessSet, nginx_bin: str, ports: tuple[int, int], origi
     return start(procs, nginx_bin, "nginx-proxy", config, ports, core)
 
 
-def start_stream(
+def start_listening(
     procs: ProcessSet, nginx_bin: str, name: str, template: str, values: dict[str, object], port: int, core: int
 ) -> Proc:
-    """An nginx `stream` proxy (bench/templates/stream-*.conf) pinned to `core`; ready once `port`
-    accepts TCP (it speaks no HTTP)."""
+    """An nginx whose listener speaks no plain HTTP (a `stream` proxy of bench/templates/stream-*.conf,
+    a TLS-only server) pinned to `core`; ready once `port` accepts TCP."""
     run_dir = procs.log_dir
     config = render(template, {"NAME": name, "RUN_DIR": run_dir, **values})
     conf_path = run_dir / f"{name}.conf"
@@ -133,3 +134,44 @@ def start_stream(
         procs.stop(proc)
         raise StartFailed(f"{name} did not start: {problem}", detail)
     return proc
+
+
+def tls_values(tls: TlsFiles) -> dict[str, object]:
+    """The certificate, key and CA placeholders of the mtls-*.conf templates."""
+    return {"CERT": tls.cert, "KEY": tls.key, "CA": tls.ca}
+
+
+def start_mtls_server(
+    procs: ProcessSet, nginx_bin: str, name: str, port: int, origin_port: int, tls: TlsFiles, core: int
+) -> Proc:
+    """nginx B of the HTTP pair: HTTPS on `port` requiring a client certificate from the CA in `tls`,
+    plain HTTP/1.1 with upstream keep-alive to the origin."""
+    values = {**tls_values(tls), "HTTPS_PORT": port, "ORIGIN_PORT": origin_port}
+    values["TEMP_PATHS"] = temp_paths(procs.log_dir, name)
+    return start_listening(procs, nginx_bin, name, "mtls-server.conf", values, port, core)
+
+
+def start_mtls_client(
+    procs: ProcessSet,
+    nginx_bin: str,
+    name: str,
+    ports: tuple[int, int],
+    peer: tuple[int, str],
+    tls: TlsFiles,
+    core: int,
+) -> NginxServer:
+    """nginx A of the HTTP pair: plain HTTP/1.1 and h2c in, HTTPS with its client certificate to B
+    (`peer`: port and the DNS name B's certificate must carry), kept alive; ready once a request
+    went all the way through B to the origin."""
+    run_dir = procs.log_dir
+    values = {
+        **tls_values(tls),
+        "NAME": name,
+        "RUN_DIR": run_dir,
+        "HTTP_PORT": ports[0],
+        "H2_PORT": ports[1],
+        "PEER_PORT": peer[0],
+        "PEER_NAME": peer[1],
+        "TEMP_PATHS": temp_paths(run_dir, name),
+    }
+    return start(procs, nginx_bin, name, render("mtls-client.conf", values), ports, core)

@@ -1,8 +1,9 @@
-"""The side-by-side table: figures as rows, setups as columns, ratios against the two references.
+"""The side-by-side table: figures as rows, setups as columns, ratios against the references.
 
-Every figure gets its value row, then a `vs direct` and a `vs nginx-proxy` row (value divided by
-that reference's value), which stay meaningful when the machine is noisy. The same rows are written
-as aligned plain text (printed), markdown and JSON (into bench/results/).
+Every figure gets its value row, then a `vs direct`, a `vs nginx-proxy` and (when the nginx pair
+ran) a `vs nginx pair` row (value divided by that reference's value), which stay meaningful when
+the machine is noisy. The same rows are written as aligned plain text (printed), markdown and JSON
+(into bench/results/), with summary lines (CPU per 1,000 requests/s) under the table.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.measure import SetupResult
+from harness.measure import RATES, SetupResult, rate_keys
 from harness.setups import REFERENCES
 
 
@@ -37,8 +38,16 @@ FIGURES = (
     Figure("body_mib_s", "16 KiB MiB/s", "higher", 1),
     Figure("conn_rps", "new connections/s", "higher", 0),
     Figure("h2_rps", "HTTP/2 requests/s", "higher", 0),
+    *(
+        Figure(key, f"{label} ms at {rate:,} req/s, fixed", "lower", 3)
+        for rate in RATES
+        for key, label in zip(rate_keys(rate), ("p50", "p99", "p99.9"), strict=True)
+    ),
+    Figure("vcpu_per_krps", "vCPU per 1,000 req/s, per proxy", "lower", 3, proxy_only=True),
     Figure("rss_mib", "peak RSS MiB, proxy", "lower", 1, proxy_only=True),
 )
+REFERENCE_LABELS = {"nginx-2-mtls": "nginx pair"}  # ratio row titles other than the setup's key
+ISTIO_VCPU_PER_KRPS = 0.20  # Istio's published figure for its Envoy sidecar, per 1,000 requests/s
 
 
 def add_derived(results: list[SetupResult]) -> None:
@@ -54,9 +63,13 @@ def add_derived(results: list[SetupResult]) -> None:
 
 
 def cell(result: SetupResult, figure: Figure) -> str:
+    """The value with its digits and a `*` when noted; `-` for no such value (direct's proxy figures,
+    a step this setup does not run), `failed` or `n/a` for a value missing for a reason."""
     value = result.figures.get(figure.key)
     if value is None:
         if figure.proxy_only and result.key == "direct":
+            return "-"
+        if figure.key not in result.figures and not result.failure:
             return "-"
         return "failed" if result.failure else "n/a"
     mark = "*" if figure.key in result.notes else ""
@@ -82,7 +95,7 @@ def rows(
         for ref_key in references:
             ratios = [ratio(result, by_key.get(ref_key), figure) for result in results]
             if any(text != "-" for text in ratios):
-                table.append([f"  vs {ref_key}", "", *ratios])
+                table.append([f"  vs {REFERENCE_LABELS.get(ref_key, ref_key)}", "", *ratios])
     return table
 
 
@@ -106,17 +119,38 @@ def markdown(table: list[list[str]]) -> str:
 
 
 def footnotes(results: list[SetupResult], figures: tuple[Figure, ...] = FIGURES) -> list[str]:
-    """Why a column failed (with the process output tail), and every figure marked with *."""
+    """Why a column failed (with the process output tail), and every figure marked with * (the
+    figures of one column with the same problem on one line)."""
     labels = {figure.key: figure.label for figure in figures}
     lines = []
     for result in results:
         if result.failure:
             lines.append(f"[{result.title}] {result.failure}")
             lines.extend("    " + line for line in result.detail.splitlines())
+        by_problem: dict[str, list[str]] = {}
         for key, problem in result.notes.items():
             if not key.startswith("added_"):
-                lines.append(f"[{result.title}] {labels.get(key, key)}: {problem}")
+                by_problem.setdefault(problem, []).append(labels.get(key, key))
+        for problem, figure_labels in by_problem.items():
+            lines.append(f"[{result.title}] {'; '.join(figure_labels)}: {problem}")
     return lines
+
+
+def cpu_summary(results: list[SetupResult]) -> list[str]:
+    """One line: vCPU per 1,000 requests/s per proxy, from the fixed 2,000 req/s step, for each setup
+    that has it, next to Istio's published figure for its sidecar."""
+    parts = []
+    for result in results:
+        value = result.figures.get("vcpu_per_krps")
+        if value is not None:
+            mark = "*" if "vcpu_per_krps" in result.notes else ""
+            parts.append(f"{result.title} {value:.3f}{mark}")
+    if not parts:
+        return []
+    return [
+        f"vCPU per 1,000 req/s, per proxy (fixed {RATES[-1]:,} req/s step): {'; '.join(parts)}  "
+        f"(Istio publishes {ISTIO_VCPU_PER_KRPS:.2f} for its sidecar)"
+    ]
 
 
 def render_text(
@@ -124,9 +158,13 @@ def render_text(
     results: list[SetupResult],
     figures: tuple[Figure, ...] = FIGURES,
     references: tuple[str, ...] = REFERENCES,
+    summary: list[str] | None = None,
 ) -> str:
+    """Header, the aligned table, the summary lines, then the notes."""
     notes = footnotes(results, figures)
     text = [*header, "", align(rows(results, figures, references))]
+    if summary:
+        text += ["", *summary]
     if notes:
         text += ["", "* / failed / n/a:", *notes]
     return "\n".join(text)
@@ -137,10 +175,13 @@ def render_markdown(
     results: list[SetupResult],
     figures: tuple[Figure, ...] = FIGURES,
     references: tuple[str, ...] = REFERENCES,
+    summary: list[str] | None = None,
 ) -> str:
     notes = footnotes(results, figures)
     table = markdown(rows(results, figures, references))
     text = ["# sidecar benchmark", "", *(f"- {line}" for line in header), "", table]
+    if summary:
+        text += ["", *summary]
     if notes:
         text += ["", "## Notes", "", "```", *notes, "```"]
     return "\n".join(text) + "\n"
@@ -155,12 +196,13 @@ def write_results(
     figures: tuple[Figure, ...] = FIGURES,
     references: tuple[str, ...] = REFERENCES,
     prefix: str = "bench",
+    summary: list[str] | None = None,
 ) -> Path:
     """bench/results/PREFIX-STAMP.{txt,md,json}; returns the markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
     base = folder / f"{prefix}-{stamp}"
-    base.with_suffix(".txt").write_text(render_text(header, results, figures, references) + "\n")
-    base.with_suffix(".md").write_text(render_markdown(header, results, figures, references))
-    document = {"meta": meta, "setups": [asdict(result) for result in results]}
+    base.with_suffix(".txt").write_text(render_text(header, results, figures, references, summary) + "\n")
+    base.with_suffix(".md").write_text(render_markdown(header, results, figures, references, summary))
+    document = {"meta": meta, "summary": summary or [], "setups": [asdict(result) for result in results]}
     base.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     return base.with_suffix(".md")

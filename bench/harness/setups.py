@@ -1,9 +1,10 @@
 """The request paths compared side by side: each setup builds its proxies and returns the front door.
 
 A setup is a function `(bench, procs) -> Front`: it starts whatever sits between the load generator
-and the origin (nothing, nginx, one or two sidecars) in `procs`, pinned to the proxy core, and says
-where the load generator should connect and which processes count as "the proxy" for CPU and RSS.
-To add a row, write such a function and add it to `SETUPS` (see `two_sidecars_mtls`).
+and the origin (nothing, one or two nginx, one or two sidecars) in `procs`, pinned to the proxy
+core, and says where the load generator should connect and which processes count as "the proxy" for
+CPU and RSS. To add a column, write such a function and add it to `SETUPS` (see `two_sidecars_mtls`);
+`fixed_rate=True` also runs the fixed-rate latency steps for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import Protocol, TypeVar
 from harness import nginx
 from harness.nginx import NginxServer
 from harness.procs import Proc, ProcessSet, free_ports, pinned
-from harness.sidecars import SidecarLauncher, SidecarSpec, TlsFiles, Upstream, issue_certs, spiffe_id
+from harness.sidecars import (
+    SidecarLauncher,
+    SidecarSpec,
+    TlsFiles,
+    Upstream,
+    issue_certs,
+    issue_certs_with_dns,
+    spiffe_id,
+)
 
 
 @dataclass
@@ -48,6 +57,7 @@ class Setup:
     title: str  # column header
     build: Callable[[Bench, ProcessSet], Front]
     default: bool = True  # part of a run without --setups
+    fixed_rate: bool = False  # also run the fixed-rate (open-loop) latency steps, 500 and 2,000 req/s
 
 
 def direct(bench: Bench, procs: ProcessSet) -> Front:
@@ -62,6 +72,30 @@ def nginx_proxy(bench: Bench, procs: ProcessSet) -> Front:
         procs, bench.tools["nginx"], (http_port, h2_port), bench.origin.http_port, bench.proxy_core
     )
     return Front(http_port, h2_port, [server.proc])
+
+
+PAIR_SERVER = "origin"  # the workload behind the mesh hop: sidecar B / nginx B
+PAIR_CLIENT = "bench-client"  # the calling workload: sidecar A / nginx A
+PAIR_SERVER_DNS = "origin.bench.local"  # the DNS SAN nginx A checks on nginx B's certificate
+
+
+def nginx_pair_mtls(bench: Bench, procs: ProcessSet) -> Front:
+    """The reference for a mesh hop: nginx A (plain HTTP/1.1 and h2c in) -> HTTPS with mutual TLS,
+    kept alive -> nginx B (`ssl_verify_client on`) -> origin, one worker each on the proxy core.
+
+    Certificates as the sidecars' (`sidecar certs`, same names), B's re-signed with a DNS name that
+    A verifies (`proxy_ssl_verify on`, `proxy_ssl_name`)."""
+    a_http, a_h2, b_https = free_ports(3)
+    certs_dir = bench.run_dir / "certs-nginx-pair"
+    tls = issue_certs_with_dns(bench.venv, bench.tools["openssl"], certs_dir, PAIR_SERVER, PAIR_CLIENT, PAIR_SERVER_DNS)
+    nginx_bin, core = bench.tools["nginx"], bench.proxy_core
+    b = nginx.start_mtls_server(
+        procs, nginx_bin, "nginx-2-mtls-b", b_https, bench.origin.http_port, tls[PAIR_SERVER], core
+    )
+    a = nginx.start_mtls_client(
+        procs, nginx_bin, "nginx-2-mtls-a", (a_http, a_h2), (b_https, PAIR_SERVER_DNS), tls[PAIR_CLIENT], core
+    )
+    return Front(a_http, a_h2, [a.proc, b])
 
 
 def one_sidecar(
@@ -190,19 +224,21 @@ def two_sidecars_mtls_h2(bench: Bench, procs: ProcessSet) -> Front:
 
 
 SETUPS = [
-    Setup("direct", "direct", direct),
-    Setup("nginx-proxy", "nginx-proxy", nginx_proxy),
-    Setup("sidecar-1", "1 sidecar", one_sidecar),
+    Setup("direct", "direct", direct, fixed_rate=True),
+    Setup("nginx-proxy", "nginx-proxy", nginx_proxy, fixed_rate=True),
+    Setup("nginx-2-mtls", "nginx pair mTLS", nginx_pair_mtls, fixed_rate=True),
+    Setup("sidecar-1", "1 sidecar", one_sidecar, fixed_rate=True),
     Setup("sidecar-1-bare", "1 sidecar, no retries", one_sidecar_no_retries, default=False),
     Setup("sidecar-1-policies", "1 sidecar, all policies", one_sidecar_all_policies, default=False),
     Setup("sidecar-1-traced", "1 sidecar, tracing 100%", one_sidecar_traced, default=False),
     Setup("sidecar-1-logged", "1 sidecar, access log", one_sidecar_logged, default=False),
     Setup("sidecar-2", "2 sidecars", two_sidecars),
-    Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls),
-    Setup("sidecar-2-mtls-h2", "2 sidecars mTLS h2 hop", two_sidecars_mtls_h2),
+    Setup("sidecar-2-mtls", "2 sidecars mTLS", two_sidecars_mtls, fixed_rate=True),
+    Setup("sidecar-2-mtls-h2", "2 sidecars mTLS h2 hop", two_sidecars_mtls_h2, fixed_rate=True),
     Setup("sidecar-2-mtls-h2-traced", "2 sidecars h2 hop, tracing", two_sidecars_mtls_h2_traced, default=False),
 ]
-REFERENCES = ("direct", "nginx-proxy")  # ratios are printed against these two
+ALWAYS = ("direct", "nginx-proxy")  # run whatever --setups names
+REFERENCES = (*ALWAYS, "nginx-2-mtls")  # ratio rows against these, each when it ran
 
 
 class Selectable(Protocol):
@@ -233,5 +269,5 @@ def select_from(setups: Sequence[S], references: Iterable[str], keys: str | None
 
 
 def select(keys: str | None) -> list[Setup]:
-    """Setups named on the command line ("all" for every one), references always first."""
-    return select_from(SETUPS, REFERENCES, keys)
+    """Setups named on the command line ("all" for every one), direct and nginx-proxy always in."""
+    return select_from(SETUPS, ALWAYS, keys)

@@ -10,6 +10,7 @@ with the next setup.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,31 @@ def issue_certs(venv: Path, out: Path, services: list[str]) -> dict[str, TlsFile
             cert=find_pem(workload_dir, "cert"), key=find_pem(workload_dir, "key"), ca=find_pem(ca_dir, "ca")
         )
     return files
+
+
+def issue_certs_with_dns(
+    venv: Path, openssl: str, out: Path, server: str, client: str, dns_name: str
+) -> dict[str, TlsFiles]:
+    """As issue_certs for `server` and `client`, the server's cert re-signed by the same CA with
+    `dns_name` added to its SAN (same key, same SPIFFE ID): nginx checks a peer's name
+    (`proxy_ssl_verify on`), and a SPIFFE certificate carries only its URI SAN."""
+    certs = issue_certs(venv, out, [server, client])
+    tls, ca_dir = certs[server], out / "ca"
+    extensions = out / f"{server}-ext.cnf"
+    extensions.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyAgreement\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        f"subjectAltName=critical,URI:{spiffe_id(server)},DNS:{dns_name}\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    request = out / f"{server}.csr"
+    subject = ["-subj", "/O=sidecar development mesh"]
+    run_cli([openssl, "req", "-new", "-key", str(tls.key), *subject, "-out", str(request)])
+    ca = ["-CA", str(ca_dir / "ca.pem"), "-CAkey", str(ca_dir / "ca-key.pem"), "-set_serial", str(secrets.randbits(63))]
+    out_args = ["-days", "2", "-extfile", str(extensions), "-out", str(tls.cert)]
+    run_cli([openssl, "x509", "-req", "-in", str(request), *ca, *out_args])
+    return certs
 
 
 def spiffe_id(service: str) -> str:

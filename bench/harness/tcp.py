@@ -22,9 +22,7 @@ connections/s, per proxy CPU-s); peak RSS. CPU is utime + stime of the proxy pro
 
 from __future__ import annotations
 
-import secrets
 import socket
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from harness.measure import SetupResult, Timing
 from harness.procs import Proc, ProcessSet, StartFailed, cpu_seconds, free_ports, peak_rss_kib, pinned, wait_tcp_open
 from harness.report import Figure
 from harness.setups import select_from
-from harness.sidecars import SidecarLauncher, SidecarSpec, TcpService, TlsFiles, issue_certs, spiffe_id
+from harness.sidecars import SidecarLauncher, SidecarSpec, TcpService, TlsFiles, issue_certs_with_dns, spiffe_id
 
 CLIENTS = 50  # redis-benchmark connections, as wrk's 50 in the HTTP run
 STREAMS = 4  # connections of the multi-connection throughput step
@@ -123,29 +121,7 @@ def check_started(procs: ProcessSet, proc: Proc, port: int) -> None:
 def make_certs(venv: Path, openssl: str, out: Path) -> dict[str, TlsFiles]:
     """A dev CA and the two workload certs (`sidecar certs`); the server-side one re-signed by the
     same CA with SERVER_DNS added to its SAN (same key, same SPIFFE ID), so nginx can check a name."""
-    certs = issue_certs(venv, out, [SERVER, CLIENT])
-    server = certs[SERVER]
-    ca_dir = out / "ca"
-    extensions = out / "server-ext.cnf"
-    extensions.write_text(
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyAgreement\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        f"subjectAltName=critical,URI:{spiffe_id(SERVER)},DNS:{SERVER_DNS}\n"
-        "authorityKeyIdentifier=keyid\n"
-    )
-    request = out / "server.csr"
-    run([openssl, "req", "-new", "-key", str(server.key), "-subj", "/O=sidecar development mesh", "-out", str(request)])
-    ca = ["-CA", str(ca_dir / "ca.pem"), "-CAkey", str(ca_dir / "ca-key.pem"), "-set_serial", str(secrets.randbits(63))]
-    out_args = ["-days", "2", "-extfile", str(extensions), "-out", str(server.cert)]
-    run([openssl, "x509", "-req", "-in", str(request), *ca, *out_args])
-    return certs
-
-
-def run(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise StartFailed(f"{' '.join(argv[:3])} exited {result.returncode}", result.stderr[-2000:])
+    return issue_certs_with_dns(venv, openssl, out, SERVER, CLIENT, SERVER_DNS)
 
 
 # -- setups ---------------------------------------------------------------------------------------
@@ -161,7 +137,7 @@ def nginx_stream(bench: TcpBench, procs: ProcessSet, session_reuse: bool = True)
     name = "nginx-stream" if session_reuse else "nginx-stream-noreuse"
     server, client = bench.certs[SERVER], bench.certs[CLIENT]
     common = {"STREAM_MODULE": bench.tools["stream-module"]}
-    b = nginx.start_stream(
+    b = nginx.start_listening(
         procs,
         bench.tools["nginx"],
         f"{name}-b",
@@ -179,7 +155,7 @@ def nginx_stream(bench: TcpBench, procs: ProcessSet, session_reuse: bool = True)
         b_redis,
         bench.proxy_core,
     )
-    a = nginx.start_stream(
+    a = nginx.start_listening(
         procs,
         bench.tools["nginx"],
         f"{name}-a",

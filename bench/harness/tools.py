@@ -12,7 +12,13 @@ import shutil
 import subprocess
 
 # tool -> Debian package that ships it
-TOOLS = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"}
+TOOLS = {
+    "nginx": "nginx-light",
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+    "taskset": "util-linux",
+    "openssl": "openssl",  # the nginx pair's server certificate, re-signed with a DNS name
+}
 TCP_TOOLS = {
     "nginx": "nginx-light",
     "redis-server": "redis-server",
