@@ -9,7 +9,7 @@ own `Exposition` (`server.Runtime.exposition`), so several sidecars in one proce
 their own numbers.
 
 The text is what prometheus_client's `generate_latest` wrote for the same families (the sidecar
-used it until its import, about 2.8 MB of resident memory, was dropped; the tests keep it as the
+used it until its import, about 2.9 MiB of resident memory, was dropped; the tests keep it as the
 oracle): a counter family is named with its `_total` and has no `_created` sample, labels are sorted
 by name, and numbers are spelled as Go spells them (`go_float`).
 

@@ -1,7 +1,7 @@
 """The project's Prometheus text renderer against prometheus_client, its oracle.
 
 The sidecar used prometheus_client's metric families and `generate_latest` until their import
-(about 2.8 MB of resident memory) was dropped from the running proxy. Here the old way is rebuilt
+(about 2.9 MiB of resident memory) was dropped from the running proxy. Here the old way is rebuilt
 with prometheus_client from the same live numbers of a populated Runtime (every family with
 samples, label values needing escapes, a histogram with observations), and the new renderer must
 write the same bytes, which prometheus_client's parser must read back as the same families. Number
@@ -237,7 +237,7 @@ def test_label_values_and_help_are_escaped_as_prometheus_client_escapes_them(lab
 
 
 def test_importing_the_server_leaves_prometheus_client_out() -> None:
-    """prometheus_client (with wsgiref, http.server, email, gzip...) costs about 2.8 MB of RSS."""
+    """prometheus_client (with wsgiref, http.server, email, gzip...) costs about 2.9 MiB of RSS."""
     script = (
         "import sys\n"
         "import sidecar.server, sidecar.cli\n"
