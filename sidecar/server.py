@@ -24,7 +24,6 @@ from functools import partial
 
 import structlog
 import trio
-from prometheus_client import CollectorRegistry
 
 from .capture.iptables import global_ipv6
 from .config.loader import ConfigError, directory_version, load_directory
@@ -39,7 +38,7 @@ from .listeners.outbound import outbound_handler
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .telemetry.metrics import RequestMetrics
-from .telemetry.prometheus import collector_registry
+from .telemetry.prometheus import Exposition
 from .telemetry.record import Telemetry, access_log_wanted, access_logger, record_rejected
 from .telemetry.tracing import SHUTDOWN_WAIT, Tracing, TracingSettings, resolve_settings
 from .transport.h1_server import ServerLimits
@@ -141,9 +140,9 @@ class Runtime:
         tracers = [*self._retired_tracing, *([tracing] if tracing is not None else [])]
         self.metrics.dropped_spans_source = lambda: sum(t.dropped for t in tracers)
 
-    def collector_registry(self) -> CollectorRegistry:
-        """A private Prometheus registry over this runtime's numbers (`/metrics`); make one and keep it."""
-        return collector_registry(
+    def exposition(self) -> Exposition:
+        """The Prometheus metric families of this runtime's numbers (`/metrics`); make one and keep it."""
+        return Exposition(
             self.metrics,
             self.registry.statistics,
             self.tls_failures,
@@ -349,7 +348,7 @@ class Runtime:
                 outbound_policy=lambda: self.snapshot.sidecar.capture.outbound_policy,
             )
             nursery.start_soon(outbound.serve, connections.outbound(self, outbound, outbound_stack), nursery)
-            admin_pages = admin_handler(self, self.collector_registry())
+            admin_pages = admin_handler(self, self.exposition())
             nursery.start_soon(admin.serve, connections.plaintext(self, admin, admin_pages), nursery)
             if inbound is not None:
                 inbound_stack = inbound_handler(

@@ -6,8 +6,8 @@ when asked, from the current snapshot and live state; HEAD answers as GET withou
 the pages read of the running sidecar (and the drain `POST /drain` starts) is `RunningSidecar`,
 defined here; the server's `Runtime` is one.
 
-- `/metrics`: Prometheus text format, from `telemetry/prometheus.py` (the sidecar's private
-  registry, handed to `admin_handler`).
+- `/metrics`: Prometheus text format, from `telemetry/prometheus.py` (the sidecar's own
+  `Exposition`, handed to `admin_handler`).
 - `/config`: the current snapshot's version (sha256 of its files), files, effective config, and the
   last failed reload (`config_error`) or null.
 - `/clusters`: `services` lists every upstream service this sidecar calls (config order); the local
@@ -28,9 +28,8 @@ from ..telemetry.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..telemetry.prometheus import render
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
     from ..config.snapshot import Snapshot
+    from ..telemetry.prometheus import Exposition
     from ..upstream.registry import ClusterStatistics, UpstreamRegistry
 
 
@@ -121,8 +120,8 @@ def clusters_document(sidecar: RunningSidecar) -> dict[str, Any]:
     return {"services": services, "app": local}
 
 
-def admin_handler(sidecar: RunningSidecar, metrics: CollectorRegistry) -> Handler:
-    """The admin pages of `sidecar`; `/metrics` renders `metrics` (its private Prometheus registry)."""
+def admin_handler(sidecar: RunningSidecar, metrics: Exposition) -> Handler:
+    """The admin pages of `sidecar`; `/metrics` renders the families of `metrics` (its own exposition)."""
 
     async def handle(request: Request) -> Response:
         path = request.path
@@ -141,7 +140,7 @@ def admin_handler(sidecar: RunningSidecar, metrics: CollectorRegistry) -> Handle
                 return _text(200, "ready")
             return _text(503, "draining" if sidecar.draining else "not ready")
         if path == b"/metrics":
-            return _reply(200, render(metrics), METRICS_CONTENT_TYPE.encode())
+            return _reply(200, render(metrics.families()), METRICS_CONTENT_TYPE.encode())
         if path == b"/config":
             return _json(config_document(sidecar))
         if path == b"/clusters":

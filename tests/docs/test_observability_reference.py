@@ -91,7 +91,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
 
 
 def exposed_metric_names(runtime: Runtime) -> set[str]:
-    text = render(runtime.collector_registry()).decode()
+    text = render(runtime.exposition().families()).decode()
     return set(re.findall(r"^# TYPE (\S+) \S+$", text, re.MULTILINE))
 
 

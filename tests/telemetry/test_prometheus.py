@@ -1,6 +1,6 @@
 """The Prometheus exposition of a real Runtime (built from a config directory, never run): every
 documented name with its HELP and TYPE, label sets, values, cumulative histogram buckets, services
-present at 0, and one private registry per Runtime."""
+present at 0, and one exposition per Runtime, outside prometheus_client's global registry."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class Scrape:
     """One rendered exposition: the raw text, and every sample by name and label set."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.text = render(runtime.collector_registry()).decode()
+        self.text = render(runtime.exposition().families()).decode()
         self.families = list(text_string_to_metric_families(self.text))
         self.samples: dict[str, dict[Labels, float]] = {}
         self.order: dict[str, list[dict[str, str]]] = {}
@@ -223,7 +223,7 @@ def test_without_inbound_listener_no_tls_listener_is_listed(tmp_path: Path, work
 def test_services_follow_the_current_snapshot(tmp_path: Path, workload: Path) -> None:
     runtime = make_runtime(tmp_path, workload)
     runtime.registry.clusters["orders"].retries = 5
-    registry = runtime.collector_registry()
+    exposition = runtime.exposition()
     services = """\
 kind: Service
 name: orders
@@ -236,7 +236,7 @@ endpoints: [{address: 10.0.0.9:80}]
 tls: {mode: disabled}
 """
     runtime.apply(load_directory(write_config(tmp_path / "config", workload, services=services)))
-    text = render(registry).decode()  # the same registry, scraped after the reload
+    text = render(exposition.families()).decode()  # the same exposition, scraped after the reload
     retries = {
         sample.labels["service"]: sample.value
         for family in text_string_to_metric_families(text)
@@ -246,7 +246,7 @@ tls: {mode: disabled}
     assert retries == {"orders": 5.0, "inventory": 0.0}  # counts survive; payments is gone
 
 
-def test_each_runtime_has_its_own_registry_and_the_global_one_is_untouched(tmp_path: Path, workload: Path) -> None:
+def test_each_runtime_has_its_own_exposition_outside_the_global_registry(tmp_path: Path, workload: Path) -> None:
     first = make_runtime(tmp_path / "a", workload)
     second = make_runtime(tmp_path / "b", workload)
     first.registry.clusters["orders"].retries = 4
