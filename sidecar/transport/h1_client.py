@@ -207,7 +207,8 @@ class H1ClientConnection:
             if len(buf) > MAX_RESPONSE_HEAD:
                 raise UpstreamProtocolError(detail="response head too large")
             searched = len(buf)
-            if not await wire.fill():
+            # Nothing back yet right after the request went out: wait before the first read.
+            if not await (wire.fill() if buf else wire.fill_when_readable()):
                 if self._request_error is not None:
                     raise self._request_error
                 raise UpstreamReset(detail="closed before a response", before_response=not buf)

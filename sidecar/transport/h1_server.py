@@ -93,6 +93,7 @@ class H1Server:
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
         self.timer = ConnectionTimer(stream_fd(stream))
+        self.answered = False  # a response went out on this connection
 
     async def serve(self) -> None:
         timer = self.timer
@@ -128,18 +129,19 @@ class H1Server:
         try:
             if body is EMPTY_BODY:
                 timer.watch_hangup = True  # nothing more to read for this request: a hang-up is the end
-                response = await self._call(request)
+                response = await call_guarded(self.handler, request)
                 keep_alive = await self._write(request, response, keep_alive)
             else:
                 async with trio.open_nursery() as nursery:
                     request.task_nursery = nursery
-                    response = await self._call(request)
+                    response = await call_guarded(self.handler, request)
                     keep_alive = await self._write(request, response, keep_alive)
                     nursery.cancel_scope.cancel()
                 if not getattr(body, "done", True) or getattr(body, "failed", False):
                     keep_alive = False  # the rest of the body is still on the wire, or it was bad
         finally:
             timer.watch_hangup = False
+        self.answered = True
         return keep_alive
 
     async def _read_head(self) -> bytes | None:
@@ -160,7 +162,10 @@ class H1Server:
                     if len(buf) > max_head:
                         raise HeadersTooLarge()
                     searched = len(buf)
-                    if not await wire.fill():
+                    # After a response on an empty buffer, the next request cannot be here yet: the
+                    # client has not read that response. Wait before reading. (A new connection's
+                    # first request usually is here already: read at once.)
+                    if not await (wire.fill_when_readable() if self.answered and not buf else wire.fill()):
                         return None
                     timer.idle = False
                     end = self._find_head_end(buf, searched)
@@ -272,9 +277,6 @@ class H1Server:
             await self.wire.send(CONTINUE)
         except _STREAM_ERRORS:
             raise DownstreamGone("client went away") from None
-
-    async def _call(self, request: Request) -> Response:
-        return await call_guarded(self.handler, request)
 
     async def _write(self, request: Request, response: Response, keep_alive: bool) -> bool:
         """Write `response`; returns whether the connection stays open. The request's observer

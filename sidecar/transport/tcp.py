@@ -108,6 +108,18 @@ class TcpStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise self._error(exc) from exc
 
+    async def receive_when_readable(self, max_bytes: int | None = None) -> bytes:
+        """`receive_some` for data that cannot be there yet (a response to a request just sent):
+        wait for the socket first, sparing the read that would only say "not yet"."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        self._streak = 0
+        try:
+            await trio.lowlevel.wait_readable(self.sock)
+        except trio.ClosedResourceError:
+            raise trio.ClosedResourceError("stream closed while receiving") from None
+        return await self.receive_some(max_bytes)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")

@@ -126,6 +126,15 @@ class TlsStream(trio.abc.Stream):
                 await self._fair()
             return data
 
+    async def receive_when_readable(self, max_bytes: int | None = None) -> bytes:
+        """`receive_some` for data that cannot be there yet (a response to a request just sent):
+        unless OpenSSL holds decrypted bytes already, wait for the socket first, sparing the read
+        that would only say "not yet"."""
+        if not self._closed and not self.sock.pending():
+            self._streak = 0
+            await self._wait(trio.lowlevel.wait_readable)
+        return await self.receive_some(max_bytes)
+
     def _more(self, data: bytes, size: int) -> bytes:
         """After a full record, the records already waiting, up to `size`, without waiting: a bulk
         transfer then costs one pass through the caller per read rather than one per 16 KiB record

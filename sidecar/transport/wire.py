@@ -32,6 +32,21 @@ class Wire:
         self.buf += data
         return True
 
+    async def fill_when_readable(self) -> bool:
+        """`fill` for bytes that cannot have arrived yet (the response to a request just sent): the
+        stream waits for its socket before reading, where it can (TcpStream, TlsStream)."""
+        receive = getattr(self.stream, "receive_when_readable", None)
+        if receive is None:
+            return await self.fill()
+        try:
+            data = await receive(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return False
+        if not data:
+            return False
+        self.buf += data
+        return True
+
     async def receive(self, max_bytes: int) -> bytes:
         """Read straight from the stream, bypassing the (empty) buffer; b"" at end."""
         try:
