@@ -89,7 +89,9 @@ def plaintext(serving: Serving, listener: Listener, handler: Handler) -> Connect
     async def on_connection(stream: TcpStream) -> None:
         peer = _peer(stream)
         if peer is not None:
-            await serve_http(serving, stream, ConnectionInfo(*peer), handler, listener)
+            server = await http_server(serving, stream, ConnectionInfo(*peer), handler, listener)
+            if server is not None:
+                await server.serve()
 
     return on_connection
 
@@ -104,7 +106,9 @@ def outbound(serving: Serving, listener: Listener, handler: Handler) -> Connecti
         original = _original(serving, stream)
         conn = ConnectionInfo(*peer, original_dst=original)
         if original is None:
-            await serve_http(serving, stream, conn, handler, listener)
+            server = await http_server(serving, stream, conn, handler, listener)
+            if server is not None:
+                await server.serve()
             return
         capture = serving.snapshot.sidecar.capture
         cluster = serving.registry.match_destination(*original)
@@ -121,8 +125,8 @@ def outbound(serving: Serving, listener: Listener, handler: Handler) -> Connecti
                 stream, conn, cluster, original, telemetry=telemetry, outbound_policy=capture.outbound_policy
             )
             return
-        server = H2Server if speaks is Speaks.HTTP2 else H1Server
-        await server(stream, conn, handler, serving.limits, listener).serve()
+        protocol_server = H2Server if speaks is Speaks.HTTP2 else H1Server
+        await protocol_server(stream, conn, handler, serving.limits, listener).serve()
 
     return on_connection
 
@@ -162,7 +166,9 @@ def inbound(serving: Serving, listener: Listener, handler: Handler) -> Connectio
             return  # redirected on its way to another address: not this pod's to serve
         tls = serving.security.inbound
         if tls is None:  # the loader requires tls with an inbound section; kept for code-built configs
-            await serve_http(serving, stream, ConnectionInfo(*peer, original_dst=original), handler, listener)
+            server = await http_server(serving, stream, ConnectionInfo(*peer, original_dst=original), handler, listener)
+            if server is not None:
+                await server.serve()
             return
         with trio.move_on_after(serving.limits.header_read_timeout) as deadline:
             accepted = await tls_accept(stream, peer, tls, serving.tls_failures)
@@ -208,7 +214,9 @@ async def _inbound_plaintext(
     dialed may also be TCP (detected as on the outbound side)."""
     original = conn.original_dst
     if original is None:
-        await serve_http(serving, stream, conn, handler, listener)
+        server = await http_server(serving, stream, conn, handler, listener)
+        if server is not None:
+            await server.serve()
         return
     capture = serving.snapshot.sidecar.capture
     speaks = Speaks.TCP if original[1] in capture.opaque_ports else await _detect(serving, stream, capture)
@@ -217,36 +225,40 @@ async def _inbound_plaintext(
     if speaks is Speaks.TCP:
         await inbound_plain(stream, conn, telemetry=serving.current_telemetry(), allow=serving.allow)
         return
-    server = H2Server if speaks is Speaks.HTTP2 else H1Server
-    await server(stream, conn, handler, serving.limits, listener).serve()
+    protocol_server = H2Server if speaks is Speaks.HTTP2 else H1Server
+    await protocol_server(stream, conn, handler, serving.limits, listener).serve()
 
 
 async def _detect(serving: Serving, stream: TcpStream, capture: CaptureConfig) -> Speaks | None:
     return await detect(stream, capture.detect_timeout, serving.limits.max_request_headers)
 
 
-async def serve_http(
+async def http_server(
     serving: Serving, stream: TcpStream, conn: ConnectionInfo, handler: Handler, listener: Listener
-) -> None:
-    """HTTP/1.1, or HTTP/2 when the connection opens with the h2c preface (prior knowledge).
-    Only the sniffing is bounded by the header read timeout; the protocol servers bound the rest."""
-    limits = serving.limits
-    h2 = False
-    with trio.move_on_after(limits.header_read_timeout) as deadline:
+) -> H1Server | H2Server | None:
+    """The protocol server for a plaintext HTTP connection: HTTP/2 when it opens with the h2c
+    preface (prior knowledge), else HTTP/1.1; None when the caller left or sent nothing within the
+    header read timeout. Only this look is bounded here; the servers bound the rest. The caller
+    runs the server, so that this frame (and its timeout) is not held while the connection lives."""
+    h2 = await _opens_with_preface(stream, serving.limits.header_read_timeout)
+    if h2 is None:
+        return None
+    return (H2Server if h2 else H1Server)(stream, conn, handler, serving.limits, listener)
+
+
+async def _opens_with_preface(stream: TcpStream, timeout: float) -> bool | None:
+    """Whether the first bytes are the h2c preface (None: the peer left, or was silent too long)."""
+    with trio.move_on_after(timeout):
         while True:
             try:
                 first = await stream.peek(len(H2_PREFACE_START))
             except trio.BrokenResourceError:
-                return
+                return None
             if not first:
-                return
+                return None
             if first[: len(H2_PREFACE_START)] != H2_PREFACE_START[: len(first)]:
-                break  # not the preface: HTTP/1.x (no HTTP/1 request starts with "PRI * HTTP/2.0")
+                return False  # not the preface: HTTP/1.x (no HTTP/1 request starts with "PRI * HTTP/2.0")
             if len(first) >= len(H2_PREFACE_START):
-                h2 = True
-                break
+                return True
             await trio.sleep(PREFACE_WAIT)  # a preface split across packets: look again shortly
-    if deadline.cancelled_caught:
-        return
-    server = H2Server if h2 else H1Server
-    await server(stream, conn, handler, limits, listener).serve()
+    return None

@@ -42,6 +42,8 @@ from ..http.websocket import is_websocket_upgrade
 from .body import WireBody
 from .handler import Handler, call_guarded
 from .listener import ConnectionTimer, Listener, stream_fd
+from .tcp import TcpStream
+from .tls_socket import TlsStream
 from .tunnel import UpgradedBody, splice
 from .wire import Wire
 
@@ -78,6 +80,8 @@ def _bad_body(violation: ProtocolViolation) -> Exception:
 
 
 class H1Server:
+    __slots__ = ("conn", "handler", "limits", "listener", "scheme", "timer", "wire")
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -93,16 +97,30 @@ class H1Server:
         self.listener = listener
         self.scheme = b"https" if conn.tls else b"http"
         self.timer = ConnectionTimer(stream_fd(stream))
-        self.answered = False  # a response went out on this connection
 
     async def serve(self) -> None:
         timer = self.timer
         timers = self.listener.timers
         timers.add(timer)
+        wire = self.wire
+        stream = wire.stream
+        sock = stream.sock if isinstance(stream, TcpStream | TlsStream) else None
+        tls = stream.sock if isinstance(stream, TlsStream) else None  # decrypted bytes may wait in it
         try:
             with timer.scope:
                 while await self._serve_one():
-                    pass
+                    if sock is None or wire.buf or self.listener.draining or (tls is not None and tls.pending()):
+                        continue
+                    # Idle between requests (the client has not read our response yet, so its next
+                    # request cannot be here): wait at the top of the connection's stack, where an
+                    # idle keep-alive connection holds the fewest frames, then read what came. The
+                    # header read deadline starts now and covers the head that follows.
+                    timer.deadline = trio.current_time() + self.limits.header_read_timeout
+                    timer.idle = True
+                    await trio.lowlevel.wait_readable(sock)
+                    timer.idle = False
+                    if not await wire.fill():
+                        break
         except* DownstreamGone:
             pass  # the client went away (raised bare, or from a request's nursery): nothing to answer
         finally:
@@ -141,7 +159,6 @@ class H1Server:
                     keep_alive = False  # the rest of the body is still on the wire, or it was bad
         finally:
             timer.watch_hangup = False
-        self.answered = True
         return keep_alive
 
     async def _read_head(self) -> bytes | None:
@@ -152,26 +169,26 @@ class H1Server:
         wire = self.wire
         buf = wire.buf
         end = self._find_head_end(buf, 0)
+        timer = self.timer
         if end < 0:
             max_head = self.limits.max_request_headers
-            timer = self.timer
-            timer.deadline = trio.current_time() + self.limits.header_read_timeout
+            if timer.deadline == math.inf:  # else the idle wait in `serve` started it
+                timer.deadline = trio.current_time() + self.limits.header_read_timeout
             timer.idle = not buf
             try:
                 while end < 0:
                     if len(buf) > max_head:
                         raise HeadersTooLarge()
                     searched = len(buf)
-                    # After a response on an empty buffer, the next request cannot be here yet: the
-                    # client has not read that response. Wait before reading. (A new connection's
-                    # first request usually is here already: read at once.)
-                    if not await (wire.fill_when_readable() if self.answered and not buf else wire.fill()):
+                    if not await wire.fill():
                         return None
                     timer.idle = False
                     end = self._find_head_end(buf, searched)
             finally:
                 timer.deadline = math.inf
                 timer.idle = False
+        else:
+            timer.deadline = math.inf  # the head was read whole after the idle wait in `serve`
         if end > self.limits.max_request_headers:
             raise HeadersTooLarge()
         block = bytes(buf[:end])

@@ -73,6 +73,7 @@ class Listener:
         self.timers: set[ConnectionTimer] = set()  # one per open connection
         self.tick = 0.5  # watchdog period, seconds
         self.drain_started = trio.Event()
+        self.task_name = f"{name} connection"  # one string for all its connection tasks, not one each
         # Told of a request answered before it could become a `Request` (a malformed head, say), with
         # (connection, protocol, status, reason): telemetry counts and logs it like any other.
         self.rejected: Callable[[ConnectionInfo, str, int, str], None] | None = None
@@ -130,7 +131,7 @@ class Listener:
                     await trio.sleep(ACCEPT_RETRY_DELAY)
                     continue
                 raise
-            handler_nursery.start_soon(self._run_connection, stream, on_connection)
+            handler_nursery.start_soon(self._run_connection, stream, on_connection, name=self.task_name)
 
     async def _run_connection(self, stream: TcpStream, on_connection: ConnectionHandler) -> None:
         self.connections += 1
