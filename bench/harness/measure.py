@@ -8,9 +8,9 @@ The steps, in order, each against the setup's front door:
   connections  wrk -c50 with `Connection: close`: one new connection per request
   h2           h2load, where the front has an HTTP/2 listener; "n/a" when it does not answer h2c
   rate 500     only for setups marked `fixed_rate`: h2load --h1 at a fixed 500 requests/s in total
-               (10 connections x 50/s, one request in flight each): p50 / p99 / p99.9 from its log
-  rate 2000    the same at 2,000 requests/s (20 x 100/s); the proxy CPU it cost gives vCPU per 1,000
-               req/s per proxy
+               (10 connections x 50/s, one request in flight each): p50 / p99 / p99.9 from its logs,
+               and the proxy CPU it cost as vCPU per 1,000 req/s per proxy
+  rate 2000    the same at 2,000 requests/s (20 x 100/s)
   rss          VmHWM of the proxy processes, read last
 A setup that does not start, or whose proxy exits mid-way, becomes a failed column with the reason.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,8 @@ CONNECTIONS = 50
 H2_CLIENTS = 1
 H2_STREAMS = 50  # concurrent streams on one connection: 50 requests in flight, as wrk's 50 connections
 RATE_CLIENTS = 10  # fewest connections of a fixed-rate step, one request in flight on each
-RATES = (500, 2000)  # total requests/s of the fixed-rate steps; CPU per request is read at the last
+RATES = (500, 2000)  # total requests/s of the fixed-rate steps; CPU per request is read at each
+SATURATED = 0.9  # share of the proxy core busy in a fixed-rate step beyond which the proxy is at its limit
 
 
 @dataclass
@@ -200,7 +202,7 @@ def step_fixed_rate(bench: Bench, front: Front, timing: Timing, result: SetupRes
     last answer came), HTTP/1.1, small file; the proxy CPU it cost, per request and per proxy."""
     clients = rate_clients(rate)
     pids = proxy_pids(front)
-    before = cpu_seconds(pids)
+    before, started = cpu_seconds(pids), time.monotonic()
     run = loadgen.run_h2load_rate(
         bench.tools["h2load"],
         bench.loadgen_core,
@@ -211,16 +213,29 @@ def step_fixed_rate(bench: Bench, front: Front, timing: Timing, result: SetupRes
         bench.run_dir / f"{result.key}-rate-{rate}",
     )
     cpu = cpu_seconds(pids) - before if pids else None
+    busy = cpu / (time.monotonic() - started) if cpu is not None else None
     keys = rate_keys(rate)
     for key, value in zip(keys, (run.p50_ms, run.p99_ms, run.p999_ms), strict=True):
         result.figures[key] = value
-    note(result, keys, run.problem)
-    result.raw[f"rate_{rate}"] = {**run.__dict__, "cpu_s": cpu, "proxies": len(front.proxies)}
-    if rate == RATES[-1]:
-        result.figures["vcpu_per_krps"] = vcpu_per_krps(cpu, run.requests, len(front.proxies))
-        short = run.rps < loadgen.RATE_SHORTFALL * run.target_rps
-        saturated = f"measured at {run.rps:,.0f} of {run.target_rps:,.0f} req/s asked: CPU per request at saturation"
-        note(result, ["vcpu_per_krps"], saturated if short else run.problem)
+    note(result, keys, rate_problem(run, busy))
+    result.raw[f"rate_{rate}"] = {**run.__dict__, "cpu_s": cpu, "proxy_core_busy": busy, "proxies": len(front.proxies)}
+    figure = "vcpu_per_krps" if rate == RATES[-1] else f"vcpu_per_krps_{rate}"
+    result.figures[figure] = vcpu_per_krps(cpu, run.requests, len(front.proxies))
+    at_limit = (busy is not None and busy >= SATURATED) or run.rps < loadgen.RATE_SHORTFALL * run.target_rps
+    saturated = f"the proxy core was at its limit ({run.rps:,.0f} req/s achieved): CPU per request at saturation"
+    note(result, [figure], saturated if at_limit else run.problem)
+
+
+def rate_problem(run: loadgen.RateResult, busy: float | None) -> str | None:
+    """What makes a fixed-rate step's latencies suspect: failed requests, a rate not achieved, or
+    the proxy core busy all along (then requests waited in h2load, untimed, even if the rate held)."""
+    problems = [run.problem] if run.problem else []
+    if busy is not None and busy >= SATURATED:
+        problems.append(
+            f"the proxy core was busy {busy:.0%} of the step: at its limit, requests queued (partly in h2load, "
+            "untimed), so these latencies are queueing at saturation, not valid at this rate"
+        )
+    return "; ".join(problems) or None
 
 
 def vcpu_per_krps(cpu: float | None, requests: int, proxies: int) -> float | None:
@@ -232,10 +247,10 @@ def vcpu_per_krps(cpu: float | None, requests: int, proxies: int) -> float | Non
 
 
 def step_rate_low(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> None:
-    """The fixed-rate step at the lower rate (500 requests/s)."""
+    """The fixed-rate step at the lower rate (500 requests/s), with its CPU figure."""
     step_fixed_rate(bench, front, timing, result, RATES[0])
 
 
 def step_rate_high(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> None:
-    """The fixed-rate step at the higher rate (2,000 requests/s), with the CPU figure."""
+    """The fixed-rate step at the higher rate (2,000 requests/s), with the headline CPU figure."""
     step_fixed_rate(bench, front, timing, result, RATES[-1])

@@ -44,6 +44,10 @@ FIGURES = (
         for key, label in zip(rate_keys(rate), ("p50", "p99", "p99.9"), strict=True)
     ),
     Figure("vcpu_per_krps", "vCPU per 1,000 req/s, per proxy", "lower", 3, proxy_only=True),
+    *(
+        Figure(f"vcpu_per_krps_{rate}", f"vCPU per 1,000 req/s, per proxy, at {rate:,}", "lower", 3, proxy_only=True)
+        for rate in RATES[:-1]
+    ),
     Figure("rss_mib", "peak RSS MiB, proxy", "lower", 1, proxy_only=True),
 )
 REFERENCE_LABELS = {"nginx-2-mtls": "nginx pair"}  # ratio row titles other than the setup's key
@@ -144,7 +148,9 @@ def cpu_summary(results: list[SetupResult]) -> list[str]:
         value = result.figures.get("vcpu_per_krps")
         if value is not None:
             mark = "*" if "vcpu_per_krps" in result.notes else ""
-            parts.append(f"{result.title} {value:.3f}{mark}")
+            low = result.figures.get(f"vcpu_per_krps_{RATES[0]}")
+            at_low = f" ({low:.3f} at {RATES[0]:,})" if low is not None else ""
+            parts.append(f"{result.title} {value:.3f}{mark}{at_low}")
     if not parts:
         return []
     return [
