@@ -2,6 +2,7 @@
 
 The packages are layers, each depending only on itself and the layers before it, lowest first:
 
+- `logger.py`: process log lines on stdout (it imports nothing of sidecar, so every layer may log);
 - `http/`: HTTP messages and the HTTP/1.1, HTTP/2 and gRPC codecs, sans-IO (no trio);
 - `config/`, `tls.py`: data: the validated config, TLS contexts and identities;
 - `transport/`: bytes meet trio streams: TCP and TLS streams, the protocol servers (they call the

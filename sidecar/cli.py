@@ -166,15 +166,15 @@ def _check(directory: str) -> int:
 
 
 def _run(directory: str, fmt: str) -> int:
-    import structlog
     import trio
 
     from .config.loader import ConfigError, load_directory
+    from .logger import get_logger
     from .server import Runtime
     from .telemetry.logging import configure_logging
 
     configure_logging(fmt)
-    log = structlog.get_logger("sidecar")
+    log = get_logger("sidecar")
     try:
         snapshot = load_directory(directory)
     except ConfigError as error:

@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from functools import partial
 
-import structlog
 import trio
 
 from .capture.iptables import global_ipv6
@@ -35,6 +34,7 @@ from .listeners import connections
 from .listeners.admin import admin_handler
 from .listeners.inbound import inbound_handler
 from .listeners.outbound import outbound_handler
+from .logger import get_logger
 from .pipeline.route import Router
 from .security import MeshSecurity
 from .telemetry.metrics import RequestMetrics
@@ -45,7 +45,7 @@ from .transport.h1_server import ServerLimits
 from .transport.listener import Listener
 from .upstream.registry import UpstreamRegistry
 
-log = structlog.get_logger("sidecar.server")
+log = get_logger("sidecar.server")
 
 SHUTDOWN_WAIT_CUT = 0.25  # seconds spans may take to leave after a drain cut at drain_timeout
 

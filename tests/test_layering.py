@@ -22,6 +22,8 @@ import sidecar
 ROOT = Path(sidecar.__file__).parent
 
 LAYERS: list[tuple[str, list[str]]] = [
+    # Process log lines on stdout: nothing of sidecar, so every layer above may log.
+    ("logger", ["sidecar.logger"]),
     # Sans-IO messages and codecs: no trio, nothing else of sidecar (see tests/http/test_no_trio.py).
     ("http", ["sidecar.http.*"]),
     # Data: the validated config and the TLS material and identities (contexts, SPIFFE IDs, allow lists).

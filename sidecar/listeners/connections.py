@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
-import structlog
 import trio
 
 from ..http.message import ConnectionInfo
 from ..http.sniff import Speaks
+from ..logger import get_logger
 from ..tls import ALPN_TCP
 from ..transport.detect import detect
 from ..transport.h1_server import H1Server, ServerLimits
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ..tls import AllowList
     from ..upstream.registry import UpstreamRegistry
 
-log = structlog.get_logger("sidecar.server")
+log = get_logger("sidecar.server")
 
 H2_PREFACE_START = b"PRI * HTTP/2.0"
 PREFACE_WAIT = 0.005  # seconds between looks at a preface that arrived in pieces (rare)

@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-import structlog
 import trio
 
 from ..http.errors import ProxyError
 from ..http.message import ConnectionInfo
+from ..logger import get_logger
 from ..telemetry.record import INBOUND, OUTBOUND, UNROUTED, Telemetry
 from ..telemetry.tcp_record import TcpRecord
 from ..transport.relay import PlainSide, Side, TunnelError, relay, reset
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..tls import AllowList
     from ..upstream.registry import Cluster
 
-log = structlog.get_logger("sidecar.tcp")
+log = get_logger("sidecar.tcp")
 
 NO_ROUTE = "no_route"
 UNAUTHORIZED = "unauthorized"

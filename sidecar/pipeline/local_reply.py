@@ -10,14 +10,13 @@ answered by the protocol server (`transport/handler.py`'s `call_guarded`).
 
 from __future__ import annotations
 
-import structlog
-
 from ..http.errors import ProxyError
 from ..http.message import Request, Response
 from ..http.replies import error_response
+from ..logger import get_logger
 from .handler import Handler
 
-log = structlog.get_logger("sidecar.local_reply")
+log = get_logger("sidecar.local_reply")
 
 
 def local_reply(inner: Handler) -> Handler:

@@ -15,23 +15,21 @@ request answered without any try (no route, a full breaker, no healthy endpoint)
 CLIENT span, carrying the reason. A span ends when its response ends; an error sets the span's
 status and `error.type` (the reply's reason code, else the status code for a 5xx).
 
-Access log: one line on stdout per request with a fixed set of fields, written through a
-structlog logger of its own: JSON, or a line for humans when the process logs in the `console`
-format (`telemetry/logging.py`, which picks the renderer once per logger). Off
+Access log: one line on stdout per request with a fixed set of fields, written by an `AccessLog`
+(`telemetry/logging.py`): JSON, or a line for humans when the process logs in the `console` format
+(the renderer is picked once, when the `AccessLog` is made). Off
 (`SIDECAR_ACCESS_LOG=off`, or a log level above info), nothing is built.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from ..http.errors import ProxyError
-from .logging import access_renderer
+from ..logger import get_logger
+from .logging import AccessLog
 from .span import CLIENT, SERVER, Parent, Span, parse_traceparent
 
 if TYPE_CHECKING:
@@ -41,7 +39,7 @@ if TYPE_CHECKING:
     from .metrics import RequestMetrics
     from .tracing import Tracing
 
-log = structlog.get_logger("sidecar.telemetry")
+log = get_logger("sidecar.telemetry")
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -58,15 +56,10 @@ def access_log_wanted(environ: os._Environ[str] | dict[str, str] = os.environ) -
     return environ.get("SIDECAR_LOG_LEVEL", "info").strip().lower() in ("debug", "info")
 
 
-def access_logger(fmt: str | None = None) -> Any:
-    """A structlog logger of its own for access lines, no `event` or `level` key added: JSON, or
-    `console` lines (`fmt`, default the process log format)."""
-    return structlog.wrap_logger(
-        structlog.WriteLogger(sys.stdout),
-        processors=[access_renderer(fmt)],
-        wrapper_class=structlog.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+def access_logger(fmt: str | None = None) -> AccessLog:
+    """The writer of access lines, no `event` or `level` key added: JSON, or `console` lines (`fmt`,
+    default the process log format)."""
+    return AccessLog(fmt)
 
 
 class Telemetry:
@@ -202,7 +195,7 @@ class RequestRecord:
             if span is not None:
                 _end_with_status(span, status, self.reason, client=self.direction == OUTBOUND)
         if telemetry.access_log is not None:
-            telemetry.access_log.msg(**self._access_fields(status, bytes_out, duration, span))
+            telemetry.access_log.write(self._access_fields(status, bytes_out, duration, span))
 
     def client_gone(self) -> None:
         """The client left before a response was written."""
@@ -251,24 +244,26 @@ def record_rejected(
     telemetry.metrics.request_finished(direction, service, status, 0.0)
     if telemetry.access_log is None:
         return
-    telemetry.access_log.msg(
-        time=rfc3339(time.time_ns()),
-        direction=direction,
-        method=None,
-        authority=None,
-        path=None,
-        protocol=protocol,
-        status=status,
-        reason=reason,
-        duration_ms=0.0,
-        bytes_in=0,
-        bytes_out=0,
-        service=service,
-        upstream=None,
-        attempts=0,
-        peer_identity=conn.peer_identity,
-        trace_id=None,
-        request_id=None,
+    telemetry.access_log.write(
+        {
+            "time": rfc3339(time.time_ns()),
+            "direction": direction,
+            "method": None,
+            "authority": None,
+            "path": None,
+            "protocol": protocol,
+            "status": status,
+            "reason": reason,
+            "duration_ms": 0.0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "service": service,
+            "upstream": None,
+            "attempts": 0,
+            "peer_identity": conn.peer_identity,
+            "trace_id": None,
+            "request_id": None,
+        }
     )
 
 

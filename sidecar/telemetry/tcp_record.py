@@ -66,22 +66,24 @@ class TcpRecord:
         if access_log is None:
             return
         carried = self.carried
-        access_log.msg(
-            time=rfc3339(self.started_ns),
-            direction=self.direction,
-            method=None,
-            authority=self.destination,
-            path=None,
-            protocol=TCP,
-            status=None,
-            reason=self.reason,
-            duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
-            bytes_in=carried.received,
-            bytes_out=carried.sent,
-            service=self.service,
-            upstream=self.upstream,
-            attempts=1 if self.upstream is not None else 0,
-            peer_identity=self.conn.peer_identity,
-            trace_id=None,
-            request_id=None,
+        access_log.write(
+            {
+                "time": rfc3339(self.started_ns),
+                "direction": self.direction,
+                "method": None,
+                "authority": self.destination,
+                "path": None,
+                "protocol": TCP,
+                "status": None,
+                "reason": self.reason,
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+                "bytes_in": carried.received,
+                "bytes_out": carried.sent,
+                "service": self.service,
+                "upstream": self.upstream,
+                "attempts": 1 if self.upstream is not None else 0,
+                "peer_identity": self.conn.peer_identity,
+                "trace_id": None,
+                "request_id": None,
+            }
         )

@@ -40,12 +40,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from ..config.schema import Tracing as TracingConfig
+from ..logger import get_logger
 from .span import SAMPLED, Parent, Span
 
-log = structlog.get_logger("sidecar.tracing")
+log = get_logger("sidecar.tracing")
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 TRACES_PATH = "/v1/traces"

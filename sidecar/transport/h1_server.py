@@ -19,7 +19,6 @@ import contextlib
 import math
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError, UpstreamProtocolError
@@ -39,6 +38,7 @@ from ..http.h1 import (
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, Request, Response, WebSocketRequest
 from ..http.replies import error_response
 from ..http.websocket import is_websocket_upgrade
+from ..logger import get_logger
 from .body import WireBody
 from .handler import Handler, call_guarded
 from .listener import ConnectionTimer, Listener, stream_fd
@@ -47,7 +47,7 @@ from .tls_socket import TlsStream
 from .tunnel import UpgradedBody, splice
 from .wire import Wire
 
-log = structlog.get_logger("sidecar.h1")
+log = get_logger("sidecar.h1")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})

@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-import structlog
 import trio
 
 from ..http.errors import DownstreamGone, ProxyError, UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset
@@ -48,12 +47,13 @@ from ..http.h2_conn import (
     H2StateError,
 )
 from ..http.message import EMPTY_BODY, Body, Headers, Request, Response
+from ..logger import get_logger
 from .backlog import Backlog
 from .h1_client import MAX_RESPONSE_HEAD
 from .h2_body import CONNECTION_WINDOW, STREAM_WINDOW, H2Body
 from .wire import RECEIVE_SIZE, close_stream_now
 
-log = structlog.get_logger("sidecar.h2")
+log = get_logger("sidecar.h2")
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 HIGH_WATER = 65536  # bytes queued for the writer before body senders wait

@@ -32,7 +32,6 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
-import structlog
 import trio
 
 from ..http.errors import BadRequest, BodyTooLarge, DownstreamGone, HeadersTooLarge, ProxyError
@@ -52,6 +51,7 @@ from ..http.h2_conn import (
 )
 from ..http.message import EMPTY_BODY, Body, ConnectionInfo, ExchangeObserver, Headers, Request, Response
 from ..http.replies import error_response
+from ..logger import get_logger
 from .backlog import Backlog
 from .h1_server import ServerLimits
 from .h2_body import H2Body
@@ -66,7 +66,7 @@ from .handler import Handler, call_guarded
 from .listener import ConnectionTimer, Listener
 from .wire import RECEIVE_SIZE
 
-log = structlog.get_logger("sidecar.h2")
+log = get_logger("sidecar.h2")
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from ..http.errors import DownstreamGone, ProxyError
 from ..http.message import Request, Response
 from ..http.replies import error_response
+from ..logger import get_logger
 
-log = structlog.get_logger("sidecar.handler")
+log = get_logger("sidecar.handler")
 
 Handler = Callable[[Request], Awaitable[Response]]
 

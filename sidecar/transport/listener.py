@@ -27,14 +27,14 @@ import math
 import select
 from collections.abc import Awaitable, Callable
 
-import structlog
 import trio
 
 from ..config.schema import Address
 from ..http.message import ConnectionInfo
+from ..logger import get_logger
 from .tcp import HANGUP, TcpListener, TcpStream
 
-log = structlog.get_logger("sidecar.listener")
+log = get_logger("sidecar.listener")
 
 ACCEPT_RETRY_DELAY = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM, as trio.serve_listeners does
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}

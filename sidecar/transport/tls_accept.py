@@ -13,15 +13,15 @@ import ssl
 from collections import Counter
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from ..http.message import ConnectionInfo
+from ..logger import get_logger
 from ..tls import failure_reason, peer_identity
 from .tcp import TcpStream
 from .tls_socket import TlsStream
 
-log = structlog.get_logger("sidecar.tls")
+log = get_logger("sidecar.tls")
 
 TLS_HANDSHAKE_RECORD = 0x16
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
 import trio
 
 from ..http.message import Headers
+from ..logger import get_logger
 from .wire import RECEIVE_SIZE, Wire
 
-log = structlog.get_logger("sidecar.tunnel")
+log = get_logger("sidecar.tunnel")
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 

@@ -28,19 +28,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import structlog
 import trio
 
 from ..http.errors import ProxyError
 from ..http.h1 import ProtocolViolation, parse_response_head, request_head_bytes
 from ..http.message import Headers
+from ..logger import get_logger
 
 if TYPE_CHECKING:
     from ..config.schema import HealthCheck
     from .endpoint import Endpoint
     from .pool import ConnectionPool
 
-log = structlog.get_logger("sidecar.upstream")
+log = get_logger("sidecar.upstream")
 
 USER_AGENT = b"sidecar-health-check"
 MAX_HEAD = 64 * 1024  # an answer whose head is larger is a failure

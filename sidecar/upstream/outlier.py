@@ -34,14 +34,15 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import structlog
 import trio
+
+from ..logger import get_logger
 
 if TYPE_CHECKING:
     from ..config.schema import OutlierDetection
     from .endpoint import Endpoint
 
-log = structlog.get_logger("sidecar.upstream")
+log = get_logger("sidecar.upstream")
 
 MAX_EJECTION = 300.0  # seconds: the longest ejection, however many times an endpoint was ejected
 GATEWAY_ERRORS = frozenset({502, 503, 504})

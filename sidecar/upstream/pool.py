@@ -22,17 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import structlog
 import trio
 
 from ..http.errors import UpstreamConnectFailure
+from ..logger import get_logger
 from ..tls import ALPN_TCP, failure_reason, peer_identity
 from ..transport.h1_client import H1ClientConnection
 from ..transport.h2_client import H2ClientConnection
 from ..transport.tcp import TcpStream, open_tcp
 from ..transport.tls_socket import TlsStream
 
-log = structlog.get_logger("sidecar.upstream")
+log = get_logger("sidecar.upstream")
 
 MAX_IDLE = 256  # idle connections kept per endpoint; more are closed when they come back
 # A connection idle longer than this is checked for a peer close (one poll syscall) before reuse:

@@ -25,12 +25,12 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from ..config.schema import Address, HashOn, HealthCheck, InboundConfig, OutlierDetection, ServiceConfig
 from ..http.errors import NoHealthyUpstream
 from ..http.message import Request
+from ..logger import get_logger
 from .balancer import Balancer, make_balancer
 from .breaker import UNLIMITED, Breaker, Thresholds
 from .endpoint import Endpoint, EndpointStatistics
@@ -40,7 +40,7 @@ from .pool import UpstreamTls
 from .retry import RetryBudget, RetryPolicy
 from .ring import HashRing, RingHash, key_reader
 
-log = structlog.get_logger("sidecar.upstream")
+log = get_logger("sidecar.upstream")
 
 SWEEP_INTERVAL = 0.5  # how often idle pooled connections past their idle timeout are closed
 NO_TIMEOUT = float("inf")

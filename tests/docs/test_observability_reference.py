@@ -101,8 +101,8 @@ class CapturedLog:
     def __init__(self) -> None:
         self.lines: list[dict[str, Any]] = []
 
-    def msg(self, **fields: Any) -> None:
-        self.lines.append(fields)
+    def write(self, entry: dict[str, Any]) -> None:
+        self.lines.append(entry)
 
 
 def access_log_keys() -> dict[str, list[str]]:

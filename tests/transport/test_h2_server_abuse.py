@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import structlog.testing
 import trio
 import trio.testing
 from h2.errors import ErrorCodes
@@ -16,6 +15,7 @@ from hyperframe.frame import HeadersFrame, SettingsFrame
 
 from sidecar.config.schema import Address
 from sidecar.http.message import BytesBody, ConnectionInfo, Headers, Request, Response
+from sidecar.logger import capture_logs
 from sidecar.transport.h1_server import ServerLimits
 from sidecar.transport.h2_guard import MAX_CONCURRENT_STREAMS, RESET_BURST, STALL_TIMEOUT_FACTOR, STREAM_HARD_LIMIT
 from sidecar.transport.h2_server import STATS, H2Server
@@ -131,14 +131,14 @@ async def test_reset_stream_work_is_cancelled_at_once(autojump_clock: trio.testi
 
 async def test_rapid_reset_ends_the_connection_with_enhance_your_calm(autojump_clock: trio.testing.MockClock) -> None:
     async with serving() as h:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             await h.peer.send(*requests_and_resets(h.peer, 1, 1000))
             assert await h.peer.goaway_code() == ErrorCodes.ENHANCE_YOUR_CALM
         assert h.peer.goaway is not None
         assert h.peer.goaway.last_stream_id < 2 * (RESET_BURST + 1)  # streams past the limit were not taken
         assert h.work.started == h.work.cancelled  # whatever started was cancelled
         abuse = [e for e in logs if e["event"] == "h2_abuse"]
-        assert abuse == [{"event": "h2_abuse", "reason": "rapid_reset", "peer": PEER, "log_level": "warning"}]
+        assert abuse == [{"event": "h2_abuse", "reason": "rapid_reset", "peer": PEER, "level": "warning"}]
 
 
 async def test_sustained_reset_rate_past_the_budget_is_caught(autojump_clock: trio.testing.MockClock) -> None:
