@@ -35,6 +35,7 @@ from ..transport.h1_server import H1Server, ServerLimits
 from ..transport.h2_server import H2Server
 from ..transport.listener import ConnectionHandler, Listener
 from ..transport.original_dst import is_local, original_destination
+from ..transport.parking import Parked
 from ..transport.tcp import TcpStream
 from ..transport.tls_accept import accept as tls_accept
 from ..transport.tls_socket import TlsStream
@@ -183,7 +184,9 @@ def inbound(serving: Serving, listener: Listener, handler: Handler) -> Connectio
             await _inbound_plaintext(serving, accepted.stream, accepted.conn, handler, listener)
             return
         # The TLS stream owns the socket now (the listener's close of the TCP stream is a no-op):
-        # close it here, so the peer sees the connection end when the server is done with it.
+        # close it here, so the peer sees the connection end when the server is done with it
+        # (unless the server parked the connection: then whoever resumes it closes it).
+        parked = False
         try:
             if accepted.alpn == ALPN_TCP:
                 assert isinstance(accepted.stream, TlsStream)
@@ -201,8 +204,12 @@ def inbound(serving: Serving, listener: Listener, handler: Handler) -> Connectio
                 await H2Server(accepted.stream, accepted.conn, handler, serving.limits, listener).serve()
             else:
                 await H1Server(accepted.stream, accepted.conn, handler, serving.limits, listener).serve()
+        except Parked:
+            parked = True
+            raise
         finally:
-            await trio.aclose_forcefully(accepted.stream)
+            if not parked:
+                await trio.aclose_forcefully(accepted.stream)
 
     return on_connection
 

@@ -42,6 +42,7 @@ from ..logger import get_logger
 from .body import WireBody
 from .handler import Handler, call_guarded
 from .listener import ConnectionTimer, Listener, stream_fd
+from .parking import Parked
 from .tcp import TcpStream
 from .tls_socket import TlsStream
 from .tunnel import UpgradedBody, splice
@@ -99,6 +100,16 @@ class H1Server:
         self.timer = ConnectionTimer(stream_fd(stream))
 
     async def serve(self) -> None:
+        await self._serve(resumed=False)
+
+    async def resume(self) -> None:
+        """Serve again after the connection was parked (`parking.py`): its next bytes are waiting."""
+        await self._serve(resumed=True)
+
+    def close_now(self) -> None:
+        self.wire.close_now()
+
+    async def _serve(self, *, resumed: bool) -> None:
         timer = self.timer
         timers = self.listener.timers
         timers.add(timer)
@@ -106,25 +117,46 @@ class H1Server:
         stream = wire.stream
         sock = stream.sock if isinstance(stream, TcpStream | TlsStream) else None
         tls = stream.sock if isinstance(stream, TlsStream) else None  # decrypted bytes may wait in it
+        parked = False
+        if resumed:
+            timer.scope = trio.CancelScope()  # a scope is entered once: the parked task's is spent
+            timer.parked = False
         try:
             with timer.scope:
+                if resumed and not await wire.fill():
+                    return
                 while await self._serve_one():
                     if sock is None or wire.buf or self.listener.draining or (tls is not None and tls.pending()):
                         continue
                     # Idle between requests (the client has not read our response yet, so its next
                     # request cannot be here): wait at the top of the connection's stack, where an
                     # idle keep-alive connection holds the fewest frames, then read what came. The
-                    # header read deadline starts now and covers the head that follows.
-                    timer.deadline = trio.current_time() + self.limits.header_read_timeout
+                    # header read deadline starts now and covers the head that follows. Idle long
+                    # enough, the watchdog asks this task to park the connection and end.
+                    now = trio.current_time()
+                    timer.deadline = now + self.limits.header_read_timeout
                     timer.idle = True
-                    await trio.lowlevel.wait_readable(sock)
+                    timer.idle_since = now
+                    timer.parkable = True
+                    timer.park_requested = False
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    except trio.ClosedResourceError:
+                        if not timer.park_requested:
+                            return  # the stream was closed under us
+                        self.listener.park(sock.fileno(), self)
+                        timer.parked = parked = True
+                        raise Parked from None
+                    finally:
+                        timer.parkable = False
                     timer.idle = False
                     if not await wire.fill():
                         break
         except* DownstreamGone:
             pass  # the client went away (raised bare, or from a request's nursery): nothing to answer
         finally:
-            timers.discard(timer)
+            if not parked:
+                timers.discard(timer)
 
     async def _serve_one(self) -> bool:
         """Serve one request; True when the connection may carry another."""

@@ -32,6 +32,7 @@ import trio
 from ..config.schema import Address
 from ..http.message import ConnectionInfo
 from ..logger import get_logger
+from .parking import PARK_AFTER, IdleConnections, Parkable, Parked
 from .tcp import HANGUP, TcpListener, TcpStream
 
 log = get_logger("sidecar.listener")
@@ -46,7 +47,17 @@ class ConnectionTimer:
     """A connection's cancel scope, when it must have read its next request head by, and whether
     the watchdog should look for the peer hanging up (`fd`: the socket; -1 when it has none)."""
 
-    __slots__ = ("deadline", "fd", "idle", "scope", "watch_hangup")
+    __slots__ = (
+        "deadline",
+        "fd",
+        "idle",
+        "idle_since",
+        "park_requested",
+        "parkable",
+        "parked",
+        "scope",
+        "watch_hangup",
+    )
 
     def __init__(self, fd: int = -1) -> None:
         self.scope = trio.CancelScope()
@@ -54,6 +65,12 @@ class ConnectionTimer:
         self.idle = False  # waiting for a head with nothing received yet: drain may close it
         self.fd = fd
         self.watch_hangup = False  # a request is in flight and nobody reads the connection
+        # Parking (`parking.py`): whether the task waits between requests where it can give itself
+        # up, since when, whether the watchdog asked it to, and whether it did (no task now).
+        self.parkable = False
+        self.idle_since = 0.0
+        self.park_requested = False
+        self.parked = False
 
 
 def stream_fd(stream: object) -> int:
@@ -74,6 +91,8 @@ class Listener:
         self.tick = 0.5  # watchdog period, seconds
         self.drain_started = trio.Event()
         self.task_name = f"{name} connection"  # one string for all its connection tasks, not one each
+        self.idle_connections = IdleConnections()  # parked: idle for park_after, without a task
+        self.park_after = PARK_AFTER
         # Told of a request answered before it could become a `Request` (a malformed head, say), with
         # (connection, protocol, status, reason): telemetry counts and logs it like any other.
         self.rejected: Callable[[ConnectionInfo, str, int, str], None] | None = None
@@ -114,6 +133,7 @@ class Listener:
     async def serve(self, on_connection: ConnectionHandler, handler_nursery: trio.Nursery) -> None:
         """Accept until drained; each connection runs in `handler_nursery`."""
         handler_nursery.start_soon(self._watch_timers)
+        handler_nursery.start_soon(self._resume_parked, handler_nursery)
         with self._accepting:
             async with trio.open_nursery() as nursery:
                 for sock in self.sockets:
@@ -136,16 +156,56 @@ class Listener:
     async def _run_connection(self, stream: TcpStream, on_connection: ConnectionHandler) -> None:
         self.connections += 1
         self.accepted += 1
+        parked = False
         try:
             await on_connection(stream)
+        except Parked:
+            parked = True  # the connection waits in `idle_connections`, open and counted
         except Exception:
             # A bug in one connection must not take the listener (or the process) down with it.
             log.exception("connection_failed", listener=self.name)
         finally:
-            self.connections -= 1
-            await trio.aclose_forcefully(stream)
-            if self.connections == 0:
-                self._quiet.set()
+            if not parked:
+                await trio.aclose_forcefully(stream)
+                self._connection_ended()
+
+    def park(self, fd: int, server: Parkable) -> None:
+        """Called by a protocol server whose task gives itself up (it raises `Parked` next)."""
+        self.idle_connections.park(fd, server)
+
+    async def _resume_parked(self, handler_nursery: trio.Nursery) -> None:
+        def resume(server: Parkable) -> None:
+            handler_nursery.start_soon(self._run_resumed, server, name=self.task_name)
+
+        try:
+            await self.idle_connections.run(resume)
+        finally:
+            self.idle_connections.shut()  # the listener is done (drained, or the process stops)
+
+    async def _run_resumed(self, server: Parkable) -> None:
+        """A parked connection's new task, from its client's next bytes to its end (or next park)."""
+        parked = False
+        try:
+            await server.resume()
+        except Parked:
+            parked = True
+        except Exception:
+            log.exception("connection_failed", listener=self.name)
+        finally:
+            if not parked:
+                server.close_now()
+                self._connection_ended()
+
+    def _connection_ended(self) -> None:
+        self.connections -= 1
+        if self.connections == 0:
+            self._quiet.set()
+
+    def _close_parked(self, timer: ConnectionTimer) -> None:
+        """End a parked connection (its deadline passed, or a drain): no task to cancel, so close it."""
+        self.timers.discard(timer)
+        if self.idle_connections.close(timer.fd):
+            self._connection_ended()
 
     async def _watch_timers(self) -> None:
         """Until the listener is drained and its last connection has ended."""
@@ -153,15 +213,22 @@ class Listener:
             await trio.sleep(self.tick)
             now = trio.current_time()
             watched: dict[int, ConnectionTimer] | None = None
-            for timer in self.timers:
+            for timer in list(self.timers):
                 if timer.deadline <= now:
-                    timer.scope.cancel()
+                    if timer.parked:
+                        self._close_parked(timer)
+                    else:
+                        timer.scope.cancel()
+                elif timer.parkable and not timer.park_requested and now - timer.idle_since >= self.park_after:
+                    timer.park_requested = True
+                    trio.lowlevel.notify_closing(timer.fd)  # wakes its wait: it parks itself
                 elif timer.watch_hangup and timer.fd >= 0:
                     if watched is None:
                         watched = {}
                     watched[timer.fd] = timer
             if watched:
                 cancel_hung_up(watched)
+        self.idle_connections.shut()
 
     def drain(self) -> None:
         """Stop accepting, refuse new connections, and close the idle ones."""
@@ -173,7 +240,10 @@ class Listener:
         for sock in self.sockets:
             sock.close()
         for timer in without_pending_bytes([timer for timer in self.timers if timer.idle]):
-            timer.scope.cancel()
+            if timer.parked:
+                self._close_parked(timer)
+            else:
+                timer.scope.cancel()
 
     async def wait_quiet(self) -> None:
         """Return once no connection is open."""

@@ -235,6 +235,32 @@ async def test_keep_alive_is_reused_on_both_sides(hop: str, mesh: Mesh, nursery:
     assert len(origin.heads) == 25
 
 
+async def test_idle_keep_alive_connections_park_and_serve_again_on_both_sides(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """The app's connection to A (plaintext) and A's pooled connection to B (mutual TLS, HTTP/1.1)
+    give their tasks up while idle and carry the next requests as before, on the same connections."""
+
+    async def respond(stream: trio.SocketStream, head: bytes, origin: RawOrigin) -> bool:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    origin = RawOrigin(respond)
+    port = await nursery.start(origin.serve)
+    a, b = await two_sidecars(mesh, port, protocol="http1")
+    outbound, inbound = a.runtime.listeners["outbound"], b.runtime.listeners["inbound"]
+    for listener in (outbound, inbound):
+        listener.tick, listener.park_after = 0.05, 0.1
+    async with httpx.AsyncClient(base_url=a.outbound_url, headers={"host": "orders"}) as client:
+        for _ in range(3):
+            assert (await client.get("/")).text == "ok"
+            with trio.fail_after(10):
+                while not (len(outbound.idle_connections) == 1 and len(inbound.idle_connections) == 1):
+                    await trio.sleep(0.05)
+    assert (outbound.accepted, inbound.accepted, origin.connections) == (1, 1, 1)
+    assert outbound.connections == 1 and inbound.connections == 1
+
+
 async def test_head_204_and_304_carry_no_body(mesh: Mesh, pairing: Pairing) -> None:
     """Any pairing of downstream and upstream protocol works: answers to HEAD, 204 and 304 carry no
     body, and the connections stay in step after them."""
