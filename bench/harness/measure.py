@@ -11,7 +11,9 @@ The steps, in order, each against the setup's front door:
                (10 connections x 50/s, one request in flight each): p50 / p99 / p99.9 from its logs,
                and the proxy CPU it cost as vCPU per 1,000 req/s per proxy
   rate 2000    the same at 2,000 requests/s (20 x 100/s)
-  rss          VmHWM of the proxy processes, read last
+  rss          VmHWM of the proxy processes, read after the load steps
+  idle         only for setups marked `idle`: KiB of resident memory per idle keep-alive connection,
+               over 8,000 of them (harness/idle.py)
 A setup that does not start, or whose proxy exits mid-way, becomes a failed column with the reason.
 """
 
@@ -23,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import loadgen, nginx
+from harness import idle, loadgen, nginx
 from harness.procs import ProcessSet, StartFailed, cpu_seconds, http_get, peak_rss_kib
 from harness.setups import Bench, Front, Setup
 
@@ -70,6 +72,8 @@ def measure(bench: Bench, setup: Setup, timing: Timing) -> SetupResult:
             result.failure = f"{exc.__class__.__name__}: {exc}"
             return result
         run_steps(bench, front, timing, result, setup.fixed_rate)
+        if setup.idle and result.failure is None:
+            step_idle(front, result)
     return result
 
 
@@ -254,3 +258,12 @@ def step_rate_low(bench: Bench, front: Front, timing: Timing, result: SetupResul
 def step_rate_high(bench: Bench, front: Front, timing: Timing, result: SetupResult) -> None:
     """The fixed-rate step at the higher rate (2,000 requests/s), with the headline CPU figure."""
     step_fixed_rate(bench, front, timing, result, RATES[-1])
+
+
+def step_idle(front: Front, result: SetupResult) -> None:
+    """Resident memory per idle keep-alive connection (after the peak RSS was read)."""
+    try:
+        result.figures["idle_kib"] = idle.kib_per_idle_connection(front.http_port, proxy_pids(front))
+    except OSError as exc:
+        result.figures["idle_kib"] = None
+        result.notes["idle_kib"] = f"idle connections failed: {exc!r}"

@@ -49,6 +49,7 @@ FIGURES = (
         for rate in RATES[:-1]
     ),
     Figure("rss_mib", "peak RSS MiB, proxy", "lower", 1, proxy_only=True),
+    Figure("idle_kib", "KiB per idle keep-alive conn (8,000)", "lower", 2, proxy_only=True),
 )
 REFERENCE_LABELS = {"nginx-2-mtls": "nginx pair"}  # ratio row titles other than the setup's key
 ISTIO_VCPU_PER_KRPS = 0.20  # Istio's published figure for its Envoy sidecar, per 1,000 requests/s

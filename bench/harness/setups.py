@@ -58,6 +58,7 @@ class Setup:
     build: Callable[[Bench, ProcessSet], Front]
     default: bool = True  # part of a run without --setups
     fixed_rate: bool = False  # also run the fixed-rate (open-loop) latency steps, 500 and 2,000 req/s
+    idle: bool = False  # also measure memory per idle keep-alive connection (harness/idle.py)
 
 
 def direct(bench: Bench, procs: ProcessSet) -> Front:
@@ -227,7 +228,7 @@ SETUPS = [
     Setup("direct", "direct", direct, fixed_rate=True),
     Setup("nginx-proxy", "nginx-proxy", nginx_proxy, fixed_rate=True),
     Setup("nginx-2-mtls", "nginx pair mTLS", nginx_pair_mtls, fixed_rate=True),
-    Setup("sidecar-1", "1 sidecar", one_sidecar, fixed_rate=True),
+    Setup("sidecar-1", "1 sidecar", one_sidecar, fixed_rate=True, idle=True),
     Setup("sidecar-1-bare", "1 sidecar, no retries", one_sidecar_no_retries, default=False),
     Setup("sidecar-1-policies", "1 sidecar, all policies", one_sidecar_all_policies, default=False),
     Setup("sidecar-1-traced", "1 sidecar, tracing 100%", one_sidecar_traced, default=False),
